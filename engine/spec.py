@@ -1,0 +1,105 @@
+"""What the engine needs to render one image: frozen, hashable settings.
+
+The farm resolves a scene into one `RenderSpec` per image or frame; the engine renders
+a `RenderSpec` (plus optional init pixels) and knows nothing of files, frames or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CUT_SLOTS = 1000
+"""Cut schedules are defined over 1000 virtual steps, indexed by `1000 - t` (as DD)."""
+
+
+@dataclass(frozen=True)
+class WeightedPrompt:
+    """A text (or an image-prompt key) with its weight; the weight is never encoded."""
+
+    text: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CutSchedule:
+    """Per-slot cut counts and shapes over `CUT_SLOTS` virtual steps."""
+
+    overview: tuple[int, ...] = (12,) * 400 + (4,) * 600
+    innercut: tuple[int, ...] = (4,) * 400 + (12,) * 600
+    ic_pow: tuple[float, ...] = (1.0,) * 1000
+    icgray_p: tuple[float, ...] = (0.2,) * 400 + (0.0,) * 600
+
+    def at(self, slot: int) -> tuple[int, int, float, float]:
+        """(overview, innercut, ic_pow, icgray_p) for one virtual slot (0..999)."""
+        slot = min(max(slot, 0), CUT_SLOTS - 1)
+        return self.overview[slot], self.innercut[slot], self.ic_pow[slot], self.icgray_p[slot]
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """Loss weights and gradient handling (DD names and defaults)."""
+
+    clip_guidance_scale: float = 5000.0
+    tv_scale: float = 0.0
+    range_scale: float = 150.0
+    sat_scale: float = 0.0
+    init_scale: float = 1000.0
+    cutn_batches: int = 4
+    skip_augs: bool = False
+    clamp_grad: bool = True
+    clamp_max: float = 0.05
+    clip_denoised: bool = False
+    fuzzy_prompt: bool = False
+    rand_mag: float = 0.05
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The diffusion sampler: mode, step counts and init handling."""
+
+    mode: str = "ddim"  # "ddim" | "plms"
+    steps: int = 250
+    skip_steps: int = 10
+    eta: float = 0.8
+    perlin_init: bool = False
+    perlin_mode: str = "mixed"  # "mixed" | "color" | "gray"
+    use_horizontal_symmetry: bool = False
+    use_vertical_symmetry: bool = False
+    transformation_percent: tuple[float, ...] = (0.09,)
+
+
+@dataclass(frozen=True)
+class ModelSetSpec:
+    """The models an image needs; equal model sets can share a loaded actor."""
+
+    diffusion_model: str = "512x512_diffusion_uncond_finetune_008100"
+    use_secondary_model: bool = True
+    clip_models: tuple[str, ...] = ("ViT-B-32::openai", "ViT-B-16::openai", "RN50::openai")
+    custom_model_path: str | None = None
+    custom_model_settings: tuple[tuple[str, object], ...] = ()
+    use_checkpoint: bool = False
+
+    @property
+    def key(self) -> str:
+        """A short human-readable key (used for actor names and affinity)."""
+        sec = "+sec" if self.use_secondary_model else ""
+        return f"{self.diffusion_model}{sec}|{','.join(self.clip_models)}"
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything one image needs and nothing else."""
+
+    width: int = 1280
+    height: int = 768
+    seed: int = 0
+    text_prompts: tuple[WeightedPrompt, ...] = ()
+    image_prompts: tuple[WeightedPrompt, ...] = ()
+    guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    cuts: CutSchedule = field(default_factory=CutSchedule)
+    models: ModelSetSpec = field(default_factory=ModelSetSpec)
+    intermediate_steps: tuple[int, ...] = ()
+    """Sampler step indices (0-based, counted over the steps actually run) whose
+    predicted image is handed to the intermediate callback (display_rate /
+    intermediate_saves, resolved by the farm)."""

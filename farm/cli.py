@@ -1,0 +1,236 @@
+"""The `farm` command line: a thin layer over farm's Python API.
+
+Every user mistake ends as one line `farm: error: ...` (or one line per scene problem)
+and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from farm import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A bad argument: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other user error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parse_set(items: list[str] | None) -> dict[str, object]:
+    """--set key=value pairs; values are YAML scalars/flow values (safe)."""
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set '{item}': expected key=value")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise UsageError(f"--set '{item}': the value is not valid YAML") from None
+    return overrides
+
+
+def _parse_range(text: str | None, total: int) -> range:
+    if not text:
+        return range(total)
+    start, sep, stop = text.partition(":")
+    try:
+        first = int(start) if start.strip() else 0
+        last = int(stop) if sep and stop.strip() else (total if sep else first + 1)
+    except ValueError:
+        raise UsageError(f"--frames '{text}': expected A:B (frame numbers)") from None
+    if first < 0 or last < first:
+        raise UsageError(f"--frames '{text}': expected 0 <= A <= B")
+    return range(first, min(last, total))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args) -> int:
+    from farm.scene import SceneInvalid, load_scene
+
+    status = EXIT_OK
+    for path in args.scenes:
+        try:
+            scene = load_scene(path, overrides=_parse_set(args.set))
+        except SceneInvalid as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        from farm.plan import frame_count
+
+        mode = scene["animation_mode"]
+        what = f"{frame_count(scene)} images" if mode == "None" else f"{mode} animation, {frame_count(scene)} frames"
+        print(f"{path}: ok ({what})")
+    return status
+
+
+def _load_for_plan(args):
+    from farm.scene import load_scene
+
+    scene = load_scene(args.scene, overrides=_parse_set(getattr(args, "set", None)))
+    video_frames = None
+    if scene["animation_mode"] == "Video Input":
+        from farm.inputs import count_video_frames
+
+        video_frames = count_video_frames(scene["video_init_path"])
+    return scene, video_frames
+
+
+def cmd_plan(args) -> int:
+    from farm.plan import plan_record, resolve
+
+    scene, video_frames = _load_for_plan(args)
+    plan = resolve(scene, video_frames)
+    chosen = [plan.frames[i] for i in _parse_range(args.frames, len(plan.frames))]
+    if args.json:
+        json.dump(plan_record(plan, chosen), sys.stdout, indent=1)
+        print()
+        return EXIT_OK
+    print(_plan_table(plan, chosen))
+    return EXIT_OK
+
+
+def _plan_table(plan, frames) -> str:
+    animated = plan.is_animation
+    header = ["frame" if animated else "image", "seed", "steps", "skip", "cgs", "tv", "range", "sat",
+              "init_scale", "cutn_b", "init"]
+    if animated:
+        header += ["angle", "zoom", "tx", "ty", "tz", "rx", "ry", "rz"]
+    header.append("prompts")
+    rows = [header]
+    for f in frames:
+        g, s, m = f.render.guidance, f.render.sampler, f.motion
+        init = f.init.kind + (f" {Path(f.init.path).name}" if f.init.path else "")
+        if not f.diffuse:
+            init += " (turbo)"
+        row = [str(f.index), str(f.render.seed), str(s.steps), str(s.skip_steps), f"{g.clip_guidance_scale:g}",
+               f"{g.tv_scale:g}", f"{g.range_scale:g}", f"{g.sat_scale:g}", f"{g.init_scale:g}", str(g.cutn_batches), init]
+        if animated:
+            row += [f"{v:.4g}" for v in (m.angle, m.zoom, m.translation_x, m.translation_y, m.translation_z,
+                                         m.rotation_3d_x, m.rotation_3d_y, m.rotation_3d_z)]
+        row.append(" | ".join(f"{p.text[:40]}:{p.weight:g}" for p in f.render.text_prompts))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    mode = plan.animation.mode
+    title = f"# {plan.name}: {'stills' if mode == 'None' else mode}, seed {plan.seed}, {len(plan.frames)} {'frames' if plan.is_animation else 'images'}"
+    return "\n".join([title, *lines])
+
+
+def cmd_schema(args) -> int:
+    from farm.schema import scene_schema
+
+    json.dump(scene_schema(), sys.stdout, indent=1)
+    print()
+    return EXIT_OK
+
+
+def cmd_import_dd(args) -> int:
+    from farm.importdd import convert_dd_settings, read_dd_settings, scene_yaml
+    from farm.scene import parse_scene
+    from farm.storage import write_text_atomic
+
+    source = Path(args.settings)
+    scene, notes = convert_dd_settings(read_dd_settings(source))
+    text = scene_yaml(scene, source.name)
+    out = Path(args.output)
+    parse_scene(text, source=str(out), base_dir=out.parent.resolve() if out.parent.exists() else Path.cwd(),
+                allowed_roots=(Path("/"),))
+    for note in notes:
+        print(f"farm: note: {note}", file=sys.stderr)
+    write_text_atomic(out, text)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from farm.local import submit_local
+
+    return submit_local(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="farm", description="Disco Farm: CLIP-guided diffusion art and animation on a Ray render farm.")
+    parser.add_argument("--version", action="version", version=f"disco-farm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check scene files (exit 2 with one line per problem)")
+    p.add_argument("scenes", nargs="+", metavar="SCENE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("plan", help="show the resolved per-frame settings")
+    p.add_argument("scene", metavar="SCENE")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--frames", metavar="A:B", help="only frames A (inclusive) to B (exclusive)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of scene files (for editors)")
+    p.set_defaults(run=cmd_schema)
+
+    p = sub.add_parser("import-dd", help="convert a DD settings.txt into a scene file")
+    p.add_argument("settings", metavar="SETTINGS.txt")
+    p.add_argument("-o", "--output", required=True, metavar="SCENE.yaml")
+    p.set_defaults(run=cmd_import_dd)
+
+    p = sub.add_parser("submit", help="render a scene (embedded local Ray by default)")
+    p.add_argument("scene", metavar="SCENE")
+    p.add_argument("--out", metavar="DIR", help="output folder (default renders/<name>/<time>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--frames", metavar="A:B", help="only frames/images A to B")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.set_defaults(run=cmd_submit)
+
+    try:
+        from farm.models_cmd import register
+    except ImportError:  # pragma: no cover - models_cmd is part of the package
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from farm.scene import SceneInvalid
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "run", None) or getattr(args, "handler", None)
+    if command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(command(args) or 0)
+    except SceneInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("farm: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"farm: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

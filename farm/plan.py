@@ -1,0 +1,338 @@
+"""Resolution: one pure function from a validated Scene to per-image / per-frame specs.
+
+`resolve(scene)` -> `Plan`. Every `FrameSpec` holds all a frame needs (prompts with
+weights, guidance, cut schedules, motion, init source, seed) and is hashable; its
+`settings_hash` decides whether a finished frame can be reused on resume. The farm, the
+local runner and `farm plan` all use this function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from animation.motion import Motion
+from engine.spec import (
+    CutSchedule,
+    GuidanceSettings,
+    ModelSetSpec,
+    RenderSpec,
+    SamplerSettings,
+)
+from farm.cutschedule import format_cut_schedule
+from farm.scene import Scene
+
+SEED_MODULUS = 2**32
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """Where a frame's init image comes from."""
+
+    kind: str = "noise"  # noise | image | previous | video
+    path: str | None = None  # the init image file (kind "image")
+    video_frame: int | None = None  # index into the extracted video frames (kind "video")
+    flow_from_previous: bool = False  # video: warp the previous output by the video's flow
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """One unit of work: a still image or an animation frame."""
+
+    index: int
+    kind: str  # "image" | "frame"
+    render: RenderSpec
+    motion: Motion = Motion()
+    init: InitSource = InitSource()
+    shot: int = 0
+    previous: int | None = None  # the frame this one starts from (animations)
+    diffuse: bool = True  # False: a turbo in-between frame (blended, not diffused)
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.kind}-{self.index:06d}"
+
+    @property
+    def settings_hash(self) -> str:
+        """Stable hash of everything that decides this frame's pixels."""
+        return hashlib.sha256(_canonical_json(self).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AnimationSettings:
+    """Scene-wide animation and video settings (not per frame)."""
+
+    mode: str = "None"
+    fps: float = 12.0
+    border_mode: str = "wrap"
+    padding_mode: str = "border"
+    sampling_mode: str = "bicubic"
+    midas_depth_model: str = "dpt_large"
+    midas_weight: float = 0.3
+    near_plane: float = 200.0
+    far_plane: float = 10000.0
+    fov: float = 40.0
+    color_coherence: str = "none"
+    save_depth_maps: bool = False
+    turbo_mode: bool = False
+    turbo_steps: int = 3
+    turbo_preroll: int = 10
+    video_init_path: str | None = None
+    extract_nth_frame: int = 2
+    video_init_flow_blend: float = 0.999
+    video_init_check_consistency: bool = True
+    video_init_blend_mode: str = "optical flow"
+    video_crf: int = 17
+    video_format: str = "mp4"
+    video_blend: float = 0.0
+    parallel_segments: int = 1
+    segment_overlap: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    seed: int
+    animation: AnimationSettings
+    frames: tuple[FrameSpec, ...]
+
+    @property
+    def is_animation(self) -> bool:
+        return self.animation.mode != "None"
+
+    @property
+    def shots(self) -> dict[int, list[FrameSpec]]:
+        chains: dict[int, list[FrameSpec]] = {}
+        for frame in self.frames:
+            chains.setdefault(frame.shot, []).append(frame)
+        return chains
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _series(scene: Scene, name: str, n: int) -> np.ndarray:
+    return scene[name].values(n, fps=scene["fps"], interpolation=scene["interpolation"])
+
+
+def _int_series(scene: Scene, name: str, n: int) -> np.ndarray:
+    return np.trunc(_series(scene, name, n)).astype(np.int64)
+
+
+def _skip_for(spec: tuple, steps: int, frame: int, scene: Scene) -> int:
+    kind, value = spec
+    if kind == "percent":
+        return math.floor(steps * value / 100.0)
+    if kind == "keyframes":
+        return int(value.values(frame + 1, fps=scene["fps"], interpolation=scene["interpolation"])[frame])
+    return int(value)
+
+
+def intermediate_steps(display_rate: int, saves: int | tuple[int, ...], steps: int, skip: int) -> tuple[int, ...]:
+    """Sampler step indices (0-based over the steps run) whose previews are kept.
+
+    display_rate N: every N-th step and the last; intermediate_saves: N evenly spaced
+    saves (DD's formula) or explicit absolute step numbers.
+    """
+    run = max(steps - skip, 0)
+    chosen: set[int] = set()
+    if display_rate > 0 and run:
+        chosen.update(range(0, run, display_rate))
+        chosen.add(run - 1)
+    if isinstance(saves, tuple):
+        absolute = saves
+    elif saves > 0:
+        every = (steps - skip - 1) // (saves + 1)
+        absolute = tuple(every * k + skip for k in range(1, saves + 1)) if every > 0 else ()
+    else:
+        absolute = ()
+    chosen.update(s - skip for s in absolute if 0 <= s - skip < run)
+    return tuple(sorted(chosen))
+
+
+def _video_overrides(scene: Scene) -> dict[str, str]:
+    """In Video Input mode DD's video_init_* settings replace the plain ones."""
+    if scene["animation_mode"] != "Video Input":
+        return {}
+    names = ("steps", "clip_guidance_scale", "tv_scale", "range_scale", "sat_scale",
+             "cutn_batches", "skip_steps", "frames_scale", "frames_skip_steps")
+    return {name: f"video_init_{name}" for name in names}
+
+
+def frame_count(scene: Scene, video_frames: int | None = None) -> int:
+    """Images (stills) or frames (animations) the scene renders."""
+    mode = scene["animation_mode"]
+    if mode == "None":
+        return scene["n_batches"]
+    if mode == "Video Input" and video_frames is not None:
+        return min(scene["max_frames"], math.ceil(video_frames / scene["extract_nth_frame"]))
+    return scene["max_frames"]
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
+    """Scene -> Plan (pure: same scene, same plan)."""
+    mode = scene["animation_mode"]
+    count = frame_count(scene, video_frames)
+    series_len = count if mode != "None" else 1
+    override = _video_overrides(scene)
+
+    def source(name: str) -> str:
+        return override.get(name, name)
+
+    floats = {name: _series(scene, source(name), series_len) for name in (
+        "clip_guidance_scale", "tv_scale", "range_scale", "sat_scale", "init_scale",
+        "eta", "clamp_max", "rand_mag", "frames_scale")}
+    ints = {name: _int_series(scene, source(name), series_len) for name in ("steps", "skip_steps", "cutn_batches")}
+    motion = {name: _series(scene, name, series_len) for name in (
+        "angle", "zoom", "translation_x", "translation_y", "translation_z",
+        "rotation_3d_x", "rotation_3d_y", "rotation_3d_z")}
+    frames_skip = scene[source("frames_skip_steps")]
+
+    models = ModelSetSpec(
+        diffusion_model=scene["diffusion_model"],
+        use_secondary_model=scene["use_secondary_model"],
+        clip_models=tuple(scene["clip_models"]),
+        custom_model_path=scene["custom_path"],
+        custom_model_settings=tuple(sorted((k, v) for k, v in scene["custom_model_settings"].items())),
+        use_checkpoint=scene["use_checkpoint"],
+    )
+    cuts = CutSchedule(
+        overview=tuple(int(round(v)) for v in scene["cut_overview"]),
+        innercut=tuple(int(round(v)) for v in scene["cut_innercut"]),
+        ic_pow=tuple(scene["cut_ic_pow"]),
+        icgray_p=tuple(scene["cut_icgray_p"]),
+    )
+    width, height = scene["width_height"]
+    shot_starts = (0, *scene["cuts"]) if mode != "None" else (0,)
+    seed = scene["seed"]
+    turbo = scene["turbo_mode"] and mode in ("2D", "3D")
+    frames = []
+    for index in range(count):
+        k = index if mode != "None" else 0
+        steps = int(ints["steps"][k])
+        shot = max(i for i, start in enumerate(shot_starts) if start <= index) if mode != "None" else 0
+        first_of_shot = mode == "None" or index == shot_starts[shot]
+        if first_of_shot:
+            skip = int(ints["skip_steps"][k])
+            init_scale = float(floats["init_scale"][k])
+            if mode == "Video Input":
+                init = InitSource("video", video_frame=index * scene["extract_nth_frame"])
+            elif scene["init_image"]:
+                init = InitSource("image", path=scene["init_image"])
+            else:
+                init = InitSource("noise")
+        else:
+            skip = _skip_for(frames_skip, steps, k, scene)
+            init_scale = float(floats["frames_scale"][k])
+            if mode == "Video Input":
+                init = InitSource("video", video_frame=index * scene["extract_nth_frame"],
+                                  flow_from_previous=scene["video_init_flow_warp"])
+            else:
+                init = InitSource("previous")
+        skip = min(max(skip, 0), steps - 1)
+        if mode == "None":
+            frame_seed = (seed + index) % SEED_MODULUS
+        elif mode == "Video Input" and scene["video_init_seed_continuity"]:
+            frame_seed = seed
+        else:
+            frame_seed = (seed + index) % SEED_MODULUS
+        render = RenderSpec(
+            width=width,
+            height=height,
+            seed=frame_seed,
+            text_prompts=scene["text_prompts"].at(k) if not scene["prompt_crossfade"] else
+            dataclasses.replace(scene["text_prompts"], crossfade=scene["prompt_crossfade"]).at(k),
+            image_prompts=scene["image_prompts"].at(k),
+            guidance=GuidanceSettings(
+                clip_guidance_scale=float(floats["clip_guidance_scale"][k]),
+                tv_scale=float(floats["tv_scale"][k]),
+                range_scale=float(floats["range_scale"][k]),
+                sat_scale=float(floats["sat_scale"][k]),
+                init_scale=init_scale,
+                cutn_batches=int(ints["cutn_batches"][k]),
+                skip_augs=scene["skip_augs"],
+                clamp_grad=scene["clamp_grad"],
+                clamp_max=float(floats["clamp_max"][k]),
+                clip_denoised=scene["clip_denoised"],
+                fuzzy_prompt=scene["fuzzy_prompt"],
+                rand_mag=float(floats["rand_mag"][k]),
+            ),
+            sampler=SamplerSettings(
+                mode=scene["diffusion_sampling_mode"],
+                steps=steps,
+                skip_steps=skip,
+                eta=float(floats["eta"][k]),
+                perlin_init=scene["perlin_init"],
+                perlin_mode=scene["perlin_mode"],
+                use_horizontal_symmetry=scene["use_horizontal_symmetry"],
+                use_vertical_symmetry=scene["use_vertical_symmetry"],
+                transformation_percent=tuple(scene["transformation_percent"]),
+            ),
+            cuts=cuts,
+            models=models,
+            intermediate_steps=intermediate_steps(scene["display_rate"], scene["intermediate_saves"], steps, skip),
+        )
+        diffuse = True
+        if turbo and not first_of_shot and index >= scene["turbo_preroll"]:
+            diffuse = (index - scene["turbo_preroll"]) % scene["turbo_steps"] == 0
+        frames.append(FrameSpec(
+            index=index,
+            kind="frame" if mode != "None" else "image",
+            render=render,
+            motion=Motion(**{name: float(values[k]) for name, values in motion.items()}) if mode != "None" else Motion(),
+            init=init,
+            shot=shot,
+            previous=None if first_of_shot else index - 1,
+            diffuse=diffuse,
+        ))
+    return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames))
+
+
+def _animation_settings(scene: Scene) -> AnimationSettings:
+    names = {f.name for f in dataclasses.fields(AnimationSettings)} - {"mode"}
+    return AnimationSettings(mode=scene["animation_mode"], **{name: scene[name] for name in names})
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _plain(value):
+    """Dataclasses and tuples -> JSON-friendly values (cut schedules as DD strings)."""
+    if isinstance(value, CutSchedule):
+        return {f.name: format_cut_schedule(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return value
+    return value
+
+
+def _canonical_json(value) -> str:
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def frame_record(frame: FrameSpec) -> dict:
+    """A frame as a JSON-friendly dict (for plan.json and `farm plan --json`)."""
+    record = _plain(frame)
+    record["settings_hash"] = frame.settings_hash
+    return record
+
+
+def plan_record(plan: Plan, frames: Iterable[FrameSpec] | None = None) -> dict:
+    return {
+        "name": plan.name,
+        "seed": plan.seed,
+        "animation": _plain(plan.animation),
+        "frames": [frame_record(f) for f in (plan.frames if frames is None else frames)],
+    }

@@ -1,0 +1,89 @@
+"""Prompt schedules: "text:weight" strings by frame, hard switches or cross-fades."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from dataclasses import dataclass
+
+from engine.spec import WeightedPrompt
+
+
+class PromptError(ValueError):
+    pass
+
+
+_WEIGHT = re.compile(r"^(?P<text>.*):\s*(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.S)
+
+
+def parse_prompt(entry: str) -> WeightedPrompt:
+    """'a lighthouse:3' -> ('a lighthouse', 3.0); the weight is the last ':number'."""
+    match = _WEIGHT.match(entry)
+    if match:
+        text, weight = match.group("text").strip(), float(match.group("weight"))
+    else:
+        text, weight = entry.strip(), 1.0
+    if not text:
+        raise PromptError(f"prompt '{entry}' has no text")
+    if not math.isfinite(weight):
+        raise PromptError(f"prompt '{entry}' has a weight that is not finite")
+    return WeightedPrompt(text, weight)
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Prompt sets keyed by their first frame; forward-filled, optionally cross-faded."""
+
+    keys: tuple[tuple[int, tuple[WeightedPrompt, ...]], ...]
+    crossfade: int = 0
+
+    def _index_at(self, frame: int) -> int:
+        starts = [start for start, _ in self.keys]
+        return max(bisect.bisect_right(starts, frame) - 1, 0)
+
+    def at(self, frame: int) -> tuple[WeightedPrompt, ...]:
+        """The prompts in force at a frame (weights as written, or blended in a cross-fade)."""
+        if not self.keys:
+            return ()
+        index = self._index_at(frame)
+        start, prompts = self.keys[index]
+        if self.crossfade <= 0 or index == 0 or frame < start or frame >= start + self.crossfade:
+            return prompts
+        mix = (frame - start + 1) / (self.crossfade + 1)
+        previous = self.keys[index - 1][1]
+        return _scaled(previous, 1.0 - mix) + _scaled(prompts, mix)
+
+
+def _scaled(prompts: tuple[WeightedPrompt, ...], factor: float) -> tuple[WeightedPrompt, ...]:
+    total = sum(p.weight for p in prompts)
+    norm = total if abs(total) > 1e-9 else 1.0
+    return tuple(WeightedPrompt(p.text, p.weight / norm * factor) for p in prompts)
+
+
+def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
+    """{frame: [prompts]} (frames may be strings, as in DD's settings.txt), a list, or a string."""
+    if value is None:
+        return PromptSchedule((), crossfade)
+    if isinstance(value, (str, list)):
+        value = {0: value}
+    if not isinstance(value, dict):
+        raise PromptError(f"expected {{frame: [prompts]}} or a list of prompts, got {type(value).__name__}")
+    keys = []
+    for raw_frame, entries in value.items():
+        try:
+            frame = int(str(raw_frame).strip())
+        except ValueError:
+            raise PromptError(f"frame key '{raw_frame}' is not a frame number") from None
+        if frame < 0:
+            raise PromptError(f"frame key {frame} is negative")
+        if isinstance(entries, str):
+            entries = [entries]
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise PromptError(f"frame {frame}: expected a list of 'text:weight' strings")
+        prompts = tuple(parse_prompt(e) for e in entries)
+        if prompts and abs(sum(p.weight for p in prompts)) < 1e-6:
+            raise PromptError(f"frame {frame}: the prompt weights sum to 0 (DD divides by the sum)")
+        keys.append((frame, prompts))
+    keys.sort(key=lambda k: k[0])
+    return PromptSchedule(tuple(keys), crossfade)

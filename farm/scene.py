@@ -1,0 +1,457 @@
+"""Scene files: load, map DD names to ours, validate every field, report problems by line.
+
+`load_scene(path)` returns a `Scene` (validated, normalised values) or raises
+`SceneInvalid` holding every `Problem` found, each naming file, line, field and what is
+wrong. Nothing here renders or imports Ray.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from animation.keyframes import KeyframeError, parse_keyframes
+from farm import settings as S
+from farm.cutschedule import CutScheduleError, parse_cut_schedule
+from farm.prompts import PromptError, parse_prompt_schedule
+from farm.yamlio import YamlError, load_yaml
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class SceneInvalid(ValueError):
+    """A scene with one or more problems; str() gives one line per problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A validated scene: every setting present with its normalised value."""
+
+    values: Mapping[str, object]
+    source: str = "<scene>"
+    base_dir: Path = field(default_factory=Path.cwd)
+    raw: Mapping[str, object] = field(default_factory=dict)
+    seed_was_random: bool = False
+
+    def __getitem__(self, name: str) -> object:
+        return self.values[name]
+
+    @property
+    def is_animation(self) -> bool:
+        return self.values["animation_mode"] != "None"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _Bad(ValueError):
+    """A field's value is wrong; the message says how."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_number(value: object, what: str = "a number") -> float:
+    if _is_number(value):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _Bad(f"expected {what}, got '{value}'") from None
+    else:
+        raise _Bad(f"expected {what}, got {_describe(value)}")
+    if not math.isfinite(number):
+        raise _Bad(f"expected a finite number, got {value}")
+    return number
+
+
+def _as_int(value: object) -> int:
+    number = _as_number(value, "a whole number")
+    if not float(number).is_integer():
+        raise _Bad(f"expected a whole number, got {value}")
+    return int(number)
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} '{value}'"
+
+
+def _check_range(setting: S.Setting, number: float) -> None:
+    if setting.minimum is not None and number < setting.minimum:
+        raise _Bad(f"{_fmt(number)} is below the minimum {_fmt(setting.minimum)}")
+    if setting.maximum is not None and number > setting.maximum:
+        raise _Bad(f"{_fmt(number)} is above the maximum {_fmt(setting.maximum)}")
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
+    """Check one value against its setting's kind; return the normalised value."""
+    kind = setting.kind
+    if kind == "number":
+        number = _as_number(value)
+        _check_range(setting, number)
+        return number
+    if kind == "int":
+        number = _as_int(value)
+        _check_range(setting, number)
+        return number
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Bad(f"expected true or false, got {_describe(value)}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad(f"expected a non-empty string, got {_describe(value)}")
+        return value.strip()
+    if kind == "choice":
+        if value is None and "None" in setting.choices:
+            return "None"
+        if isinstance(value, str):
+            for choice in setting.choices:
+                if value.strip().lower() == choice.lower():
+                    return choice
+        raise _Bad(f"expected one of {', '.join(setting.choices)}; got {_describe(value)}")
+    if kind in ("keyframes", "int_keyframes"):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                if not key_frames:
+                    raise _Bad("key_frames is false, so a plain number is required") from None
+        if _is_number(value):
+            number = float(value)
+            if not math.isfinite(number):
+                raise _Bad(f"expected a finite number, got {value}")
+            if kind == "int_keyframes" and not number.is_integer():
+                raise _Bad(f"expected a whole number, got {value}")
+            _check_range(setting, number)
+            return parse_keyframes(number)
+        if isinstance(value, str):
+            try:
+                return parse_keyframes(value)
+            except KeyframeError as exc:
+                raise _Bad(f"bad keyframe string: {exc}") from None
+        raise _Bad(f"expected a number or a keyframe string like \"0: (1), 10: (1.05)\", got {_describe(value)}")
+    if kind == "skip":
+        if isinstance(value, str) and value.strip().endswith("%"):
+            percent = _as_number(value.strip()[:-1], "a percentage like '60%'")
+            if not 0 <= percent <= 100:
+                raise _Bad(f"percentage {value} must be between 0% and 100%")
+            return ("percent", percent)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                try:
+                    return ("keyframes", parse_keyframes(value))
+                except KeyframeError as exc:
+                    raise _Bad(f"expected '60%', a number or a keyframe string: {exc}") from None
+        number = _as_int(value)
+        if number < 0:
+            raise _Bad(f"{number} is negative")
+        return ("steps", number)
+    if kind == "size":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise _Bad(f"expected [width, height], got {_describe(value)}")
+        width, height = (_as_int(v) for v in value)
+        for side, name in ((width, "width"), (height, "height")):
+            if side <= 0:
+                raise _Bad(f"{name} {side} must be positive")
+            if side % 64:
+                raise _Bad(f"{name} {side} is not a multiple of 64 (try {max(64, round(side / 64) * 64)})")
+            if side > S.MAX_SIDE:
+                raise _Bad(f"{name} {side} is above the limit {S.MAX_SIDE}")
+        return (width, height)
+    if kind == "seed":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("random", "random_seed", "")):
+            return None
+        seed = _as_int(value)
+        if not 0 <= seed < 2**32:
+            raise _Bad(f"seed {seed} must be between 0 and 4294967295")
+        return seed
+    if kind == "prompts":
+        try:
+            return parse_prompt_schedule(value)
+        except PromptError as exc:
+            raise _Bad(str(exc)) from None
+    if kind == "cuts":
+        try:
+            return parse_cut_schedule(value)
+        except CutScheduleError as exc:
+            raise _Bad(str(exc)) from None
+    if kind == "path":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        if not isinstance(value, str):
+            raise _Bad(f"expected a file path, got {_describe(value)}")
+        return value.strip()
+    if kind == "floats":
+        items = value if isinstance(value, list) else [value]
+        numbers = tuple(_as_number(v) for v in items)
+        if not numbers or any(not 0 <= n <= 1 for n in numbers):
+            raise _Bad("expected fractions between 0 and 1")
+        return numbers
+    if kind == "steps_list":
+        if isinstance(value, list):
+            steps = tuple(_as_int(v) for v in value)
+            if any(s < 0 for s in steps):
+                raise _Bad("step indices must not be negative")
+            return steps
+        count = _as_int(value)
+        if count < 0:
+            raise _Bad(f"{count} is negative")
+        return count
+    if kind == "ints":
+        if not isinstance(value, list):
+            raise _Bad(f"expected a list of frame numbers, got {_describe(value)}")
+        frames = tuple(_as_int(v) for v in value)
+        if any(f <= 0 for f in frames) or list(frames) != sorted(set(frames)):
+            raise _Bad("expected increasing positive frame numbers")
+        return frames
+    if kind == "clip_models":
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str) and v.strip() for v in items):
+            raise _Bad("expected a list of CLIP model names like 'ViT-B-32::openai'")
+        names = tuple(_clip_name(v.strip()) for v in items)
+        if len(set(names)) != len(names):
+            raise _Bad("a CLIP model is listed twice")
+        return names
+    if kind == "mapping":
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _Bad(f"expected a mapping, got {_describe(value)}")
+        return dict(value)
+    raise AssertionError(f"unknown setting kind {kind}")
+
+
+def _clip_name(name: str) -> str:
+    from engine.catalogue import ModelError, parse_clip_name
+
+    try:
+        arch, tag = parse_clip_name(name)
+    except ModelError as exc:
+        raise _Bad(str(exc)) from None
+    return f"{arch}::{tag}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_scene(path: str | os.PathLike, overrides: Mapping[str, object] | None = None) -> Scene:
+    """Read, validate and normalise a scene file (with optional --set overrides)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise SceneInvalid([Problem(source, None, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise SceneInvalid([Problem(source, None, "", "is a directory, not a scene file")]) from None
+    except OSError as exc:
+        raise SceneInvalid([Problem(source, None, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SceneInvalid([Problem(source, None, "", "not a UTF-8 text file")]) from None
+    return parse_scene(text, source=source, base_dir=path.parent.resolve(), overrides=overrides)
+
+
+def parse_scene(
+    text: str,
+    source: str = "<scene>",
+    base_dir: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    allowed_roots: tuple[Path, ...] = (),
+) -> Scene:
+    """Validate scene text; raise SceneInvalid listing every problem."""
+    try:
+        document = load_yaml(text)
+    except YamlError as exc:
+        raise SceneInvalid([Problem(source, exc.line, "", str(exc))]) from None
+    data = document.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SceneInvalid([Problem(source, 1, "", f"a scene must be a mapping of settings, got {_describe(data)}")])
+    data = dict(data)
+    lines = {key[0]: line for key, line in document.lines.items() if len(key) == 1}
+    for key, value in (overrides or {}).items():
+        data[key] = value
+        lines[key] = None
+    return validate(data, source=source, lines=lines, base_dir=base_dir or Path.cwd(), allowed_roots=allowed_roots)
+
+
+def validate(
+    data: Mapping[str, object],
+    source: str = "<scene>",
+    lines: Mapping[str, int | None] | None = None,
+    base_dir: Path | None = None,
+    allowed_roots: tuple[Path, ...] = (),
+) -> Scene:
+    """Check a mapping of settings (our or DD names); return a Scene or raise SceneInvalid."""
+    lines = lines or {}
+    base_dir = (base_dir or Path.cwd()).resolve()
+    problems: list[Problem] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(source, lines.get(key), key, message))
+
+    values: dict[str, object] = {}
+    given_as: dict[str, str] = {}
+    clip_flags: dict[str, bool] = {}
+    key_frames = data.get("key_frames", True) is not False
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(Problem(source, lines.get(key), str(key), "setting names must be text"))
+            continue
+        if key in S.UNSUPPORTED:
+            problem(key, f"not supported: {S.UNSUPPORTED[key]}")
+            continue
+        if key in S.IGNORED:
+            continue
+        if key in S.DD_CLIP_FLAGS:
+            if not isinstance(value, bool):
+                problem(key, f"expected true or false, got {_describe(value)}")
+            else:
+                clip_flags[key] = value
+            continue
+        name = S.canonical_name(key)
+        if name is None:
+            suggestion = difflib.get_close_matches(key, S.all_known_names(), n=1, cutoff=0.6)
+            hint = f"; did you mean '{suggestion[0]}'?" if suggestion else ""
+            problem(key, f"unknown setting{hint}")
+            continue
+        if name in given_as:
+            problem(key, f"given twice (also as '{given_as[name]}')")
+            continue
+        given_as[name] = key
+        try:
+            values[name] = _normalise(S.BY_NAME[name], value, key_frames)
+        except _Bad as exc:
+            problem(key, str(exc))
+        except (KeyframeError, PromptError, CutScheduleError) as exc:
+            problem(key, str(exc))
+
+    if clip_flags:
+        if "clip_models" in given_as:
+            problem("clip_models", "give either clip_models or DD's CLIP switches (ViTB32, RN50, ...), not both")
+        else:
+            enabled = {flag: flag in S.DD_CLIP_DEFAULT_ON for flag in S.DD_CLIP_FLAGS}
+            enabled.update(clip_flags)
+            chosen = tuple(S.DD_CLIP_FLAGS[flag] for flag, on in enabled.items() if on)
+            if not chosen:
+                problem(next(iter(clip_flags)), "every CLIP model is switched off; enable at least one")
+            values["clip_models"] = chosen
+
+    for setting in S.SETTINGS:
+        if setting.name not in values and setting.name not in given_as:
+            values[setting.name] = _normalise(setting, setting.default, True)
+
+    if not problems:
+        _cross_checks(values, given_as, problem, base_dir, allowed_roots)
+    if problems:
+        raise SceneInvalid(problems)
+
+    seed_was_random = values["seed"] is None
+    if seed_was_random:
+        values["seed"] = secrets.randbelow(2**31)
+    return Scene(MappingProxyType(values), source, base_dir, MappingProxyType(dict(data)), seed_was_random)
+
+
+def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tuple[Path, ...]) -> None:
+    """Checks that involve several settings, files on disk, or the model catalogue."""
+
+    def where(name: str) -> str:
+        return given_as.get(name, name)
+
+    from engine.catalogue import DIFFUSION_MODELS
+
+    model = values["diffusion_model"]
+    known = {*DIFFUSION_MODELS, "custom", "tiny"}
+    if model not in known:
+        suggestion = difflib.get_close_matches(model, sorted(known), n=1, cutoff=0.5)
+        hint = f"; did you mean '{suggestion[0]}'?" if suggestion else f"; known: {', '.join(sorted(known))}"
+        problem(where("diffusion_model"), f"unknown diffusion model '{model}'{hint}")
+    if model == "custom" and not values["custom_path"]:
+        problem(where("diffusion_model"), "'custom' needs custom_path (the checkpoint file)")
+
+    roots = (base_dir, *[r.resolve() for r in allowed_roots])
+    for name in ("init_image", "video_init_path", "custom_path"):
+        if values[name]:
+            try:
+                values[name] = str(resolve_input_path(values[name], base_dir, roots))
+            except _Bad as exc:
+                problem(where(name), str(exc))
+    for name in ("image_prompts",):
+        for _, prompts in values[name].keys:
+            for prompt in prompts:
+                try:
+                    resolve_input_path(prompt.text, base_dir, roots)
+                except _Bad as exc:
+                    problem(where(name), f"'{prompt.text}': {exc}")
+
+    mode = values["animation_mode"]
+    if mode == "Video Input" and not values["video_init_path"]:
+        problem(where("animation_mode"), "Video Input needs video_init_path")
+    if values["near_plane"] >= values["far_plane"]:
+        problem(where("near_plane"), f"near_plane {_fmt(values['near_plane'])} must be below far_plane {_fmt(values['far_plane'])}")
+    frames = values["max_frames"] if mode != "None" else 1
+    for cut in values["cuts"]:
+        if cut >= frames:
+            problem(where("cuts"), f"shot start {cut} is not below max_frames {frames}")
+    if values["parallel_segments"] > 1 and mode == "None":
+        problem(where("parallel_segments"), "parallel_segments applies to animations only")
+    for name in ("text_prompts", "image_prompts"):
+        for start, _ in values[name].keys:
+            if mode != "None" and start >= frames:
+                problem(where(name), f"prompts start at frame {start}, after the last frame {frames - 1}")
+    if not any(prompts for _, prompts in values["text_prompts"].keys) and not values["image_prompts"].keys:
+        problem(where("text_prompts"), "no prompts: give text_prompts or image_prompts")
+
+
+def resolve_input_path(text: str, base_dir: Path, roots: tuple[Path, ...]) -> Path:
+    """A scene's input file, relative to the scene's folder, confined to the allowed roots."""
+    candidate = Path(os.path.expanduser(text))
+    resolved = (candidate if candidate.is_absolute() else base_dir / candidate).resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise _Bad(
+            f"'{text}' is outside the scene's folder {base_dir} (allowed roots: "
+            f"{', '.join(str(r) for r in roots)}; add one with --input-root)"
+        )
+    if not resolved.exists():
+        raise _Bad(f"file '{text}' not found (looked at {resolved})")
+    if not resolved.is_file():
+        raise _Bad(f"'{text}' is not a file")
+    return resolved

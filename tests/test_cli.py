@@ -1,0 +1,114 @@
+"""The `farm` command line: exit codes, one-line errors, plan output, schema, import-dd."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from farm.cli import main
+from farm.scene import load_scene
+from tests.conftest import TINY_SCENE
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_and_help():
+    result = subprocess.run([sys.executable, "-m", "farm.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "disco-farm" in result.stdout
+    for sub in ("validate", "plan", "schema", "import-dd", "submit", "models"):
+        result = subprocess.run([sys.executable, "-m", "farm.cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0 and "usage: farm" in result.stdout, sub
+
+
+def test_validate_ok_and_problems(capsys, scene_file):
+    good = scene_file(TINY_SCENE, "good.yaml")
+    bad = scene_file(TINY_SCENE.replace("[64, 64]", "[65, 64]") + "stepz: 3\n", "bad.yaml")
+    code, out, err = run(capsys, "validate", str(good))
+    assert code == 0 and "ok (50 images)" in out
+    code, out, err = run(capsys, "validate", str(good), str(bad))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines == [
+        f"{bad}:4: width_height: width 65 is not a multiple of 64 (try 64)",
+        f"{bad}:9: stepz: unknown setting; did you mean 'steps'?",
+    ]
+    assert "Traceback" not in err
+
+
+def test_validate_bad_yaml_is_one_line(capsys, scene_file):
+    bad = scene_file("name: [oops\n")
+    code, _, err = run(capsys, "validate", str(bad))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(str(bad))
+
+
+def test_plan_table_and_json(capsys, scene_file):
+    path = scene_file(TINY_SCENE + 'animation_mode: 2D\nmax_frames: 8\nzoom: "0: (1), 4: (1.2)"\n')
+    code, out, _ = run(capsys, "plan", str(path), "--frames", "2:4")
+    assert code == 0
+    rows = out.strip().splitlines()
+    assert rows[0].startswith("# t: 2D, seed 5, 8 frames")
+    assert [r.split()[0] for r in rows[2:]] == ["2", "3"]
+    assert "1.1" in rows[2] and "1.15" in rows[3]
+    code, out, _ = run(capsys, "plan", str(path), "--json")
+    record = json.loads(out)
+    assert [f["index"] for f in record["frames"]] == list(range(8))
+    assert record["frames"][4]["motion"]["zoom"] == pytest.approx(1.2)
+
+
+def test_plan_with_set_override_and_bad_range(capsys, scene_file):
+    path = scene_file(TINY_SCENE)
+    code, out, _ = run(capsys, "plan", str(path), "--json", "--set", "steps=33", "--set", "n_batches=2")
+    assert code == 0 and [f["render"]["sampler"]["steps"] for f in json.loads(out)["frames"]] == [33, 33]
+    code, _, err = run(capsys, "plan", str(path), "--set", "steps=abc")
+    assert code == 2 and "steps" in err
+    code, _, err = run(capsys, "plan", str(path), "--frames", "x:y")
+    assert code == 2 and err.startswith("farm: error: --frames")
+
+
+def test_schema_describes_every_setting_and_validates_examples(capsys):
+    code, out, _ = run(capsys, "schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["type"] == "object"
+    for name in ("text_prompts", "clip_guidance_scale", "zoom", "frames_skip_steps", "interp_spline", "ViTB32"):
+        assert name in schema["properties"]
+    jsonschema = pytest.importorskip("jsonschema")
+    for scene in sorted((ROOT / "scenes").glob("*.yaml")):
+        jsonschema.validate(json.loads(json.dumps(yaml.safe_load(scene.read_text()))), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"width_height": [100, 64]}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"vr_mode": True}, schema)
+
+
+def test_import_dd_settings(capsys, tmp_path):
+    out_path = tmp_path / "imported.yaml"
+    code, out, err = run(capsys, "import-dd", str(DATA / "dd_settings.txt"), "-o", str(out_path))
+    assert code == 0 and out_path.exists()
+    assert "dropped diffusion_steps" in err
+    scene = load_scene(out_path)
+    assert scene["width_height"] == (1280, 768)
+    assert scene["seed"] == 2599079091
+    assert scene["clip_models"] == ("ViT-B-32::openai", "ViT-B-16::openai", "RN50::openai")
+    assert [p.weight for p in scene["text_prompts"].at(100)] == [1.0, 5.0]
+    assert scene["frames_skip_steps"] == ("percent", 60.0)
+    assert scene["zoom"].values(11)[10] == pytest.approx(1.05)
+    assert scene["turbo_steps"] == 3
+
+
+def test_import_dd_bad_input(capsys, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{not json")
+    code, _, err = run(capsys, "import-dd", str(bad), "-o", str(tmp_path / "x.yaml"))
+    assert code == 2 and "not DD settings JSON" in err and not (tmp_path / "x.yaml").exists()
+    code, _, err = run(capsys, "import-dd", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.yaml"))
+    assert code == 2 and "file not found" in err

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from farm.plan import intermediate_steps, plan_record, resolve
+from farm.scene import parse_scene
+from tests.conftest import TINY_SCENE
+
+BASE = "\n".join(line for line in TINY_SCENE.splitlines() if not line.startswith(("steps", "skip_steps", "text_prompts"))) + "\n"
+ANIM = BASE + """\
+animation_mode: 2D
+max_frames: 12
+steps: 20
+skip_steps: 4
+frames_skip_steps: "60%"
+init_scale: 100
+frames_scale: 1500
+zoom: "0: (1), 10: (1.05)"
+angle: "0:(10*sin(2*pi*t/48))"
+clip_guidance_scale: "0:(1000), 10:(2000)"
+text_prompts: {0: ["a:1"], 6: ["b:2"]}
+"""
+
+
+def test_stills_use_seed_plus_index_and_frame_zero_settings():
+    plan = resolve(parse_scene(TINY_SCENE + "n_batches: 5\n"))
+    assert [f.render.seed for f in plan.frames] == [5, 6, 7, 8, 9]
+    assert {f.kind for f in plan.frames} == {"image"}
+    assert all(f.init.kind == "noise" and f.previous is None for f in plan.frames)
+    assert len({f.settings_hash for f in plan.frames}) == 5
+
+
+def test_animation_frames_chain_with_keyframed_settings():
+    plan = resolve(parse_scene(ANIM))
+    frames = plan.frames
+    assert len(frames) == 12 and frames[0].init.kind == "noise" and frames[0].previous is None
+    assert all(f.init.kind == "previous" and f.previous == f.index - 1 for f in frames[1:])
+    # frame 0 uses skip_steps/init_scale; later frames frames_skip_steps (floor 60% of 20) / frames_scale
+    assert (frames[0].render.sampler.skip_steps, frames[0].render.guidance.init_scale) == (4, 100)
+    assert (frames[3].render.sampler.skip_steps, frames[3].render.guidance.init_scale) == (12, 1500)
+    assert [f.motion.zoom for f in frames[:3]] == pytest.approx([1.0, 1.005, 1.01])
+    assert frames[11].motion.zoom == pytest.approx(1.05)
+    assert frames[12 - 1].motion.angle == pytest.approx(10 * np.sin(2 * np.pi * 11 / 48))
+    assert frames[5].render.guidance.clip_guidance_scale == pytest.approx(1500)
+    assert [p.text for p in frames[5].render.text_prompts] == ["a"]
+    assert [p.text for p in frames[6].render.text_prompts] == ["b"]
+    assert [f.render.seed for f in frames[:3]] == [5, 6, 7]
+
+
+def test_resolution_is_pure_and_hashes_are_stable():
+    scene = parse_scene(ANIM)
+    first, second = resolve(scene), resolve(scene)
+    assert first == second
+    assert [f.settings_hash for f in first.frames] == [f.settings_hash for f in second.frames]
+    changed = resolve(parse_scene(ANIM.replace("frames_scale: 1500", "frames_scale: 1600")))
+    assert changed.frames[0].settings_hash == first.frames[0].settings_hash
+    assert changed.frames[1].settings_hash != first.frames[1].settings_hash
+
+
+def test_shots_restart_the_chain():
+    plan = resolve(parse_scene(ANIM + "cuts: [4, 8]\n"))
+    starts = [f.index for f in plan.frames if f.previous is None]
+    assert starts == [0, 4, 8]
+    assert [len(chain) for chain in plan.shots.values()] == [4, 4, 4]
+
+
+def test_turbo_marks_in_between_frames():
+    plan = resolve(parse_scene(ANIM + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
+    assert [f.diffuse for f in plan.frames] == [True, True, True, False, False, True, False, False, True, False, False, True]
+
+
+def test_video_input_uses_overrides_and_video_frames(tmp_path):
+    (tmp_path / "in.mp4").write_bytes(b"x")
+    scene = parse_scene(ANIM.replace("animation_mode: 2D", "animation_mode: Video Input")
+                        + "video_init_path: in.mp4\nextract_nth_frame: 2\nvideo_init_steps: 30\n"
+                        + "video_init_seed_continuity: true\n", base_dir=tmp_path)
+    plan = resolve(scene, video_frames=9)
+    assert len(plan.frames) == 5
+    assert [f.init.video_frame for f in plan.frames] == [0, 2, 4, 6, 8]
+    assert plan.frames[1].init.flow_from_previous
+    assert {f.render.sampler.steps for f in plan.frames} == {30}
+    assert plan.frames[0].render.sampler.skip_steps == 29  # video_init_skip_steps 50, clamped below steps
+    assert plan.frames[2].render.sampler.skip_steps == 21  # floor(70% of 30)
+    assert {f.render.seed for f in plan.frames} == {5}
+
+
+def test_intermediate_steps():
+    assert intermediate_steps(4, 0, 12, 2) == (0, 4, 8, 9)
+    assert intermediate_steps(0, 2, 100, 10) == (29, 58)  # DD: (100-10-1)//3 = 29 -> saves at 39, 68 absolute
+    assert intermediate_steps(0, (15, 500), 100, 10) == (5,)
+
+
+def test_plan_record_is_json_friendly():
+    import json
+
+    record = plan_record(resolve(parse_scene(ANIM)))
+    text = json.dumps(record)
+    assert '"overview": "[12]*400+[4]*600"' in text
+    assert record["frames"][3]["settings_hash"] == resolve(parse_scene(ANIM)).frames[3].settings_hash

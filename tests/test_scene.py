@@ -1,0 +1,138 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from farm.scene import SceneInvalid, load_scene, parse_scene
+from tests.conftest import TINY_SCENE
+
+SCENES = Path(__file__).resolve().parents[1] / "scenes"
+
+
+def problems(text: str, tmp_path: Path | None = None) -> list[str]:
+    with pytest.raises(SceneInvalid) as info:
+        parse_scene(text, source="s.yaml", base_dir=tmp_path)
+    return [str(p) for p in info.value.problems]
+
+
+@pytest.mark.parametrize("name", ["smoke", "lighthouse-stills", "lighthouse-2d", "flythrough-3d", "video-restyle"])
+def test_example_scenes_validate(name):
+    scene = load_scene(SCENES / f"{name}.yaml")
+    assert scene["name"] == name
+
+
+def test_dd_defaults_fill_what_the_scene_leaves_out():
+    scene = parse_scene(TINY_SCENE)
+    assert scene["clip_guidance_scale"].at(0) == 5000
+    assert scene["range_scale"].at(0) == 150
+    assert scene["eta"].at(0) == pytest.approx(0.8)
+    assert scene["cutn_batches"].at(0) == 4
+    assert scene["cut_overview"][0] == 12 and scene["cut_overview"][400] == 4
+    assert scene["animation_mode"] == "None" and scene["n_batches"] == 50
+    assert scene["frames_skip_steps"] == ("percent", 60.0)
+
+
+def test_errors_name_file_line_and_field_with_did_you_mean():
+    lines = problems(TINY_SCENE + "clip_guidence_scale: 4000\ntv_scale: lots\n")
+    assert "s.yaml:9: clip_guidence_scale: unknown setting; did you mean 'clip_guidance_scale'?" in lines
+    assert lines[1].startswith("s.yaml:10: tv_scale: bad keyframe string") and "unknown name 'lots'" in lines[1]
+    assert len(lines) == 2
+
+
+def test_dd_names_are_aliases_and_may_not_be_given_twice():
+    base = TINY_SCENE.replace("name: t\n", "").replace("seed: 5\n", "")
+    scene = parse_scene(base + "batch_name: dd\ninterp_spline: Linear\nset_seed: 3\n")
+    assert scene["name"] == "dd" and scene["interpolation"] == "linear" and scene["seed"] == 3
+    text = TINY_SCENE.replace("name: t\n", "") + "name: a\nbatch_name: b\n"
+    assert any("given twice" in line for line in problems(text))
+
+
+def test_random_seed_is_chosen_once_and_recorded():
+    scene = parse_scene(TINY_SCENE.replace("seed: 5", "seed: random"))
+    assert isinstance(scene["seed"], int) and scene.seed_was_random
+
+
+def test_width_height_must_be_multiples_of_64():
+    (line,) = problems(TINY_SCENE.replace("[64, 64]", "[100, 64]"))
+    assert line == "s.yaml:4: width_height: width 100 is not a multiple of 64 (try 128)"
+
+
+def test_unsupported_dd_settings_say_why():
+    (line,) = problems(TINY_SCENE + "vr_mode: true\n")
+    assert "vr_mode: not supported: VR" in line
+
+
+def test_dd_clip_switches_build_the_clip_list():
+    text = TINY_SCENE.replace('clip_models: ["tiny-vit::random"]\n', "") + "ViTB16: false\nRN50x4: true\n"
+    scene = parse_scene(text)
+    assert scene["clip_models"] == ("ViT-B-32::openai", "RN50::openai", "RN50x4::openai")
+    assert any("not both" in p for p in problems(TINY_SCENE + "ViTB32: true\n"))
+
+
+def test_keyframe_strings_for_guidance_and_motion():
+    scene = parse_scene(TINY_SCENE + 'clip_guidance_scale: "0:(1000), 10:(2000)"\nzoom: "0: (1), 10: (1.05)"\n')
+    values = scene["clip_guidance_scale"].values(12)
+    assert values[5] == pytest.approx(1500) and values[11] == 2000
+    assert np.allclose(scene["zoom"].values(11), 1 + 0.005 * np.arange(11))
+
+
+def test_bad_keyframes_and_expressions_are_field_errors():
+    (line,) = problems(TINY_SCENE + 'angle: "0:(__import__(\'os\'))"\n')
+    assert line.startswith("s.yaml:9: angle: bad keyframe string")
+    (line,) = problems(TINY_SCENE + 'zoom: "0: (1), 10 (2)"\n')
+    assert line.startswith("s.yaml:9: zoom: bad keyframe string")
+
+
+def test_key_frames_false_requires_plain_numbers():
+    (line,) = problems(TINY_SCENE + 'key_frames: false\nangle: "0:(1)"\n')
+    assert "plain number" in line
+
+
+def test_yaml_problems_have_lines_and_tags_are_refused():
+    (line,) = problems("name: [unclosed\nsteps: 3\n")
+    assert line.startswith("s.yaml:")
+    (line,) = problems("name: !!python/object/apply:os.system ['echo hi']\n")
+    assert "not allowed" in line and "s.yaml:1" in line
+    (line,) = problems("name: a\nname: b\n")
+    assert "s.yaml:2: duplicate key 'name' (first on line 1)" == line
+
+
+def test_billion_laughs_is_refused_without_expanding():
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        levels.append(f"a{i}: &a{i} [{', '.join(['*a%d' % (i - 1)] * 10)}]")
+    (line,) = problems("\n".join(levels) + "\n")
+    assert "expands to more than" in line
+
+
+def test_input_paths_stay_inside_the_scene_folder(tmp_path):
+    (tmp_path / "init.png").write_bytes(b"x")
+    scene = parse_scene(TINY_SCENE + "init_image: init.png\n", base_dir=tmp_path)
+    assert scene["init_image"] == str(tmp_path / "init.png")
+    (line,) = problems(TINY_SCENE + "init_image: ../../etc/passwd\n", tmp_path)
+    assert "outside the scene's folder" in line
+    (line,) = problems(TINY_SCENE + "init_image: /etc/passwd\n", tmp_path)
+    assert "outside the scene's folder" in line
+    (line,) = problems(TINY_SCENE + "init_image: missing.png\n", tmp_path)
+    assert "not found" in line
+
+
+def test_cross_field_checks():
+    assert any("Video Input needs video_init_path" in p for p in problems(TINY_SCENE + "animation_mode: Video Input\n"))
+    assert any("unknown diffusion model 'tinny'; did you mean 'tiny'?" in p
+               for p in problems(TINY_SCENE.replace("diffusion_model: tiny", "diffusion_model: tinny")))
+    assert any("no prompts" in p for p in problems(TINY_SCENE.replace('text_prompts: {0: ["a red apple:2", "blue:1"]}', "text_prompts: {}")))
+
+
+def test_overrides_are_validated_like_the_file(scene_file):
+    path = scene_file(TINY_SCENE)
+    assert load_scene(path, overrides={"steps": 20})["steps"].at(0) == 20
+    with pytest.raises(SceneInvalid, match="steps: 0 is below the minimum 1"):
+        load_scene(path, overrides={"steps": 0})
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    (line,) = problems("- a\n- b\n")
+    assert "must be a mapping" in line
+    with pytest.raises(SceneInvalid, match="file not found"):
+        load_scene(tmp_path / "nope.yaml")
