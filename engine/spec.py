@@ -83,7 +83,10 @@ class ModelSetSpec:
     def key(self) -> str:
         """A short human-readable key (used for actor names and affinity)."""
         sec = "+sec" if self.use_secondary_model else ""
-        return f"{self.diffusion_model}{sec}|{','.join(self.clip_models)}"
+        model = self.diffusion_model
+        if self.custom_model_path:
+            model = f"{model}:{self.custom_model_path.rsplit('/', 1)[-1]}"
+        return f"{model}{sec}|{','.join(self.clip_models)}"
 
 
 @dataclass(frozen=True)

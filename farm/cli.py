@@ -158,8 +158,10 @@ def cmd_import_dd(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from farm.local import submit_local
+    from farm.submit import submit_local
 
+    if args.actors is not None and args.actors < 1:
+        raise UsageError(f"--actors {args.actors}: must be at least 1")
     return submit_local(args)
 
 
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--frames", metavar="A:B", help="only frames/images A to B")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--actors", type=int, default=None, help="render actors (default: one per GPU, else 1)")
+    p.add_argument("--priority", type=int, default=0, help="higher renders first when scenes share actors")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray)")
     p.set_defaults(run=cmd_submit)
 
     try:

@@ -1,0 +1,269 @@
+"""Cutouts: the crops of the predicted image that CLIP looks at (DD's "Dango" cuts).
+
+Per cut batch (DD's ``MakeCutoutsDango``):
+- ``overview`` whole-image cuts: the image zero-padded to a square and resized to the
+  CLIP input size; with 1-4 overview cuts they are the plain cut, its grayscale, its
+  mirror and the grayscale mirror (in that order); with more, plain copies.
+- ``innercut`` zoomed crops: side ``int(r ** ic_pow * (max - min) + min)`` with r
+  uniform in [0, 1), ``max`` the short image side and ``min`` min(short side, cut
+  size), at a uniform random offset; crop ``i`` is grayscale when
+  ``i <= int(icgray_p * innercut)`` (so the first one always is, as in DD).
+- then, unless ``skip_augs``, augmentations: mirror (p 0.5), noise, rotation of up
+  to 10 degrees with up to 5% translation, noise, grayscale (p 0.1), noise and a
+  colour jitter (brightness, contrast, saturation 0.1, hue 0.1).
+
+Differences from DD, on purpose: augmentation parameters are drawn per cut (DD's
+torchvision transforms drew one set for the whole batch), all cuts of all cut
+batches are built at once (one CLIP call), and resizing is torch's antialiased
+bicubic instead of ResizeRight's. Crop geometry comes from a host ``random.Random``
+(python ints, no device sync); per-cut random values from a ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def grayscale3(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of [N,3,H,W] images, repeated on 3 channels."""
+    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    luma = GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
+    return luma.expand(-1, 3, -1, -1)
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bicubic resize to size x size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
+def pad_to_square(images: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the short side (centred, DD's arithmetic) so the image is square-ish."""
+    height, width = images.shape[-2:]
+    short = min(height, width)
+    pad_w = (height - short) // 2  # tall images get width padding
+    pad_h = (width - short) // 2  # wide images get height padding
+    return F.pad(images, (pad_w, pad_w, pad_h, pad_h))
+
+
+def inner_cut_sizes_and_offsets(
+    height: int, width: int, cut_size: int, count: int, ic_pow: float, rng: random.Random
+) -> list[tuple[int, int, int]]:
+    """(side, x, y) of ``count`` inner crops (python ints)."""
+    max_size = min(width, height)
+    min_size = min(width, height, cut_size)
+    cuts = []
+    for _ in range(count):
+        side = int(rng.random() ** ic_pow * (max_size - min_size) + min_size)
+        x = rng.randrange(0, width - side + 1)
+        y = rng.randrange(0, height - side + 1)
+        cuts.append((side, x, y))
+    return cuts
+
+
+def overview_cuts(images01: torch.Tensor, cut_size: int, count: int) -> list[torch.Tensor]:
+    """DD's overview cuts of [1,3,H,W] images in [0, 1]."""
+    if count <= 0:
+        return []
+    base = resize_square(pad_to_square(images01), cut_size)
+    if count > 4:
+        return [base] * count
+    variants = [base, grayscale3(base), base.flip(-1), grayscale3(base.flip(-1))]
+    return variants[:count]
+
+
+def make_cutouts(
+    images01: torch.Tensor,
+    cut_size: int,
+    overview: int,
+    innercut: int,
+    ic_pow: float,
+    icgray_p: float,
+    batches: int,
+    rng: random.Random,
+) -> torch.Tensor:
+    """All cuts of ``batches`` cut batches, [batches*(overview+innercut), 3, S, S]."""
+    height, width = images01.shape[-2:]
+    overview_set = overview_cuts(images01, cut_size, overview)
+    gray_until = int(icgray_p * innercut)
+    pieces: list[torch.Tensor] = []
+    for _ in range(batches):
+        pieces.extend(overview_set)
+        geometry = inner_cut_sizes_and_offsets(height, width, cut_size, innercut, ic_pow, rng)
+        for i, (side, x, y) in enumerate(geometry):
+            crop = images01[:, :, y : y + side, x : x + side]
+            if i <= gray_until:
+                crop = grayscale3(crop)
+            pieces.append(resize_square(crop, cut_size))
+    return torch.cat(pieces)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device, dtype=torch.float32):
+    return torch.rand(n, generator=generator, device=device, dtype=dtype) * (high - low) + low
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    return values[:, None, None, None]
+
+
+def rotate_translate(
+    images: torch.Tensor, angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor
+) -> torch.Tensor:
+    """Rotate each image about its centre and shift it (shifts in fractions of the side)."""
+    radians = angles_deg * (math.pi / 180.0)
+    cos, sin = radians.cos(), radians.sin()
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, 2 * shift_x], dim=1),
+            torch.stack([sin, cos, 2 * shift_y], dim=1),
+        ],
+        dim=1,
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Shift hue by ``turns`` of a full circle (rotation of the YIQ chroma plane)."""
+    y = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    i = 0.596 * images[:, 0] - 0.274 * images[:, 1] - 0.322 * images[:, 2]
+    q = 0.211 * images[:, 0] - 0.523 * images[:, 1] + 0.312 * images[:, 2]
+    angle = turns[:, None, None] * (2 * math.pi)
+    cos, sin = angle.cos(), angle.sin()
+    i, q = i * cos - q * sin, i * sin + q * cos
+    r = y + 0.956 * i + 0.621 * q
+    g = y - 0.272 * i - 0.647 * q
+    b = y - 1.106 * i + 1.703 * q
+    return torch.stack([r, g, b], dim=1)
+
+
+def augment(
+    cuts: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    flip_p: float = 0.5,
+    degrees: float = 10.0,
+    translate: float = 0.05,
+    gray_p: float = 0.1,
+    jitter: float = 0.1,
+    hue: float = 0.1,
+    noise: float = 0.01,
+) -> torch.Tensor:
+    """DD's cut augmentations with parameters drawn per cut (differentiable)."""
+    n, device = cuts.shape[0], cuts.device
+    side = cuts.shape[-1]
+
+    def add_noise(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype) * noise
+
+    flip = _per_image(torch.rand(n, generator=generator, device=device) < flip_p)
+    x = torch.where(flip, cuts.flip(-1), cuts)
+    x = add_noise(x)
+    angles = _uniform(n, -degrees, degrees, generator, device)
+    max_shift = translate * side
+    shift_x = torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side
+    shift_y = torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side
+    x = rotate_translate(x, angles, shift_x, shift_y)
+    x = add_noise(x)
+    gray = _per_image(torch.rand(n, generator=generator, device=device) < gray_p)
+    x = torch.where(gray, grayscale3(x), x)
+    x = add_noise(x)
+    brightness = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
+    contrast = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
+    saturation = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
+    hue_turns = _uniform(n, -hue, hue, generator, device)
+    x = (x * brightness).clamp(0, 1)
+    mean_luma = grayscale3(x)[:, :1].mean(dim=(1, 2, 3), keepdim=True)
+    x = (contrast * x + (1 - contrast) * mean_luma).clamp(0, 1)
+    x = (saturation * x + (1 - saturation) * grayscale3(x)).clamp(0, 1)
+    return rotate_hue(x, hue_turns).clamp(0, 1)
+
+
+def perspective_warp(images: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """Warp each image so its corners move to ``corners`` ([N,4,2], normalised -1..1,
+    order top-left, top-right, bottom-right, bottom-left); zeros outside."""
+    n = images.shape[0]
+    src = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=images.device)
+    src = src.expand(n, 4, 2)
+    # Solve the homography mapping output (warped) coords back to input coords.
+    rows = []
+    rhs = []
+    for k in range(4):
+        u, v = corners[:, k, 0], corners[:, k, 1]
+        x, y = src[:, k, 0], src[:, k, 1]
+        zeros, ones = torch.zeros_like(u), torch.ones_like(u)
+        rows.append(torch.stack([u, v, ones, zeros, zeros, zeros, -u * x, -v * x], dim=1))
+        rows.append(torch.stack([zeros, zeros, zeros, u, v, ones, -u * y, -v * y], dim=1))
+        rhs.extend([x, y])
+    a = torch.stack(rows, dim=1)
+    b = torch.stack(rhs, dim=1)
+    h = torch.linalg.solve(a, b)
+    h = torch.cat([h, torch.ones(n, 1, device=images.device)], dim=1).view(n, 3, 3)
+    height, width = images.shape[-2:]
+    ys = (torch.arange(height, device=images.device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=images.device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, -1, 3)
+    mapped = points @ h.transpose(1, 2)
+    grid = (mapped[..., :2] / mapped[..., 2:3]).view(n, height, width, 2)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def image_prompt_cutouts(
+    image01: torch.Tensor,
+    cut_size: int,
+    cutn: int,
+    skip_augs: bool,
+    rng: random.Random,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """DD's image-prompt cuts (``MakeCutouts``): the image padded by a quarter of its
+    height; the last quarter of the cuts whole, the others random squares of side
+    ~N(0.8, 0.3) of the short side; then (unless skip_augs) mirror, rotation of up to
+    15 degrees and 10% shift, a perspective warp (p 0.7, distortion 0.4), grayscale
+    (p 0.15) and noise. Input and output in [0, 1] (DD fed [-1, 1] here; a DD bug)."""
+    pad = image01.shape[2] // 4
+    padded = F.pad(image01, (pad, pad, pad, pad))
+    height, width = padded.shape[-2:]
+    max_size = min(width, height)
+    pieces = []
+    for ch in range(cutn):
+        if ch > cutn - cutn // 4:
+            crop = padded
+        else:
+            factor = min(max(rng.gauss(0.8, 0.3), cut_size / max_size), 1.0)
+            side = int(max_size * factor)
+            x = rng.randrange(0, abs(width - side + 1))
+            y = rng.randrange(0, abs(height - side + 1))
+            crop = padded[:, :, y : y + side, x : x + side]
+        pieces.append(F.interpolate(crop, size=(cut_size, cut_size), mode="bicubic", antialias=True, align_corners=False))
+    cuts = torch.cat(pieces).clamp(0, 1)
+    if skip_augs:
+        return cuts
+    n, device = cuts.shape[0], cuts.device
+
+    def add_noise(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn(x.shape, generator=generator, device=device) * 0.01
+
+    flip = _per_image(torch.rand(n, generator=generator, device=device) < 0.5)
+    x = add_noise(torch.where(flip, cuts.flip(-1), cuts))
+    angles = _uniform(n, -15.0, 15.0, generator, device)
+    shift_x = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
+    shift_y = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
+    x = add_noise(rotate_translate(x, angles, shift_x, shift_y))
+    base = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
+    inward = -base  # each corner moves towards the centre by up to distortion/2 of the side
+    amount = torch.rand(n, 4, 2, generator=generator, device=device) * 0.4
+    corners = base + inward * amount
+    apply = _per_image(torch.rand(n, generator=generator, device=device) < 0.7)
+    x = add_noise(torch.where(apply, perspective_warp(x, corners), x))
+    gray = _per_image(torch.rand(n, generator=generator, device=device) < 0.15)
+    x = add_noise(torch.where(gray, grayscale3(x), x))
+    return x

@@ -1,0 +1,428 @@
+"""Loading the models of a ``ModelSetSpec`` once on one device.
+
+A ``ModelSet`` holds the guided-diffusion UNet, the secondary model (optional), the
+CLIP models and, lazily, LPIPS. The diffusion *schedule* depends on the number of
+steps (DD respaces with ``ddim{steps}`` over ``(1000 // steps) * steps`` diffusion
+steps), so one schedule is cached per ``steps`` value while the UNet is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from engine import tiny
+from engine.errors import EngineError, ModelFileMissing, UnknownModelName
+from engine.spec import ModelSetSpec
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # guided_diffusion uses torch.cuda.amp decorators
+    from guided_diffusion import script_util
+
+log = logging.getLogger(__name__)
+
+VGG16_FILENAME = "vgg16-397923af.pth"
+"""torchvision's VGG16 ImageNet weights, LPIPS' backbone (looked up locally only)."""
+
+CLIP_MEAN_DEFAULT = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD_DEFAULT = (0.26862954, 0.26130258, 0.27577711)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, otherwise the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoadedClip:
+    """One CLIP model ready for guidance: its image size and normalisation on device."""
+
+    name: str
+    arch: str
+    tag: str
+    model: torch.nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    input_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    dtype: torch.dtype
+
+    def encode_image(self, pixels01: torch.Tensor) -> torch.Tensor:
+        """Embeddings (float32) of images in [0, 1] at ``input_size``; normalises first."""
+        normalised = (pixels01 - self.mean[:, None, None]) / self.std[:, None, None]
+        return self.model.encode_image(normalised.to(self.dtype)).float()
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Embeddings (float32) of texts (no gradient)."""
+        device = self.mean.device
+        with torch.no_grad():
+            tokens = self.tokenizer(texts).to(device)
+            return self.model.encode_text(tokens).float()
+
+
+@dataclass(frozen=True)
+class DiffusionSchedule:
+    """Per respaced step (index i = 0..num_steps-1) the sampler's python-float coefficients."""
+
+    num_steps: int
+    diffusion_steps: int
+    model_times: tuple[float, ...]
+    """Timestep value fed to the UNet (original timestep, rescaled as guided-diffusion)."""
+    cut_slots: tuple[int, ...]
+    """Index into the 1000-slot cut schedules (DD: ``1000 - (int(t) + 1)``)."""
+    alphas_cumprod: tuple[float, ...]
+    alphas_cumprod_prev: tuple[float, ...]
+
+    def sqrt_alpha_bar(self, i: int) -> float:
+        return self.alphas_cumprod[i] ** 0.5
+
+    def sqrt_one_minus_alpha_bar(self, i: int) -> float:
+        return (1.0 - self.alphas_cumprod[i]) ** 0.5
+
+    def sqrt_recip_alpha_bar(self, i: int) -> float:
+        return (1.0 / self.alphas_cumprod[i]) ** 0.5
+
+    def sqrt_recipm1_alpha_bar(self, i: int) -> float:
+        return (1.0 / self.alphas_cumprod[i] - 1.0) ** 0.5
+
+
+def diffusion_steps_for(steps: int) -> int:
+    """DD's diffusion length for a step count: a multiple of ``steps`` close to 1000."""
+    return (1000 // steps) * steps if steps < 1000 else steps
+
+
+def schedule_from_diffusion(diffusion: Any) -> DiffusionSchedule:
+    """Read a guided-diffusion ``SpacedDiffusion`` into python floats (one time, on the CPU)."""
+    original = diffusion.original_num_steps
+    timestep_map = torch.tensor(diffusion.timestep_map, dtype=torch.long)
+    if diffusion.rescale_timesteps:
+        times = timestep_map.float() * (1000.0 / original)
+    else:
+        times = timestep_map.float()
+    model_times = tuple(float(t) for t in times)
+    cut_slots = tuple(1000 - (int(t) + 1) for t in model_times)
+    return DiffusionSchedule(
+        num_steps=int(diffusion.num_timesteps),
+        diffusion_steps=int(original),
+        model_times=model_times,
+        cut_slots=cut_slots,
+        alphas_cumprod=tuple(float(a) for a in diffusion.alphas_cumprod),
+        alphas_cumprod_prev=tuple(float(a) for a in diffusion.alphas_cumprod_prev),
+    )
+
+
+def _catalogue():
+    from engine import catalogue
+
+    return catalogue
+
+
+def _load_state_dict(path: pathlib.Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileMissing(f"model file not found: {path}") from None
+    except Exception as exc:  # a corrupt or foreign file
+        raise EngineError(f"cannot read model file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EngineError(f"model file {path} holds no state dict")
+    return state
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: object) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise EngineError(
+            f"{what} file {path} does not fit its architecture/settings: {detail[:400]}"
+        ) from None
+
+
+class ModelSet:
+    """The models of one ``ModelSetSpec`` loaded once on one device."""
+
+    def __init__(
+        self,
+        spec: ModelSetSpec,
+        device: torch.device | str | None = None,
+        *,
+        half_precision: bool | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.spec = spec
+        self.device = torch.device(device) if device is not None else default_device()
+        on_cuda = self.device.type == "cuda"
+        self.half_precision = on_cuda if half_precision is None else (half_precision and on_cuda)
+        self.channels_last = on_cuda if channels_last is None else (channels_last and on_cuda)
+        if not spec.clip_models:
+            raise EngineError("clip_models is empty: name at least one CLIP model")
+        self.is_tiny = tiny.is_tiny_diffusion(spec.diffusion_model)
+        self.unet_settings = self._unet_settings()
+        self.unet = self._load_unet()
+        self.secondary = self._load_secondary() if spec.use_secondary_model else None
+        self.clips: dict[str, LoadedClip] = {}
+        for name in spec.clip_models:
+            if name in self.clips:
+                raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
+            self.clips[name] = self._load_clip(name)
+        self._schedules: dict[int, DiffusionSchedule] = {}
+        self._lpips: torch.nn.Module | None = None
+        self.text_embedding_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self.image_prompt_cache: dict[tuple, torch.Tensor] = {}
+
+    # -- diffusion ---------------------------------------------------------------------
+    def _unet_settings(self) -> dict[str, object]:
+        spec = self.spec
+        defaults = script_util.model_and_diffusion_defaults()
+        catalogue = _catalogue()
+        base_name = "512x512_diffusion_uncond_finetune_008100"
+        if self.is_tiny:
+            settings = dict(defaults)
+            settings.update(catalogue.DIFFUSION_MODELS[base_name].unet_kwargs())
+            settings = tiny.tiny_unet_kwargs(settings)
+        elif spec.diffusion_model in catalogue.DIFFUSION_MODELS:
+            settings = dict(defaults)
+            settings.update(catalogue.DIFFUSION_MODELS[spec.diffusion_model].unet_kwargs())
+        elif spec.custom_model_path:
+            settings = dict(defaults)
+            settings.update(catalogue.DIFFUSION_MODELS[base_name].unet_kwargs())
+        else:
+            known = ", ".join([*catalogue.DIFFUSION_MODELS, tiny.TINY_DIFFUSION_MODEL])
+            raise UnknownModelName(
+                f"unknown diffusion model {spec.diffusion_model!r} (known: {known}; "
+                "or set custom_model_path)"
+            )
+        for key, value in spec.custom_model_settings:
+            if key not in defaults:
+                raise EngineError(
+                    f"unknown custom_model_settings key {key!r} "
+                    f"(guided-diffusion settings: {', '.join(sorted(defaults))})"
+                )
+            settings[key] = value
+        settings["use_checkpoint"] = bool(spec.use_checkpoint)
+        settings["use_fp16"] = self.half_precision
+        settings["timestep_respacing"] = ""
+        return settings
+
+    def _unet_path(self) -> pathlib.Path | None:
+        spec = self.spec
+        if spec.custom_model_path:
+            path = pathlib.Path(spec.custom_model_path).expanduser()
+            if not path.is_file():
+                raise ModelFileMissing(f"custom diffusion model file not found: {path}")
+            return path
+        if self.is_tiny:
+            return None
+        catalogue = _catalogue()
+        try:
+            return catalogue.cached_path(spec.diffusion_model)
+        except catalogue.UnknownModel as exc:
+            raise UnknownModelName(str(exc)) from None
+        except catalogue.ModelError as exc:
+            raise ModelFileMissing(str(exc)) from None
+
+    def _load_unet(self) -> torch.nn.Module:
+        path = self._unet_path()
+        model_kwargs = {
+            k: v for k, v in self.unet_settings.items()
+            if k in script_util.model_and_diffusion_defaults()
+        }
+        create_args = {k: model_kwargs[k] for k in _CREATE_MODEL_KEYS if k in model_kwargs}
+        try:
+            if path is None:
+                with tiny.seeded(tiny.TINY_SEED):
+                    unet = script_util.create_model(**create_args)
+                    tiny.randomise_zero_parameters(unet)
+            else:
+                unet = script_util.create_model(**create_args)
+        except (AssertionError, ValueError, TypeError) as exc:
+            raise EngineError(f"invalid UNet settings {create_args}: {exc}") from None
+        if path is not None:
+            _load_into(unet, _load_state_dict(path), "diffusion model", path)
+        unet.requires_grad_(False).eval().to(self.device)
+        if self.half_precision:
+            unet.convert_to_fp16()
+        if self.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        return unet
+
+    def schedule(self, steps: int) -> DiffusionSchedule:
+        """The sampler coefficients for ``steps`` (cached per steps value)."""
+        if steps not in self._schedules:
+            s = self.unet_settings
+            diffusion = script_util.create_gaussian_diffusion(
+                steps=diffusion_steps_for(steps),
+                learn_sigma=bool(s["learn_sigma"]),
+                noise_schedule=str(s["noise_schedule"]),
+                use_kl=bool(s["use_kl"]),
+                predict_xstart=bool(s["predict_xstart"]),
+                rescale_timesteps=bool(s["rescale_timesteps"]),
+                rescale_learned_sigmas=bool(s["rescale_learned_sigmas"]),
+                timestep_respacing=f"ddim{steps}",
+            )
+            self._schedules[steps] = schedule_from_diffusion(diffusion)
+        return self._schedules[steps]
+
+    # -- secondary ---------------------------------------------------------------------
+    def _load_secondary(self) -> torch.nn.Module:
+        from engine.secondary import SecondaryDiffusionModel
+
+        if self.is_tiny:
+            model = tiny.build_tiny_secondary()
+        else:
+            catalogue = _catalogue()
+            try:
+                path = catalogue.cached_path(catalogue.SECONDARY_MODEL.name)
+            except catalogue.ModelError as exc:
+                raise ModelFileMissing(str(exc)) from None
+            model = SecondaryDiffusionModel()
+            _load_into(model, _load_state_dict(path), "secondary model", path)
+        model.requires_grad_(False).eval().to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    # -- CLIP --------------------------------------------------------------------------
+    def _load_clip(self, name: str) -> LoadedClip:
+        import open_clip
+
+        catalogue = _catalogue()
+        try:
+            arch, tag = catalogue.parse_clip_name(name)
+        except catalogue.ModelError as exc:
+            raise UnknownModelName(str(exc)) from None
+        precision = "fp16" if self.half_precision else "fp32"
+        if arch.startswith(catalogue.TINY_MODEL_PREFIX):
+            if not tiny.is_tiny_clip(arch) or tag not in ("", "random"):
+                raise UnknownModelName(
+                    f"unknown built-in CLIP model {name!r} (built-in: {', '.join(tiny.TINY_CLIP_MODELS)})"
+                )
+            model = tiny.build_tiny_clip(arch)
+        else:
+            try:
+                model = open_clip.create_model(arch, pretrained=tag, precision="fp32")
+            except Exception as exc:  # open_clip raises many kinds when weights are absent
+                raise ModelFileMissing(
+                    f"CLIP weights {name!r} could not be loaded ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                    f"fetch them with: farm models download {name}"
+                ) from None
+        model.requires_grad_(False).eval().to(self.device)
+        if precision == "fp16":
+            model.half()
+        visual = model.visual
+        size = visual.image_size
+        input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = getattr(visual, "image_mean", None) or CLIP_MEAN_DEFAULT
+        std = getattr(visual, "image_std", None) or CLIP_STD_DEFAULT
+        return LoadedClip(
+            name=name,
+            arch=arch,
+            tag=tag,
+            model=model,
+            tokenizer=open_clip.get_tokenizer(arch),
+            input_size=input_size,
+            mean=torch.tensor(mean, dtype=torch.float32, device=self.device),
+            std=torch.tensor(std, dtype=torch.float32, device=self.device),
+            dtype=torch.float16 if precision == "fp16" else torch.float32,
+        )
+
+    # -- LPIPS -------------------------------------------------------------------------
+    def lpips(self) -> torch.nn.Module:
+        """LPIPS-VGG (lazy). Real sets need VGG16 weights in a local file; tiny sets
+        use a random-initialised VGG (test use only)."""
+        if self._lpips is None:
+            self._lpips = load_lpips(random_backbone=self.is_tiny).to(self.device)
+        return self._lpips
+
+
+_CREATE_MODEL_KEYS = (
+    "image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma",
+    "class_cond", "use_checkpoint", "attention_resolutions", "num_heads",
+    "num_head_channels", "num_heads_upsample", "use_scale_shift_norm", "dropout",
+    "resblock_updown", "use_fp16", "use_new_attention_order",
+)
+
+
+def vgg16_weights_path() -> pathlib.Path | None:
+    """A local VGG16 file: $DISCO_FARM_VGG16, the models dir, or torch's hub cache."""
+    candidates: list[pathlib.Path] = []
+    explicit = os.environ.get("DISCO_FARM_VGG16")
+    if explicit:
+        candidates.append(pathlib.Path(explicit).expanduser())
+    try:
+        candidates.append(_catalogue().models_dir() / VGG16_FILENAME)
+    except Exception:  # catalogue without models_dir
+        pass
+    candidates.append(pathlib.Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME)
+    for path in candidates:
+        if path.is_file():
+            return path
+    if explicit:
+        raise ModelFileMissing(f"DISCO_FARM_VGG16 points to a missing file: {explicit}")
+    return None
+
+
+def load_lpips(random_backbone: bool) -> torch.nn.Module:
+    """LPIPS (VGG, v0.1 linear layers shipped with the ``lpips`` package), offline.
+
+    The VGG16 backbone comes from a local file (see ``vgg16_weights_path``); with
+    ``random_backbone`` it is random-initialised from a fixed seed (tests only).
+    """
+    try:
+        import lpips
+    except ImportError:
+        raise EngineError("init_scale needs the 'lpips' package: pip install lpips") from None
+    path = None if random_backbone else vgg16_weights_path()
+    if path is None and not random_backbone:
+        raise ModelFileMissing(
+            f"init_scale > 0 needs LPIPS' VGG16 weights ({VGG16_FILENAME}), not found; put the "
+            "file in the models dir or set DISCO_FARM_VGG16 (or set init_scale to 0)"
+        )
+    with warnings.catch_warnings(), tiny.seeded(tiny.TINY_SEED + 20):
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    if path is not None:
+        vgg_state = _load_state_dict(path)
+        net_state = {}
+        slices = {name: mod for name, mod in model.net.named_children() if name.startswith("slice")}
+        for key, tensor in vgg_state.items():
+            parts = key.split(".")
+            if parts[0] != "features":
+                continue
+            for slice_name, slice_module in slices.items():
+                if parts[1] in dict(slice_module.named_children()):
+                    net_state[f"{slice_name}.{parts[1]}.{parts[2]}"] = tensor
+        missing = set(model.net.state_dict()) - set(net_state)
+        if missing:
+            raise EngineError(f"VGG16 file {path} lacks {sorted(missing)[:3]}")
+        model.net.load_state_dict(net_state)
+    model.requires_grad_(False).eval()
+    return model
+
+
+def load_model_set(spec: ModelSetSpec, device: torch.device | str | None = None, **options: Any) -> ModelSet:
+    """Load ``spec``'s models on ``device`` (default: CUDA if present, else CPU)."""
+    return ModelSet(spec, device, **options)
+
+
+__all__ = [
+    "ModelSet",
+    "LoadedClip",
+    "DiffusionSchedule",
+    "diffusion_steps_for",
+    "schedule_from_diffusion",
+    "load_model_set",
+    "load_lpips",
+    "default_device",
+]

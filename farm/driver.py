@@ -1,0 +1,387 @@
+"""The Ray driver loop: model-holding actors, bounded in-flight work, retries, outputs.
+
+A `RenderSession` runs one or more jobs (plans, each with its output folder) on a pool of
+RenderActors. It hands ready frames to free actors (farm.scheduler decides which), waits
+with `ray.wait`, writes each finished frame at once (atomically, plus a manifest line),
+retries failures on other actors, and finishes with the video or contact sheet.
+Finished frames survive anything: on resume they are verified by hash and kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+
+from farm.actors import ProgressBoard, RenderActor
+from farm.output import ManifestEntry, OutputFolder, utc_now
+from farm.plan import Plan
+from farm.scheduler import Scheduler, Task
+from farm.worker import FrameInputs
+
+
+@dataclass
+class JobInputs:
+    """Pixels from the scene's input files, loaded once by the driver."""
+
+    init_image: np.ndarray | None = None
+    image_prompts: dict[str, np.ndarray] = field(default_factory=dict)
+    video_frames_dir: Path | None = None
+
+
+@dataclass
+class RenderJob:
+    job_id: str
+    plan: Plan
+    out: OutputFolder
+    inputs: JobInputs = field(default_factory=JobInputs)
+    priority: int = 0
+    started_at: str = field(default_factory=utc_now)
+    started_clock: float = field(default_factory=time.monotonic)
+    reused: int = 0
+    frame_seconds: list[float] = field(default_factory=list)
+    last_status_write: float = 0.0
+
+
+@dataclass
+class _Slot:
+    label: str
+    handle: object
+    model_key: str
+    models: object
+    busy: object | None = None  # the ObjectRef in flight
+    lives: int = 0  # restarts seen (each restart reloads the models)
+
+    @property
+    def incarnation(self) -> str:
+        return f"{self.label}#{self.lives}"
+
+
+def one_line(error: BaseException) -> str:
+    """The last meaningful line of an exception (Ray wraps remote tracebacks)."""
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    text = str(error).strip().splitlines()
+    message = text[-1] if text else type(error).__name__
+    return f"{type(error).__name__}: {message}"[:500]
+
+
+class RenderSession:
+    """Runs render jobs on `actors` RenderActors (one per GPU, or CPU actors)."""
+
+    def __init__(self, actors: int = 1, *, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
+                 device: str | None = None, threads: int | None = None, stall_seconds: float = 600.0,
+                 poll_seconds: float = 0.25, max_restarts: int = 3,
+                 on_update: Callable[["RenderSession"], None] | None = None):
+        self.actor_count = actors
+        self.gpus_per_actor = gpus_per_actor
+        self.cpus_per_actor = cpus_per_actor
+        self.device = device
+        self.threads = threads
+        self.stall_seconds = stall_seconds
+        self.poll_seconds = poll_seconds
+        self.max_restarts = max_restarts
+        self.on_update = on_update
+        self.scheduler = Scheduler()
+        self.jobs: dict[str, RenderJob] = {}
+        self.slots: dict[str, _Slot] = {}
+        self.inflight: dict[object, tuple[Task, str, float]] = {}
+        self.progress: dict[tuple[str, int], dict] = {}
+        self._pixels: dict[tuple[str, int], np.ndarray] = {}
+        self._model_specs: dict[str, object] = {}
+        self.completed: list[tuple[str, int, str]] = []  # (job, frame, actor) in finishing order
+        self._board = ProgressBoard.remote()
+        self._next_label = 0
+
+    # ------------------------------------------------------------------ jobs
+    def add(self, job: RenderJob) -> RenderJob:
+        hashes = {f.index: f.settings_hash for f in job.plan.frames}
+        job.out.prepare()
+        finished = job.out.finished(hashes)
+        job.out.compact_manifest(finished)
+        job.reused = len(finished)
+        self.jobs[job.job_id] = job
+        for frame in job.plan.frames:
+            self._model_specs.setdefault(frame.render.models.key, frame.render.models)
+        self.scheduler.add_job(job.job_id, job.plan, job.priority, set(finished))
+        self._write_status(job, force=True)
+        return job
+
+    def cancel(self, job_id: str) -> None:
+        self.scheduler.cancel(job_id)
+        for ref, (task, _, _) in list(self.inflight.items()):
+            if task.job == job_id:
+                ray.cancel(ref)
+
+    # ------------------------------------------------------------------ actors
+    def _new_slot(self, models, label: str | None = None) -> _Slot:
+        if label is None:
+            label = f"actor-{self._next_label}"
+            self._next_label += 1
+        handle = RenderActor.options(
+            num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
+            max_restarts=self.max_restarts, max_task_retries=0,
+        ).remote(models, self.device, self.threads, self._board, label)
+        slot = _Slot(label, handle, models.key, models)
+        self.slots[label] = slot
+        return slot
+
+    def _ensure_actors(self) -> None:
+        """Grow the pool to its size; reload an idle actor for a model set no actor holds."""
+        wanted = self.scheduler.waiting_model_keys()
+        if not wanted:
+            return
+        keys = sorted(wanted)
+        while len(self.slots) < self.actor_count:
+            self._new_slot(self._model_specs[keys[len(self.slots) % len(keys)]])
+        held = {slot.model_key for slot in self.slots.values()}
+        for key in keys:
+            if key in held:
+                continue
+            idle = [s for s in self.slots.values() if s.busy is None and s.model_key not in wanted]
+            if not idle:
+                break
+            slot = idle[0]
+            ray.kill(slot.handle)
+            del self.slots[slot.label]
+            self._new_slot(self._model_specs[key], slot.label)
+            held.add(key)
+
+    # ------------------------------------------------------------------ dispatch
+    def _frame_pixels(self, job: RenderJob, index: int) -> np.ndarray:
+        key = (job.job_id, index)
+        if key not in self._pixels:
+            entry = {e.index: e for e in job.out.manifest()}.get(index)
+            if entry is None:
+                raise RuntimeError(f"{job.job_id}: frame {index} is neither in memory nor on disk")
+            self._pixels[key] = job.out.load_frame(entry)
+        return self._pixels[key]
+
+    def _inputs_for(self, job: RenderJob, task: Task) -> FrameInputs:
+        frame = task.frame
+        previous = reference = video_previous = video_current = None
+        if frame.previous is not None:
+            previous = self._frame_pixels(job, frame.previous)
+            shot_start = min(f.index for f in job.plan.shots[frame.shot])
+            reference = self._frame_pixels(job, shot_start)
+        if frame.init.kind == "video" and job.inputs.video_frames_dir is not None:
+            from farm.inputs import load_image
+
+            size = (frame.render.width, frame.render.height)
+            video_current = load_image(job.inputs.video_frames_dir / f"{frame.init.video_frame:06d}.png", size)
+            if frame.previous is not None:
+                prev_video = job.plan.frames[frame.previous].init.video_frame
+                video_previous = load_image(job.inputs.video_frames_dir / f"{prev_video:06d}.png", size)
+        prompts = {p.text: job.inputs.image_prompts[p.text] for p in frame.render.image_prompts
+                   if p.text in job.inputs.image_prompts}
+        return FrameInputs(previous, reference, job.inputs.init_image, video_previous, video_current, prompts)
+
+    def _dispatch(self) -> None:
+        for slot in list(self.slots.values()):
+            if slot.busy is not None:
+                continue
+            task = self.scheduler.next_for(slot.label, slot.model_key, slot.incarnation)
+            if task is None:
+                continue
+            job = self.jobs[task.job]
+            inputs = self._inputs_for(job, task)
+            ref = slot.handle.render.options(name=task.name).remote(task.job, task.frame, job.plan.animation, inputs)
+            slot.busy = ref
+            self.inflight[ref] = (task, slot.label, time.monotonic())
+            self.progress[(task.job, task.frame.index)] = {"step": 0, "steps": task.frame.render.sampler.steps
+                                                           - task.frame.render.sampler.skip_steps,
+                                                           "at": time.time(), "actor": slot.label}
+
+    # ------------------------------------------------------------------ results
+    def _collect(self, ref) -> None:
+        task, label, started = self.inflight.pop(ref)
+        slot = self.slots.get(label)
+        if slot is not None and slot.busy is ref:
+            slot.busy = None
+        job = self.jobs[task.job]
+        self.progress.pop((task.job, task.frame.index), None)
+        self._board.clear.remote(task.job, task.frame.index)
+        try:
+            pixels, stats = ray.get(ref)
+        except TaskCancelledError:
+            self.scheduler.abandoned(task)
+            return
+        except RayActorError as error:
+            life = slot.incarnation if slot is not None else label
+            self.scheduler.failed(task, label, f"actor died ({one_line(error)})", life)
+            if slot is not None:
+                slot.lives += 1
+            self._replace_if_dead(label)
+            self._record_error(job, task, label, f"actor died ({one_line(error)})")
+            return
+        except RayTaskError as error:
+            self.scheduler.failed(task, label, one_line(error), slot.incarnation if slot is not None else label)
+            self._record_error(job, task, label, one_line(error))
+            return
+        if self.scheduler.jobs[task.job].cancelled:
+            return
+        frame = task.frame
+        relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
+        job.out.append_manifest(ManifestEntry(
+            index=frame.index, kind=frame.kind, file=relative, sha256=digest,
+            settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
+            node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+        job.frame_seconds.append(time.monotonic() - started)
+        self.completed.append((task.job, frame.index, label))
+        if job.plan.is_animation:
+            self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
+            self._forget_old_pixels(job, frame.index)
+        self.scheduler.succeeded(task)
+        self._write_status(job)
+
+    def _forget_old_pixels(self, job: RenderJob, index: int) -> None:
+        shot_starts = {min(f.index for f in chain) for chain in job.plan.shots.values()}
+        previous = index - 1
+        if previous >= 0 and previous not in shot_starts:
+            self._pixels.pop((job.job_id, previous), None)
+
+    def _record_error(self, job: RenderJob, task: Task, label: str, message: str) -> None:
+        errors = getattr(job, "errors", [])
+        errors.append({"index": task.frame.index, "actor": label, "message": message})
+        job.errors = errors
+        self._write_status(job, force=True)
+
+    def _replace_if_dead(self, label: str) -> None:
+        slot = self.slots.get(label)
+        if slot is None:
+            return
+        try:
+            ray.get(slot.handle.info.remote(), timeout=120)
+        except (RayActorError, GetTimeoutError):
+            del self.slots[label]
+            self._new_slot(slot.models, label).lives = slot.lives
+
+    # ------------------------------------------------------------------ watching
+    def _poll_progress(self) -> None:
+        progress, previews = ray.get(self._board.snapshot.remote())
+        for (job_id, index), record in progress.items():
+            if (job_id, index) in self.progress:
+                self.progress[(job_id, index)].update(record)
+        for (job_id, index), png in previews.items():
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.out.write_preview(index, png)
+
+    def _check_stalls(self) -> None:
+        now = time.time()
+        for ref, (task, label, _) in list(self.inflight.items()):
+            record = self.progress.get((task.job, task.frame.index))
+            if record and now - record["at"] > self.stall_seconds:
+                slot = self.slots.get(label)
+                if slot is not None:
+                    record["at"] = now
+                    ray.kill(slot.handle, no_restart=False)
+
+    def eta_seconds(self, job: RenderJob) -> float | None:
+        state = self.scheduler.jobs[job.job_id]
+        if not job.frame_seconds:
+            return None
+        per_frame = sum(job.frame_seconds[-20:]) / len(job.frame_seconds[-20:])
+        parallel = 1 if job.plan.is_animation and len(job.plan.shots) == 1 else max(1, len(self.slots))
+        return round(per_frame * math.ceil((len(state.remaining) + len(state.running)) / parallel), 1)
+
+    def status(self, job: RenderJob) -> dict:
+        state = self.scheduler.jobs[job.job_id]
+        current = [{"index": index, "step": r.get("step", 0), "steps": r.get("steps", 0)}
+                   for (job_id, index), r in sorted(self.progress.items()) if job_id == job.job_id]
+        return {
+            "name": job.plan.name, "state": state.state if state.finished or state.error else "running",
+            "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.frames),
+            "done": len(state.done), "reused": job.reused, "failed": len(getattr(job, "errors", [])),
+            "started_at": job.started_at, "updated_at": utc_now(),
+            "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
+            "current": current, "errors": getattr(job, "errors", [])[-20:], "error": state.error,
+            "video": None, "job_id": job.job_id,
+        }
+
+    def _write_status(self, job: RenderJob, force: bool = False, extra: dict | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - job.last_status_write < 0.5:
+            return
+        job.last_status_write = now
+        job.out.write_json("status.json", {**self.status(job), **(extra or {})})
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, str]:
+        """Render every added job; returns job id -> final state."""
+        try:
+            while not self.scheduler.all_finished:
+                self._ensure_actors()
+                self._dispatch()
+                if not self.inflight:
+                    self.scheduler.check_starvation({s.label: (s.model_key, s.incarnation) for s in self.slots.values()})
+                    if not self.scheduler.has_ready() and not self.scheduler.all_finished:
+                        for job_state in self.scheduler.jobs.values():
+                            if not job_state.finished:
+                                self.scheduler._fail_job(job_state, "no frame can start (dependency lost)")
+                    continue
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.poll_seconds)
+                for ref in ready:
+                    self._collect(ref)
+                self._cancel_failed_jobs()
+                self._poll_progress()
+                self._check_stalls()
+                for job in self.jobs.values():
+                    self._write_status(job)
+                if self.on_update:
+                    self.on_update(self)
+        except KeyboardInterrupt:
+            for ref in list(self.inflight):
+                ray.cancel(ref)
+            for job in self.jobs.values():
+                self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
+            raise
+        results = {}
+        for job in self.jobs.values():
+            results[job.job_id] = self._finish(job)
+        if self.on_update:
+            self.on_update(self)
+        return results
+
+    def _cancel_failed_jobs(self) -> None:
+        for ref, (task, _, _) in list(self.inflight.items()):
+            state = self.scheduler.jobs[task.job]
+            if state.error or state.cancelled:
+                ray.cancel(ref)
+
+    def _finish(self, job: RenderJob) -> str:
+        state = self.scheduler.jobs[job.job_id]
+        extra: dict = {}
+        if state.state == "succeeded":
+            entries = job.out.finished({f.index: f.settings_hash for f in job.plan.frames})
+            if job.plan.is_animation:
+                extra["video"] = make_video(job.out, job.plan, entries)
+            else:
+                job.out.contact_sheet(list(entries.values()))
+                extra["contact_sheet"] = "contact_sheet.png"
+        self._write_status(job, force=True, extra=extra)
+        return state.state
+
+    def shutdown(self) -> None:
+        for slot in self.slots.values():
+            ray.kill(slot.handle)
+        self.slots.clear()
+        ray.kill(self._board)
+
+
+def make_video(out: OutputFolder, plan: Plan, entries: dict) -> str:
+    """Stitch the finished frames (frame 0 included) into the scene's video format."""
+    from animation.video import stitch
+
+    settings = plan.animation
+    codec = {"mp4": "h264", "webm": "webm", "gif": "gif"}[settings.video_format]
+    name = f"video.{settings.video_format}"
+    frames = [out.path(entries[i].file) for i in sorted(entries)]
+    stitch(frames, out.path(name), fps=settings.fps, crf=settings.video_crf, codec=codec, blend=min(settings.video_blend, 0.99))
+    return name

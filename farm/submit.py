@@ -1,0 +1,193 @@
+"""`farm submit` on the embedded local Ray (no --address): render in the foreground."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from farm.output import OutputFolder
+from farm.plan import Plan, plan_record, resolve
+from farm.scene import Scene, load_scene
+
+
+class SubmitError(ValueError):
+    pass
+
+
+def default_out_dir(scene: Scene, base: Path = Path("renders")) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return base / scene["name"] / stamp
+
+
+def recorded_seed(out: Path) -> int | None:
+    """The seed an earlier, interrupted run in this folder chose (for resuming 'random')."""
+    try:
+        data = yaml.safe_load((out / "scene.yaml").read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+    seed = data.get("seed") if isinstance(data, dict) else None
+    return seed if isinstance(seed, int) else None
+
+
+def prepare_job(scene_path: str, out: Path | None, overrides: dict, frames: range | None = None):
+    """Load and resolve a scene, choose (or reuse) its output folder, write scene.yaml and plan.json."""
+    from farm.driver import JobInputs
+
+    scene = load_scene(scene_path, overrides=overrides)
+    out = Path(out) if out else default_out_dir(scene)
+    if scene.seed_was_random and (seed := recorded_seed(out)) is not None:
+        scene = load_scene(scene_path, overrides={**overrides, "seed": seed})
+    folder = OutputFolder(out)
+    folder.prepare()
+    inputs = JobInputs()
+    video_frames = None
+    if scene["animation_mode"] == "Video Input":
+        from animation.video import extract_frames
+
+        frames_dir = folder.path(".video-frames")
+        width, height = scene["width_height"]
+        extracted = extract_frames(scene["video_init_path"], frames_dir, every_nth=1, size=(width, height))
+        video_frames = len(extracted)
+        inputs.video_frames_dir = frames_dir
+    plan = resolve(scene, video_frames)
+    if frames is not None:
+        plan = Plan(plan.name, plan.seed, plan.animation, tuple(f for f in plan.frames if f.index in frames))
+        missing_parents = [f.index for f in plan.frames if f.previous is not None and f.previous not in frames]
+        if missing_parents and not _all_parents_on_disk(folder, plan, missing_parents):
+            raise SubmitError(f"--frames starts inside a chain: render frames before {missing_parents[0]} first")
+    _load_inputs(scene, inputs)
+    written = dict(scene.raw)
+    written["seed"] = scene["seed"]
+    folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))
+    folder.write_json("plan.json", plan_record(plan))
+    return scene, plan, folder, inputs
+
+
+def _all_parents_on_disk(folder: OutputFolder, plan: Plan, indices: list[int]) -> bool:
+    on_disk = {e.index for e in folder.manifest()}
+    return all(i - 1 in on_disk for i in indices)
+
+
+def _load_inputs(scene: Scene, inputs) -> None:
+    from farm.inputs import load_image
+
+    size = tuple(scene["width_height"])
+    if scene["init_image"]:
+        inputs.init_image = load_image(scene["init_image"], size)
+    for _, prompts in scene["image_prompts"].keys:
+        for prompt in prompts:
+            if prompt.text not in inputs.image_prompts:
+                path = Path(prompt.text)
+                inputs.image_prompts[prompt.text] = load_image(path if path.is_absolute() else scene.base_dir / path)
+
+
+def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
+    """An embedded Ray: dashboard on 127.0.0.1, Ray's token auth left as Ray sets it (on)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    temp_dir = os.environ.get("DISCO_FARM_RAY_TMP") or tempfile.mkdtemp(prefix="disco-farm-ray-")
+    ray.init(
+        num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+        _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+    )
+
+
+def local_actor_layout(actors: int | None) -> tuple[int, float, int | None]:
+    """(actor count, GPUs per actor, torch threads per actor) for this machine."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return (actors or gpus), 1.0, None
+    count = actors or 1
+    threads = max(1, (os.cpu_count() or 1) // count)
+    return count, 0.0, threads
+
+
+class _Bars:
+    """Terminal progress: frames done of total, the current frame's sampler steps, ETA."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bars = {}
+
+    def __call__(self, session) -> None:
+        for job_id, job in session.jobs.items():
+            state = session.scheduler.jobs[job_id]
+            bar = self.bars.get(job_id)
+            if bar is None:
+                unit = "frame" if job.plan.is_animation else "image"
+                bar = self.bars[job_id] = self._tqdm(total=len(job.plan.frames), desc=job.plan.name, unit=unit,
+                                                     file=sys.stderr, dynamic_ncols=True)
+            changed = bar.n != len(state.done)
+            bar.n = len(state.done)
+            current = [f"#{i}:{r.get('step', 0)}/{r.get('steps', 0)}"
+                       for (j, i), r in sorted(session.progress.items()) if j == job_id]
+            eta = session.eta_seconds(job)
+            postfix = " ".join(current)
+            if eta is not None:
+                postfix += f" eta {eta:.0f}s"
+            if changed or postfix != getattr(bar, "_last_postfix", None):
+                bar._last_postfix = postfix
+                bar.set_postfix_str(postfix, refresh=False)
+                bar.refresh()
+
+    def close(self):
+        for bar in self.bars.values():
+            bar.close()
+
+
+def submit_local(args) -> int:
+    from farm.cli import _parse_range, _parse_set
+    from farm.driver import RenderJob, RenderSession
+
+    overrides = _parse_set(args.set)
+    scene_probe = load_scene(args.scene, overrides=overrides)
+    frames = None
+    if args.frames:
+        from farm.plan import frame_count
+
+        frames = _parse_range(args.frames, frame_count(scene_probe))
+    scene, plan, folder, inputs = prepare_job(args.scene, Path(args.out) if args.out else None, overrides, frames)
+    print(f"farm: rendering {plan.name}: {len(plan.frames)} {'frames' if plan.is_animation else 'images'} "
+          f"into {folder.root}", file=sys.stderr)
+    start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
+    import ray
+
+    count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
+    bars = _Bars()
+    session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
+                            on_update=bars)
+    job = session.add(RenderJob(plan.name, plan, folder, inputs, priority=getattr(args, "priority", 0) or 0))
+    if job.reused:
+        print(f"farm: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
+    try:
+        results = session.run()
+    finally:
+        bars.close()
+        session.shutdown()
+        ray.shutdown()
+    state = results[plan.name]
+    status = folder.read_json("status.json") or {}
+    if state != "succeeded":
+        print(f"farm: {plan.name} {state}: {status.get('error') or 'see status.json'}", file=sys.stderr)
+        print(f"farm: finished frames are kept in {folder.root}; submit again with --out {folder.root} to resume",
+              file=sys.stderr)
+        return 1
+    kind = "frames" if plan.is_animation else "images"
+    print(f"{kind}: {folder.path(kind)}")
+    if status.get("video"):
+        print(f"video: {folder.path(status['video'])}")
+    if status.get("contact_sheet"):
+        print(f"contact sheet: {folder.path(status['contact_sheet'])}")
+    return 0

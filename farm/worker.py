@@ -1,0 +1,114 @@
+"""Rendering one planned frame: init image from motion/video, then the engine. No Ray here.
+
+`FrameRenderer` holds one loaded model set (and, for 3D, the depth model) and turns a
+`FrameSpec` plus the pixels it depends on into the frame's pixels. The Ray actor
+(farm.actors) is a thin shell around it; tests and the benchmark call it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from farm.plan import AnimationSettings, FrameSpec
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    """Pixels a frame depends on (all HxWx3 uint8, or None)."""
+
+    previous: np.ndarray | None = None  # the previous frame of the chain
+    reference: np.ndarray | None = None  # the chain's first frame (colour coherence)
+    init_image: np.ndarray | None = None  # the scene's init_image, at the frame size
+    video_previous: np.ndarray | None = None  # video frame of the previous frame
+    video_current: np.ndarray | None = None  # video frame of this frame
+    image_prompts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    pixels: np.ndarray
+    seconds: float
+    steps: int
+    init: np.ndarray | None = None  # the init image used (for inspection and tests)
+
+
+def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
+               depth_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
+    """The init image of a frame: None (noise), the init image, the warped previous frame
+    (2D / 3D), or the video frame / flow-warped previous output (Video Input)."""
+    kind = frame.init.kind
+    if kind == "noise":
+        return None
+    if kind == "image":
+        return inputs.init_image
+    if kind == "video":
+        if frame.init.flow_from_previous and inputs.previous is not None and inputs.video_previous is not None:
+            from animation.flow import flow_init
+
+            init = flow_init(inputs.previous, inputs.video_previous, inputs.video_current,
+                             blend=animation.video_init_flow_blend,
+                             use_mask=animation.video_init_check_consistency)
+        else:
+            init = inputs.video_current
+        return init
+    if kind != "previous":
+        raise ValueError(f"unknown init source {kind!r}")
+    if inputs.previous is None:
+        raise ValueError(f"{frame.task_name} needs the previous frame's pixels")
+    if animation.mode == "3D":
+        from animation.warp3d import warp_3d
+
+        if depth_of is None:
+            raise ValueError("3D motion needs a depth model")
+        warped = warp_3d(inputs.previous, depth_of(inputs.previous), frame.motion,
+                         near_plane=animation.near_plane, far_plane=animation.far_plane, fov=animation.fov,
+                         padding_mode=animation.padding_mode, sampling_mode=animation.sampling_mode)
+    else:
+        from animation.warp2d import warp_2d
+
+        # DD's 2D warp samples bilinearly; sampling_mode is a 3D setting in DD.
+        warped = warp_2d(inputs.previous, frame.motion, border=animation.border_mode, sampling="bilinear")
+    if animation.color_coherence != "none" and inputs.reference is not None:
+        from animation.colour import match_colours
+
+        warped = match_colours(warped, inputs.reference, animation.color_coherence)
+    return warped
+
+
+class FrameRenderer:
+    """One model set, loaded once, rendering many frames."""
+
+    def __init__(self, models, device=None, threads: int | None = None):
+        import torch
+
+        from engine.models import load_model_set
+        from engine.render import Renderer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_set = load_model_set(models, device)
+        self.renderer = Renderer(self.model_set)
+        self._depth = None
+
+    def depth_of(self, image: np.ndarray) -> np.ndarray:
+        if self._depth is None:
+            from animation.depth import DepthModel
+
+            self._depth = DepthModel.for_name(self.model_set.spec.diffusion_model == "tiny")
+        return self._depth.predict(image)
+
+    def render(self, frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
+               on_intermediate: Callable[[int, np.ndarray], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> FrameResult:
+        started = time.perf_counter()
+        init = frame_init(frame, animation, inputs, self.depth_of if animation.mode == "3D" else None)
+        if not frame.diffuse:
+            return FrameResult(init, time.perf_counter() - started, 0, init)
+        pixels = self.renderer.render(frame.render, init=init, image_prompt_images=inputs.image_prompts,
+                                      on_intermediate=on_intermediate, should_stop=should_stop)
+        steps = frame.render.sampler.steps - frame.render.sampler.skip_steps
+        return FrameResult(pixels, time.perf_counter() - started, steps, init)

@@ -1,0 +1,154 @@
+"""The render farm on a real local Ray with tiny models: spreading, chains, priorities,
+shots, actor crashes, cancel and failure reports."""
+
+import numpy as np
+import pytest
+import ray
+
+from farm.driver import JobInputs, RenderJob, RenderSession
+from farm.output import OutputFolder
+from farm.plan import resolve
+from farm.scene import parse_scene
+from tests.conftest import TINY_SCENE
+
+BASE = "\n".join(l for l in TINY_SCENE.splitlines() if not l.startswith(("steps", "skip_steps"))) + "\n"
+FAST = BASE + 'steps: 6\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[2]*1000"\ncut_innercut: "[1]*1000"\ninit_scale: 0\nframes_scale: 0\n'
+STILLS = FAST + "n_batches: 4\n"
+ANIM = FAST + 'animation_mode: 2D\nmax_frames: 4\nframes_skip_steps: "50%"\nzoom: "0:(1.1)"\ntranslation_x: "0:(3)"\n'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tmp_path_factory):
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield
+    ray.shutdown()
+
+
+def render(scene_text, out_dir, actors=1, priority=0, on_update=None, session=None, name=None, inputs=None):
+    plan = resolve(parse_scene(scene_text))
+    own = session is None
+    session = session or RenderSession(actors=actors, threads=1, poll_seconds=0.05, on_update=on_update)
+    session.add(RenderJob(name or plan.name, plan, OutputFolder(out_dir), inputs or JobInputs(), priority))
+    if not own:
+        return session
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    return session, results
+
+
+def frame_hashes(out_dir):
+    return {e.index: e.sha256 for e in OutputFolder(out_dir).manifest()}
+
+
+@pytest.fixture(scope="module")
+def reference_stills(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stills-1")
+    _, results = render(STILLS, out, actors=1)
+    assert results == {"t": "succeeded"}
+    return frame_hashes(out)
+
+
+@pytest.fixture(scope="module")
+def reference_anim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("anim-1")
+    _, results = render(ANIM, out, actors=1)
+    assert results == {"t": "succeeded"}
+    return frame_hashes(out)
+
+
+def test_stills_spread_over_two_actors_with_identical_images(tmp_path, reference_stills):
+    session, results = render(STILLS, tmp_path, actors=2)
+    assert results == {"t": "succeeded"}
+    assert len({actor for _, _, actor in session.completed}) == 2
+    assert frame_hashes(tmp_path) == reference_stills
+    assert len(reference_stills) == 4 and len(set(reference_stills.values())) == 4
+    assert (tmp_path / "contact_sheet.png").exists()
+    status = OutputFolder(tmp_path).read_json("status.json")
+    assert status["state"] == "succeeded" and status["done"] == 4
+
+
+def test_animation_chain_renders_in_order_and_makes_a_video(tmp_path, reference_anim):
+    session, results = render(ANIM, tmp_path, actors=2)
+    assert results == {"t": "succeeded"}
+    assert [index for _, index, _ in session.completed] == [0, 1, 2, 3]
+    assert frame_hashes(tmp_path) == reference_anim
+    from animation.video import probe_video
+
+    info = probe_video(tmp_path / "video.mp4")
+    assert (info.frames, info.codec) == (4, "h264")
+
+
+def test_killing_an_actor_mid_run_still_gives_identical_pixels(tmp_path, reference_anim):
+    killed = []
+
+    def kill_once(session):
+        if not killed and session.completed:
+            for ref, (task, label, _) in list(session.inflight.items()):
+                ray.kill(session.slots[label].handle, no_restart=False)
+                killed.append(task.frame.index)
+                break
+
+    session, results = render(ANIM, tmp_path, actors=1, on_update=kill_once)
+    assert killed, "the test never found a frame in flight to kill"
+    assert results == {"t": "succeeded"}
+    assert frame_hashes(tmp_path) == reference_anim
+    errors = OutputFolder(tmp_path).read_json("status.json")["errors"]
+    assert errors and "actor died" in errors[0]["message"]
+
+
+def test_priority_then_submission_order_with_shared_actors(tmp_path):
+    session = RenderSession(actors=1, threads=1, poll_seconds=0.05)
+    render(STILLS.replace("n_batches: 4", "n_batches: 2"), tmp_path / "low", session=session, name="low", priority=0)
+    render(STILLS.replace("n_batches: 4", "n_batches: 2"), tmp_path / "high", session=session, name="high", priority=5)
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"low": "succeeded", "high": "succeeded"}
+    assert [job for job, _, _ in session.completed] == ["high", "high", "low", "low"]
+
+
+def test_shots_render_in_parallel_chains(tmp_path):
+    peak = []
+
+    def watch(session):
+        peak.append(len(session.inflight))
+
+    session, results = render(ANIM + "cuts: [2]\n", tmp_path, actors=2, on_update=watch)
+    assert results == {"t": "succeeded"}
+    assert max(peak) == 2
+    plan = resolve(parse_scene(ANIM + "cuts: [2]\n"))
+    assert plan.frames[2].init.kind == "noise" and plan.frames[2].previous is None
+    order = [index for _, index, _ in session.completed]
+    assert order.index(0) < order.index(1) and order.index(2) < order.index(3)
+
+
+def test_cancel_keeps_finished_frames(tmp_path):
+    def cancel_after_first(session):
+        if session.completed and not session.scheduler.jobs["t"].cancelled:
+            session.cancel("t")
+
+    session, results = render(ANIM, tmp_path, actors=1, on_update=cancel_after_first)
+    assert results == {"t": "cancelled"}
+    kept = OutputFolder(tmp_path).manifest()
+    assert 1 <= len(kept) < 4
+    assert not (tmp_path / "video.mp4").exists()
+
+
+def test_frames_that_always_fail_end_with_a_report(tmp_path):
+    scene = STILLS.replace("n_batches: 4", "n_batches: 1") + "image_prompts: {0: ['x.png:1']}\n"
+    (tmp_path / "x.png").write_bytes(b"")
+    plan = resolve(parse_scene(scene, base_dir=tmp_path))
+    session = RenderSession(actors=2, threads=1, poll_seconds=0.05)
+    session.add(RenderJob("bad", plan, OutputFolder(tmp_path / "out"), JobInputs()))  # pixels never supplied
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"bad": "failed"}
+    status = OutputFolder(tmp_path / "out").read_json("status.json")
+    assert "image-000000" in status["error"] and "actor-0" in status["error"] and "actor-1" in status["error"]
+    assert len(status["errors"]) == 2
