@@ -158,10 +158,14 @@ def cmd_import_dd(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    from farm.remote import resolve_address, submit_remote
     from farm.submit import submit_local
 
     if args.actors is not None and args.actors < 1:
         raise UsageError(f"--actors {args.actors}: must be at least 1")
+    address = None if args.in_cluster else resolve_address(args.address)
+    if address:
+        return submit_remote(args, address)
     return submit_local(args)
 
 
@@ -202,7 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="render actors (default: one per GPU, else 1)")
     p.add_argument("--priority", type=int, default=0, help="higher renders first when scenes share actors")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray)")
+    p.add_argument("--address", help="Ray cluster (dashboard) address, e.g. http://127.0.0.1:8265; default $RAY_ADDRESS or a local Ray")
+    p.add_argument("--detach", action="store_true", help="with --address: return after submitting")
+    p.add_argument("--in-cluster", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=cmd_submit)
+
+    from farm import remote
+
+    for name, run, helptext in (
+        ("status", remote.cmd_status, "a cluster job's state (or all jobs)"),
+        ("logs", remote.cmd_logs, "a cluster job's log"),
+        ("cancel", remote.cmd_cancel, "stop a cluster job (finished frames are kept)"),
+        ("list", remote.cmd_list, "Disco Farm jobs on a cluster"),
+        ("fetch", remote.cmd_fetch, "copy a cluster job's outputs to a folder"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name in ("status",):
+            p.add_argument("job", nargs="?", metavar="JOB")
+        elif name != "list":
+            p.add_argument("job", metavar="JOB")
+        if name == "logs":
+            p.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        if name == "fetch":
+            p.add_argument("dir", metavar="DIR")
+        p.add_argument("--address", help="Ray dashboard address (default $RAY_ADDRESS)")
+        p.set_defaults(run=run)
 
     try:
         from farm.models_cmd import register

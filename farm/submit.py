@@ -158,11 +158,16 @@ def submit_local(args) -> int:
         from farm.plan import frame_count
 
         frames = _parse_range(args.frames, frame_count(scene_probe))
-    scene, plan, folder, inputs = prepare_job(args.scene, Path(args.out) if args.out else None, overrides, frames)
+    out = Path(os.path.expanduser(args.out)) if args.out else None
+    scene, plan, folder, inputs = prepare_job(args.scene, out, overrides, frames)
     print(f"farm: rendering {plan.name}: {len(plan.frames)} {'frames' if plan.is_animation else 'images'} "
           f"into {folder.root}", file=sys.stderr)
-    start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
     import ray
+
+    if getattr(args, "in_cluster", False):
+        ray.init(address="auto", configure_logging=False)  # inside a Ray job: join its cluster
+    else:
+        start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
 
     count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
     bars = _Bars()
@@ -176,7 +181,8 @@ def submit_local(args) -> int:
     finally:
         bars.close()
         session.shutdown()
-        ray.shutdown()
+        if not getattr(args, "in_cluster", False):
+            ray.shutdown()
     state = results[plan.name]
     status = folder.read_json("status.json") or {}
     if state != "succeeded":

@@ -1,0 +1,247 @@
+"""Submitting to a Ray cluster through the Jobs API, and following, listing, stopping jobs.
+
+`farm submit SCENE --address ADDR` stages the scene and the local files it references
+(init image, image prompts, input video) into a small working directory, submits
+`python -m farm.cli submit scene.yaml --in-cluster --out OUT` as a Ray job, prints the job
+id and the dashboard URL, and follows the job's log unless --detach. The job's driver runs
+on the cluster (farm.submit, connecting with address="auto"); outputs go to OUT on the
+head node (a shared path in a real cluster), recorded in the job's metadata for
+`farm fetch`. Ray's token auth is used as Ray configures it (RAY_AUTH_MODE=token and
+~/.ray/auth_token); nothing here turns it off.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from farm.scene import Scene, load_scene
+
+APP_TAG = "disco-farm"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class RemoteError(ValueError):
+    pass
+
+
+def resolve_address(address: str | None) -> str | None:
+    """--address, else RAY_ADDRESS / RAY_API_SERVER_ADDRESS, else None (local embedded Ray)."""
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
+
+
+def client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as error:  # connection refused, auth refused, bad address: one line
+        message = " ".join(str(error).split())[:300]
+        raise RemoteError(f"cannot reach the Ray cluster at {address}: {message}") from None
+
+
+def dashboard_url(address: str) -> str:
+    return address if address.startswith("http") else f"http://{address.split('://')[-1].split(':')[0]}:8265"
+
+
+def stage_scene(scene: Scene, overrides: dict, staging: Path) -> Path:
+    """Copy the scene and its input files into `staging`, paths rewritten to stay relative."""
+    data = dict(scene.raw)
+    data.update(overrides)
+    data["seed"] = scene["seed"]
+    inputs = staging / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+
+    def copy(path: str) -> str:
+        source = Path(path)
+        if not source.is_absolute():
+            source = scene.base_dir / source
+        target = inputs / source.name
+        if target.exists() and target.read_bytes() != source.read_bytes():
+            target = inputs / f"{len(list(inputs.iterdir()))}-{source.name}"
+        shutil.copy2(source, target)
+        return f"inputs/{target.name}"
+
+    for name in ("init_image", "video_init_path"):
+        if scene[name]:
+            data[name] = copy(scene[name])
+    if scene["image_prompts"].keys:
+        data["image_prompts"] = {
+            start: [f"{copy(p.text)}:{p.weight:g}" for p in prompts] for start, prompts in scene["image_prompts"].keys
+        }
+    data.pop("set_seed", None)
+    path = staging / "scene.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def submit_remote(args, address: str) -> int:
+    from farm.cli import _parse_set
+
+    overrides = _parse_set(args.set)
+    scene = load_scene(args.scene, overrides=overrides)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = args.out or f"~/disco-farm/renders/{scene['name']}/{stamp}"
+    jobs = client(address)
+    with tempfile.TemporaryDirectory(prefix="disco-farm-job-") as staging:
+        stage_scene(scene, overrides, Path(staging))
+        entrypoint = ["python", "-m", "farm.cli", "submit", "scene.yaml", "--in-cluster", "--out", out,
+                      "--priority", str(args.priority or 0)]
+        if args.frames:
+            entrypoint += ["--frames", args.frames]
+        if args.actors:
+            entrypoint += ["--actors", str(args.actors)]
+        submission_id = f"{_safe(scene['name'])}-{stamp}-{os.urandom(2).hex()}"
+        try:
+            job_id = jobs.submit_job(
+                entrypoint=" ".join(_quote(part) for part in entrypoint),
+                submission_id=submission_id,
+                runtime_env={"working_dir": staging, "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                metadata={"app": APP_TAG, "scene": scene["name"], "out": out},
+            )
+        except Exception as error:
+            raise RemoteError(f"job submission refused: {' '.join(str(error).split())[:300]}") from None
+    print(f"job: {job_id}")
+    print(f"dashboard: {dashboard_url(address)}")
+    print(f"outputs (on the cluster): {out}")
+    if args.detach:
+        print(f"follow it with: farm logs {job_id} --follow --address {address}")
+        return 0
+    return follow(jobs, job_id)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "scene"
+
+
+def _quote(part: str) -> str:
+    import shlex
+
+    return shlex.quote(part)
+
+
+def follow(jobs, job_id: str) -> int:
+    """Stream a job's log until it ends; exit 0 only if it succeeded."""
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+    except Exception:  # the log stream can end with the job; the status below is the answer
+        pass
+    status = wait_terminal(jobs, job_id, timeout=30)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def wait_terminal(jobs, job_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    status = str(jobs.get_job_status(job_id).value)
+    while status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = str(jobs.get_job_status(job_id).value)
+    return status
+
+
+def _job_info(jobs, job_id: str):
+    try:
+        return jobs.get_job_info(job_id)
+    except Exception:
+        raise RemoteError(f"no job '{job_id}' on this cluster (see: farm list)") from None
+
+
+def cmd_status(args) -> int:
+    address = _need_address(args)
+    jobs = client(address)
+    if args.job:
+        info = _job_info(jobs, args.job)
+        meta = info.metadata or {}
+        print(f"{args.job}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+        print(f"scene: {meta.get('scene', '?')}  outputs: {meta.get('out', '?')}")
+        return 0
+    return cmd_list(args)
+
+
+def cmd_list(args) -> int:
+    address = _need_address(args)
+    rows = []
+    for info in client(address).list_jobs():
+        meta = info.metadata or {}
+        if meta.get("app") != APP_TAG:
+            continue
+        started = _dt.datetime.fromtimestamp((info.start_time or 0) / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append((started, info.submission_id or info.job_id, info.status.value, meta.get("scene", ""), meta.get("out", "")))
+    for started, job_id, status, scene, out in sorted(rows):
+        print(f"{job_id}  {status:9}  {started}  {scene}  {out}")
+    if not rows:
+        print("no Disco Farm jobs on this cluster")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    jobs = client(_need_address(args))
+    _job_info(jobs, args.job)
+    if args.follow:
+        return follow(jobs, args.job)
+    sys.stdout.write(jobs.get_job_logs(args.job))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    jobs = client(_need_address(args))
+    _job_info(jobs, args.job)
+    jobs.stop_job(args.job)
+    status = wait_terminal(jobs, args.job, timeout=30)
+    print(f"job {args.job}: {status}; finished frames are kept")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    """Copy a job's output folder (a path shared with this machine, or an fsspec URI) to DIR."""
+    import fsspec
+
+    jobs = client(_need_address(args))
+    info = _job_info(jobs, args.job)
+    source = (info.metadata or {}).get("out")
+    if not source:
+        raise RemoteError(f"job {args.job} has no output folder recorded")
+    source = os.path.expanduser(source) if "://" not in source else source
+    try:
+        fs, root = fsspec.core.url_to_fs(source)
+    except (ImportError, ValueError) as error:
+        raise RemoteError(f"cannot open {source}: {error}") from None
+    if not fs.exists(root):
+        raise RemoteError(
+            f"the output folder {source} is not reachable from here: use a shared path or an object-store URI "
+            f"for --out, or copy it with: ray rsync-down cluster.yaml {source} {args.dir}")
+    target = Path(args.dir)
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for path in fs.find(root):
+        relative = os.path.relpath(path, root)
+        if relative.startswith("..") or relative.split(os.sep)[0].startswith("."):
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fs.get(path, str(destination))
+        count += 1
+    print(f"fetched {count} files into {target}")
+    return 0
+
+
+def _need_address(args) -> str:
+    address = resolve_address(getattr(args, "address", None))
+    if not address:
+        raise RemoteError("no cluster address: pass --address http://HOST:8265 or set RAY_ADDRESS")
+    return address

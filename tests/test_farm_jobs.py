@@ -1,0 +1,105 @@
+"""A real `ray start --head` cluster on 127.0.0.1 with token auth, reached through the
+Jobs API: submit (staging the init image), status, logs, list, fetch, cancel."""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from farm.cli import main
+from tests.conftest import TINY_SCENE
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    token = secrets.token_hex(16)
+    (home / ".ray" / "auth_token").write_text(token)
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
+           "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port, dash = free_port(), free_port()
+    temp = tmp_path_factory.mktemp("raytmp")
+    start = subprocess.run(
+        [f"{VENV_BIN}/ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3", f"--temp-dir={temp}",
+         "--include-dashboard=true"], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
+    os.environ.update(HOME=str(home), RAY_AUTH_MODE="token")
+    yield {"address": f"http://127.0.0.1:{dash}", "token": token}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    subprocess.run([f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dashboard_refuses_requests_without_the_token(cluster):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{cluster['address']}/api/jobs/", timeout=10)
+    assert info.value.code == 401
+    request = urllib.request.Request(f"{cluster['address']}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {cluster['token']}"})
+    assert urllib.request.urlopen(request, timeout=10).status == 200
+
+
+def test_submit_status_logs_list_fetch(cluster, capsys, tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(scenes / "start.png")
+    scene = scenes / "s.yaml"
+    scene.write_text(TINY_SCENE.replace("steps: 10", "steps: 4").replace("skip_steps: 0", "skip_steps: 1") + "n_batches: 2\ninit_image: start.png\n"
+                     + 'cutn_batches: 1\ncut_overview: "[1]*1000"\ncut_innercut: "[1]*1000"\ninit_scale: 0\n')
+    out = tmp_path / "cluster-out"
+    code, stdout, err = run(capsys, "submit", str(scene), "--address", cluster["address"], "--out", str(out))
+    assert code == 0, stdout[-3000:] + err[-3000:]
+    job_id = next(line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("job: "))
+    assert "dashboard: http://127.0.0.1:" in stdout
+    assert (out / "images" / "000001.png").exists()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["frames"][0]["init"]["kind"] == "image"
+
+    code, stdout, _ = run(capsys, "status", job_id, "--address", cluster["address"])
+    assert code == 0 and "SUCCEEDED" in stdout and str(out) in stdout
+    code, stdout, _ = run(capsys, "logs", job_id, "--address", cluster["address"])
+    assert code == 0 and "images:" in stdout
+    code, stdout, _ = run(capsys, "list", "--address", cluster["address"])
+    assert job_id in stdout
+    fetched = tmp_path / "fetched"
+    code, stdout, _ = run(capsys, "fetch", job_id, str(fetched), "--address", cluster["address"])
+    assert code == 0
+    assert (fetched / "images" / "000000.png").read_bytes() == (out / "images" / "000000.png").read_bytes()
+    assert (fetched / "manifest.jsonl").exists()
+
+
+def test_unknown_job_and_unreachable_cluster_are_one_line_errors(cluster, capsys):
+    code, _, err = run(capsys, "status", "nope", "--address", cluster["address"])
+    assert code == 2 and err.startswith("farm: error: no job 'nope'")
+    code, _, err = run(capsys, "list", "--address", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and err.startswith("farm: error: cannot reach the Ray cluster") and len(err.splitlines()) == 1
