@@ -79,6 +79,15 @@ def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInpu
     return warped
 
 
+def depth_source(name: str) -> str:
+    """DD's depth model name -> a local folder in the model cache, or the transformers hub id."""
+    from engine.catalogue import models_dir
+
+    hub = {"dpt_large": "Intel/dpt-large", "dpt-large": "Intel/dpt-large"}.get(name, name)
+    local = models_dir() / hub.split("/")[-1]
+    return str(local) if local.is_dir() else hub
+
+
 class FrameRenderer:
     """One model set, loaded once, rendering many frames."""
 
@@ -94,18 +103,25 @@ class FrameRenderer:
         self.renderer = Renderer(self.model_set)
         self._depth = None
 
-    def depth_of(self, image: np.ndarray) -> np.ndarray:
+    def depth_model(self, name: str):
+        """The depth model, loaded on first 3D use: the tiny random one with tiny models."""
         if self._depth is None:
             from animation.depth import DepthModel
 
-            self._depth = DepthModel.for_name(self.model_set.spec.diffusion_model == "tiny")
-        return self._depth.predict(image)
+            if name == "tiny" or self.model_set.spec.diffusion_model == "tiny":
+                self._depth = DepthModel.tiny(device=self.model_set.device)
+            else:
+                self._depth = DepthModel.load(depth_source(name), device=self.model_set.device)
+        return self._depth
 
     def render(self, frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
                on_intermediate: Callable[[int, np.ndarray], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> FrameResult:
         started = time.perf_counter()
-        init = frame_init(frame, animation, inputs, self.depth_of if animation.mode == "3D" else None)
+        depth_of = None
+        if animation.mode == "3D":
+            depth_of = self.depth_model(animation.midas_depth_model).predict
+        init = frame_init(frame, animation, inputs, depth_of)
         if not frame.diffuse:
             return FrameResult(init, time.perf_counter() - started, 0, init)
         pixels = self.renderer.render(frame.render, init=init, image_prompt_images=inputs.image_prompts,

@@ -1,0 +1,85 @@
+"""End to end without Ray: 2D, 3D and Video Input animations with tiny models, each
+frame's init checked to be the warped previous frame (or the flow-warped output)."""
+
+import numpy as np
+import pytest
+
+from farm.plan import resolve
+from farm.scene import parse_scene
+from farm.worker import FrameInputs, FrameRenderer
+from tests.conftest import TINY_SCENE
+
+BASE = "\n".join(l for l in TINY_SCENE.splitlines() if not l.startswith(("steps", "skip_steps"))) + "\n"
+FAST = BASE + ('steps: 6\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[2]*1000"\ncut_innercut: "[1]*1000"\n'
+               'init_scale: 0\nframes_scale: 0\nframes_skip_steps: "50%"\nmax_frames: 3\n')
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    plan = resolve(parse_scene(FAST))
+    return FrameRenderer(plan.frames[0].render.models, device="cpu", threads=2)
+
+
+def render_chain(renderer, plan, video=None):
+    outputs, inits = [], []
+    for frame in plan.frames:
+        previous = outputs[frame.previous] if frame.previous is not None else None
+        inputs = FrameInputs(
+            previous=previous, reference=outputs[0] if outputs else None,
+            video_previous=video[frame.previous] if video is not None and frame.previous is not None else None,
+            video_current=video[frame.index] if video is not None else None)
+        result = renderer.render(frame, plan.animation, inputs)
+        outputs.append(result.pixels)
+        inits.append(result.init)
+    return outputs, inits
+
+
+def test_2d_frames_start_from_the_warped_previous_frame(renderer):
+    from animation.warp2d import warp_2d
+
+    plan = resolve(parse_scene(FAST + 'animation_mode: 2D\nzoom: "0:(1.1)"\nangle: "0:(5)"\ntranslation_x: "0:(4)"\n'))
+    outputs, inits = render_chain(renderer, plan)
+    assert inits[0] is None
+    for f in (1, 2):
+        expected = warp_2d(outputs[f - 1], plan.frames[f].motion, border="wrap", sampling="bilinear")
+        assert np.array_equal(inits[f], expected)
+        assert not np.array_equal(outputs[f], inits[f])  # and it was diffused
+
+
+def test_3d_frames_start_from_the_depth_warped_previous_frame(renderer):
+    from animation.warp3d import warp_3d
+
+    plan = resolve(parse_scene(FAST + 'animation_mode: 3D\ntranslation_z: "0:(20)"\nrotation_3d_y: "0:(2)"\n'))
+    outputs, inits = render_chain(renderer, plan)
+    depth = renderer.depth_model("dpt_large")
+    assert depth.is_random  # tiny models come with the tiny random depth model
+    for f in (1, 2):
+        expected = warp_3d(outputs[f - 1], depth.predict(outputs[f - 1]), plan.frames[f].motion,
+                           near_plane=200, far_plane=10000, fov=40, padding_mode="border", sampling_mode="bicubic")
+        assert np.array_equal(inits[f], expected)
+
+
+def test_video_input_frames_start_from_the_flow_warped_output(renderer, tmp_path):
+    from animation.flow import flow_init
+
+    (tmp_path / "in.mp4").write_bytes(b"x")
+    scene = parse_scene(FAST + "animation_mode: Video Input\nvideo_init_path: in.mp4\nextract_nth_frame: 1\n"
+                        + "video_init_steps: 6\nvideo_init_skip_steps: 2\n", base_dir=tmp_path)
+    plan = resolve(scene, video_frames=3)
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    video = [np.ascontiguousarray(base[:, 2 * i:2 * i + 64]) for i in range(3)]
+    outputs, inits = render_chain(renderer, plan, video)
+    assert np.array_equal(inits[0], video[0])
+    for f in (1, 2):
+        expected = flow_init(outputs[f - 1], video[f - 1], video[f], blend=0.999, use_mask=True)
+        assert np.array_equal(inits[f], expected)
+
+
+def test_turbo_in_between_frames_are_warped_not_diffused(renderer):
+    plan = resolve(parse_scene(FAST.replace("max_frames: 3", "max_frames: 4")
+                               + 'animation_mode: 2D\nzoom: "0:(1.05)"\nturbo_mode: true\nturbo_steps: 2\nturbo_preroll: 1\n'))
+    assert [f.diffuse for f in plan.frames] == [True, True, False, True]
+    outputs, inits = render_chain(renderer, plan)
+    assert np.array_equal(outputs[2], inits[2])
+    assert not np.array_equal(outputs[3], inits[3])
