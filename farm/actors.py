@@ -89,7 +89,8 @@ class _RenderActor:
         self._board.update.remote(job, frame.index, 0, steps, repr(self))
         result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
                                       should_stop=should_stop)
-        return result.pixels, {"seconds": result.seconds, "actor": repr(self), "node": self.node}
+        return result.pixels, {"seconds": result.seconds, "actor": repr(self), "node": self.node,
+                               "node_id": context.get_node_id()}
 
 
 RenderActor = ray.remote(_RenderActor)

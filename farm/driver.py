@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from farm.actors import ProgressBoard, RenderActor
 from farm.output import ManifestEntry, OutputFolder, utc_now
@@ -92,11 +92,18 @@ class RenderSession:
         self.jobs: dict[str, RenderJob] = {}
         self.slots: dict[str, _Slot] = {}
         self.inflight: dict[object, tuple[Task, str, float]] = {}
+        self.pings: dict[object, str] = {}  # restarted actors we wait to hear from
         self.progress: dict[tuple[str, int], dict] = {}
         self._pixels: dict[tuple[str, int], np.ndarray] = {}
         self._model_specs: dict[str, object] = {}
         self.completed: list[tuple[str, int, str]] = []  # (job, frame, actor) in finishing order
-        self._board = ProgressBoard.remote()
+        self.actor_nodes: dict[str, str] = {}  # actor label -> Ray node id it last rendered on
+        # The progress board lives on the driver's node (it must not die with a worker node).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        self._board = ProgressBoard.options(
+            max_restarts=-1, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
         self._next_label = 0
 
     # ------------------------------------------------------------------ jobs
@@ -234,6 +241,7 @@ class RenderSession:
             node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
         job.frame_seconds.append(time.monotonic() - started)
         self.completed.append((task.job, frame.index, label))
+        self.actor_nodes[label] = stats.get("node_id")
         if job.plan.is_animation:
             self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
             self._forget_old_pixels(job, frame.index)
@@ -253,18 +261,33 @@ class RenderSession:
         self._write_status(job, force=True)
 
     def _replace_if_dead(self, label: str) -> None:
+        """After a crash: ping the actor (Ray restarts it, reloading models); it takes no
+        work until the ping answers. A permanently dead actor is replaced by a new one."""
         slot = self.slots.get(label)
         if slot is None:
             return
+        ping = slot.handle.info.remote()
+        slot.busy = ping
+        self.pings[ping] = label
+
+    def _collect_ping(self, ref) -> None:
+        label = self.pings.pop(ref)
+        slot = self.slots.get(label)
+        if slot is None or slot.busy is not ref:
+            return
+        slot.busy = None
         try:
-            ray.get(slot.handle.info.remote(), timeout=120)
-        except (RayActorError, GetTimeoutError):
+            ray.get(ref)
+        except RayActorError:
             del self.slots[label]
             self._new_slot(slot.models, label).lives = slot.lives
 
     # ------------------------------------------------------------------ watching
     def _poll_progress(self) -> None:
-        progress, previews = ray.get(self._board.snapshot.remote())
+        try:
+            progress, previews = ray.get(self._board.snapshot.remote(), timeout=10)
+        except (RayActorError, ray.exceptions.GetTimeoutError):
+            return  # progress is best effort; frames and their outputs do not depend on it
         for (job_id, index), record in progress.items():
             if (job_id, index) in self.progress:
                 self.progress[(job_id, index)].update(record)
@@ -319,6 +342,11 @@ class RenderSession:
             while not self.scheduler.all_finished:
                 self._ensure_actors()
                 self._dispatch()
+                if not self.inflight and self.pings:
+                    ready, _ = ray.wait(list(self.pings), num_returns=1, timeout=self.poll_seconds)
+                    for ref in ready:
+                        self._collect_ping(ref)
+                    continue
                 if not self.inflight:
                     self.scheduler.check_starvation({s.label: (s.model_key, s.incarnation) for s in self.slots.values()})
                     if not self.scheduler.has_ready() and not self.scheduler.all_finished:
@@ -326,9 +354,12 @@ class RenderSession:
                             if not job_state.finished:
                                 self.scheduler._fail_job(job_state, "no frame can start (dependency lost)")
                     continue
-                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.poll_seconds)
+                ready, _ = ray.wait([*self.inflight, *self.pings], num_returns=1, timeout=self.poll_seconds)
                 for ref in ready:
-                    self._collect(ref)
+                    if ref in self.pings:
+                        self._collect_ping(ref)
+                    else:
+                        self._collect(ref)
                 self._cancel_failed_jobs()
                 self._poll_progress()
                 self._check_stalls()

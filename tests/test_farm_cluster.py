@@ -1,0 +1,58 @@
+"""Several nodes (ray.cluster_utils.Cluster, GPUs declared on this CPU machine): one
+actor per GPU; removing a worker node mid-run loses no finished frame and the job
+completes on the remaining node."""
+
+import os
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from farm.driver import JobInputs, RenderJob, RenderSession
+from farm.output import OutputFolder
+from farm.plan import resolve
+from farm.scene import parse_scene
+from tests.test_farm_local import STILLS
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("raytmp"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+    os.environ.pop("RAY_TMPDIR", None)
+
+
+def test_losing_a_worker_node_loses_no_frame(cluster, tmp_path):
+    cluster_, workers = cluster
+    removed = []
+
+    def remove_a_node(session):
+        if removed or not session.completed:
+            return
+        node_id = session.actor_nodes[session.completed[0][2]]
+        node = next(w for w in workers if w.node_id == node_id)
+        cluster_.remove_node(node)
+        removed.append((node_id, len(session.completed)))
+
+    plan = resolve(parse_scene(STILLS.replace("n_batches: 4", "n_batches: 6")))
+    session = RenderSession(actors=2, gpus_per_actor=1, cpus_per_actor=1, threads=1, poll_seconds=0.05,
+                            max_restarts=1, on_update=remove_a_node)
+    session.add(RenderJob("t", plan, OutputFolder(tmp_path), JobInputs()))
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert removed, "no node was removed"
+    assert results == {"t": "succeeded"}
+    assert len(set(session.actor_nodes.values())) == 2  # both GPUs' nodes rendered
+    manifest = OutputFolder(tmp_path).manifest()
+    assert sorted(e.index for e in manifest) == list(range(6))
+    survivor = next(w.node_id for w in workers if w.node_id != removed[0][0])
+    late = [label for _, _, label in session.completed[removed[0][1] + 1:]]
+    assert all(session.actor_nodes[label] == survivor for label in late if label in session.actor_nodes) or late == []
