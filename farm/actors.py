@@ -13,6 +13,7 @@ import time
 
 import ray
 
+from farm.metrics import farm_metrics
 from farm.worker import FrameInputs, FrameRenderer
 
 PROGRESS_INTERVAL_S = 0.5
@@ -77,10 +78,15 @@ class _RenderActor:
                 self._board.update.remote(job, frame.index, step + 1, steps, repr(self), png_bytes(image))
 
         step_count = [0]
+        step_seconds = farm_metrics()["step_seconds"]
+        tags = {"actor": self.label}
+        last_step = [time.monotonic()]
 
         def should_stop() -> bool:  # the engine asks once per sampler step
             step_count[0] += 1
             now = time.monotonic()
+            step_seconds.observe(now - last_step[0], tags)
+            last_step[0] = now
             if now - last_sent[0] >= PROGRESS_INTERVAL_S:
                 last_sent[0] = now
                 self._board.update.remote(job, frame.index, min(step_count[0], steps), steps, repr(self))

@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from farm.actors import ProgressBoard, RenderActor
+from farm.metrics import farm_metrics
 from farm.output import ManifestEntry, OutputFolder, utc_now
 from farm.plan import Plan
 from farm.scheduler import Scheduler, Task
@@ -241,6 +242,9 @@ class RenderSession:
             node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
         job.frame_seconds.append(time.monotonic() - started)
         self.completed.append((task.job, frame.index, label))
+        metrics = farm_metrics()
+        metrics["frames_done"].inc(1, {"scene": job.plan.name})
+        metrics["busy_seconds"].inc(max(stats["seconds"], 0.0), {"actor": label})
         self.actor_nodes[label] = stats.get("node_id")
         if job.plan.is_animation:
             self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
@@ -255,6 +259,7 @@ class RenderSession:
             self._pixels.pop((job.job_id, previous), None)
 
     def _record_error(self, job: RenderJob, task: Task, label: str, message: str) -> None:
+        farm_metrics()["frames_failed"].inc(1, {"scene": job.plan.name})
         errors = getattr(job, "errors", [])
         errors.append({"index": task.frame.index, "actor": label, "message": message})
         job.errors = errors
@@ -365,6 +370,8 @@ class RenderSession:
                 self._check_stalls()
                 for job in self.jobs.values():
                     self._write_status(job)
+                    state = self.scheduler.jobs[job.job_id]
+                    farm_metrics()["queue_depth"].set(len(state.remaining) + len(state.running), {"scene": job.plan.name})
                 if self.on_update:
                     self.on_update(self)
         except KeyboardInterrupt:
