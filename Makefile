@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench chaos ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+chaos: $(STAMP)
+	$(PY) -m tests.chaos
+
+ui: $(STAMP)
+	$(VENV)/bin/farm ui --root renders
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from engine import tiny
-from engine.errors import EngineError, ModelFileMissing, UnknownModelName
+from engine.errors import EngineError, EngineOutOfMemory, ModelFileMissing, UnknownModelName
 from engine.spec import ModelSetSpec
 
 with warnings.catch_warnings():
@@ -158,8 +158,12 @@ class ModelSet:
         *,
         half_precision: bool | None = None,
         channels_last: bool | None = None,
+        random_weights: bool = False,
     ) -> None:
         self.spec = spec
+        # random_weights: the real architectures with random weights and no files
+        # (benchmarks only; the pictures are noise).
+        self.random_weights = random_weights
         self.device = torch.device(device) if device is not None else default_device()
         on_cuda = self.device.type == "cuda"
         self.half_precision = on_cuda if half_precision is None else (half_precision and on_cuda)
@@ -168,13 +172,18 @@ class ModelSet:
             raise EngineError("clip_models is empty: name at least one CLIP model")
         self.is_tiny = tiny.is_tiny_diffusion(spec.diffusion_model)
         self.unet_settings = self._unet_settings()
-        self.unet = self._load_unet()
-        self.secondary = self._load_secondary() if spec.use_secondary_model else None
         self.clips: dict[str, LoadedClip] = {}
-        for name in spec.clip_models:
-            if name in self.clips:
-                raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
-            self.clips[name] = self._load_clip(name)
+        try:
+            self.unet = self._load_unet()
+            self.secondary = self._load_secondary() if spec.use_secondary_model else None
+            for name in spec.clip_models:
+                if name in self.clips:
+                    raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
+                self.clips[name] = self._load_clip(name)
+        except torch.OutOfMemoryError:
+            raise EngineOutOfMemory(
+                f"out of GPU memory loading {spec.key}: use fewer/smaller CLIP models"
+            ) from None
         self._schedules: dict[int, DiffusionSchedule] = {}
         self._lpips: torch.nn.Module | None = None
         self.text_embedding_cache: dict[tuple[str, str], torch.Tensor] = {}
@@ -216,6 +225,8 @@ class ModelSet:
 
     def _unet_path(self) -> pathlib.Path | None:
         spec = self.spec
+        if self.random_weights and not self.is_tiny:
+            return None
         if spec.custom_model_path:
             path = pathlib.Path(spec.custom_model_path).expanduser()
             if not path.is_file():
@@ -242,11 +253,13 @@ class ModelSet:
             if path is None:
                 with tiny.seeded(tiny.TINY_SEED):
                     unet = script_util.create_model(**create_args)
-                    tiny.randomise_zero_parameters(unet)
+                    tiny.randomise_zero_parameters(unet)  # untrained: make the output depend on x
             else:
                 unet = script_util.create_model(**create_args)
         except (AssertionError, ValueError, TypeError) as exc:
             raise EngineError(f"invalid UNet settings {create_args}: {exc}") from None
+        if getattr(unet, "num_classes", None) is not None:
+            raise EngineError("class-conditional diffusion models are not supported (set class_cond false)")
         if path is not None:
             _load_into(unet, _load_state_dict(path), "diffusion model", path)
         unet.requires_grad_(False).eval().to(self.device)
@@ -279,6 +292,9 @@ class ModelSet:
 
         if self.is_tiny:
             model = tiny.build_tiny_secondary()
+        elif self.random_weights:
+            with tiny.seeded(tiny.TINY_SEED + 11):
+                model = SecondaryDiffusionModel()
         else:
             catalogue = _catalogue()
             try:
@@ -308,14 +324,16 @@ class ModelSet:
                     f"unknown built-in CLIP model {name!r} (built-in: {', '.join(tiny.TINY_CLIP_MODELS)})"
                 )
             model = tiny.build_tiny_clip(arch)
+        elif self.random_weights:
+            with tiny.seeded(tiny.TINY_SEED + 12):
+                model = open_clip.create_model(arch, pretrained=None, precision="fp32")
         else:
             try:
                 model = open_clip.create_model(arch, pretrained=tag, precision="fp32")
             except Exception as exc:  # open_clip raises many kinds when weights are absent
                 raise ModelFileMissing(
-                    f"CLIP weights {name!r} could not be loaded ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                    f"fetch them with: farm models download {name}"
+                    f"CLIP weights {name!r} are not in open_clip's local cache and could not be "
+                    f"fetched ({type(exc).__name__}); fetch them with: farm models download {name}"
                 ) from None
         model.requires_grad_(False).eval().to(self.device)
         if precision == "fp16":
@@ -342,7 +360,8 @@ class ModelSet:
         """LPIPS-VGG (lazy). Real sets need VGG16 weights in a local file; tiny sets
         use a random-initialised VGG (test use only)."""
         if self._lpips is None:
-            self._lpips = load_lpips(random_backbone=self.is_tiny).to(self.device)
+            random_backbone = self.is_tiny or self.random_weights
+            self._lpips = load_lpips(random_backbone=random_backbone).to(self.device)
         return self._lpips
 
 

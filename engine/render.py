@@ -18,10 +18,11 @@ PLMS, which DD lacks).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from engine.models import DiffusionSchedule, ModelSet
 from engine.perlin import PERLIN_MODES, perlin_init_image
 from engine.secondary import alpha_sigma_to_t_float
 from engine.spec import CUT_SLOTS, RenderSpec
+from engine.unet import unet_forward
 
 __all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8"]
 
@@ -50,7 +52,9 @@ IMAGE_PROMPT_CUTS = 16
 FUZZY_COPIES = 25
 """Noisy copies added per text prompt with fuzzy_prompt (as DD)."""
 
-ImageLike = Any  # numpy uint8 HxWx3, PIL.Image, or float tensor [3,H,W]/[1,3,H,W] in [0,1]
+ImageLike = Any
+"""numpy HxWx3 (uint8, or float32 on the 0-255 scale), PIL.Image, or a float tensor
+[3,H,W] / [1,3,H,W] in [0, 1]."""
 
 
 def validate_spec(spec: RenderSpec) -> None:
@@ -120,8 +124,13 @@ def image_to_tensor(image: ImageLike, width: int | None, height: int | None, wha
             array = np.stack([array] * 3, axis=-1)
         if array.ndim != 3 or array.shape[2] not in (3, 4):
             raise EngineError(f"{what} array must be HxWx3, got shape {array.shape}")
+        if array.dtype in (np.float32, np.float64):  # the animation package's 0-255 floats
+            rgb = np.clip(array[..., :3], 0, 255).astype(np.float32)
+            if width is None or rgb.shape[:2] == (height, width):
+                return torch.from_numpy(rgb / 255.0).permute(2, 0, 1)[None].contiguous()
+            array = np.round(rgb).astype(np.uint8)
         if array.dtype != np.uint8:
-            raise EngineError(f"{what} array must be uint8, got {array.dtype}")
+            raise EngineError(f"{what} array must be uint8 or float (0-255), got {array.dtype}")
         image = Image.fromarray(np.ascontiguousarray(array[..., :3]))
     if not isinstance(image, Image.Image):
         raise EngineError(f"{what} must be a numpy uint8 HxWx3 array, a PIL image or a tensor")
@@ -152,18 +161,50 @@ def symmetry_step_indices(steps_run: int, percents: tuple[float, ...]) -> set[in
     return {int(steps_run * (1 - p)) for p in percents}
 
 
+def out_of_memory_message(spec: RenderSpec) -> str:
+    """One line naming the settings that set the memory use of a render."""
+    g, m = spec.guidance, spec.models
+    advice = "lower width_height or cutn_batches, or use fewer/smaller CLIP models"
+    if not m.use_secondary_model:
+        advice += ", or set use_secondary_model true"
+    return (
+        f"out of GPU memory rendering {spec.width}x{spec.height} with cutn_batches={g.cutn_batches}, "
+        f"{len(m.clip_models)} CLIP model(s) ({', '.join(m.clip_models)}), "
+        f"use_secondary_model={m.use_secondary_model}: {advice}"
+    )
+
+
+@contextlib.contextmanager
+def sync_check(enabled: bool) -> Iterator[None]:
+    """Within the block, a CUDA host-device sync raises (when enabled)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 class Renderer:
     """Renders RenderSpecs with one loaded ``ModelSet``.
 
     ``max_cuts_per_clip_call`` splits a CLIP model's cuts into several image-encoder
     calls (a memory budget for very large cut counts); None = one call per model per step.
+    ``check_syncs`` (CUDA only) makes any host-device synchronisation inside a sampler
+    step raise (torch's sync debug mode), for benchmarks and tests on a GPU.
     """
 
-    def __init__(self, model_set: ModelSet, *, max_cuts_per_clip_call: int | None = None) -> None:
+    def __init__(
+        self, model_set: ModelSet, *, max_cuts_per_clip_call: int | None = None, check_syncs: bool = False
+    ) -> None:
         if max_cuts_per_clip_call is not None and max_cuts_per_clip_call < 1:
             raise EngineError("max_cuts_per_clip_call must be >= 1 or None")
         self.models = model_set
         self.max_cuts_per_clip_call = max_cuts_per_clip_call
+        self.check_syncs = check_syncs
         self.counters = EngineCounters()
 
     # -- public ------------------------------------------------------------------------
@@ -199,13 +240,7 @@ class Renderer:
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            g, m = spec.guidance, spec.models
-            raise EngineOutOfMemory(
-                f"out of GPU memory rendering {spec.width}x{spec.height} with cutn_batches={g.cutn_batches}, "
-                f"{len(m.clip_models)} CLIP model(s) ({', '.join(m.clip_models)}), "
-                f"use_secondary_model={m.use_secondary_model}: lower width_height or cutn_batches, "
-                "use fewer/smaller CLIP models, or set use_secondary_model true"
-            ) from None
+            raise EngineOutOfMemory(out_of_memory_message(spec)) from None
 
     # -- setup -------------------------------------------------------------------------
     def _targets(
@@ -313,7 +348,7 @@ class Renderer:
         unet_input = x.contiguous(memory_format=torch.channels_last) if ms.channels_last else x
         slot = schedule.cut_slots[i]
         if ms.secondary is not None:
-            model_out = ms.unet(unet_input, timesteps)
+            model_out = unet_forward(ms.unet, unet_input, timesteps)
             self.counters.unet_forwards += 1
             pred_raw = sqrt_recip * x - sqrt_recipm1 * model_out[:, :3].float()
             with torch.enable_grad():
@@ -329,7 +364,7 @@ class Renderer:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_()
                 unet_in = xg.contiguous(memory_format=torch.channels_last) if ms.channels_last else xg
-                model_out = ms.unet(unet_in, timesteps)
+                model_out = unet_forward(ms.unet, unet_in, timesteps)
                 self.counters.unet_forwards += 1
                 pred_grad = sqrt_recip * xg - sqrt_recipm1 * model_out[:, :3].float()
                 x_in = pred_grad * fac + xg * (1 - fac)
@@ -392,12 +427,13 @@ class Renderer:
         for k, i in enumerate(indices):
             if should_stop is not None and should_stop():
                 raise RenderCancelled(f"render cancelled before step {k} of {len(indices)}")
-            if i in mirror_at:
-                x = symmetrize(x, sampler.use_horizontal_symmetry, sampler.use_vertical_symmetry)
-            if sampler.mode == "ddim":
-                x, pred = self._ddim_step(x, i, schedule, guidance, spec, generator)
-            else:
-                x, pred = self._plms_step(x, i, schedule, guidance, spec, old_eps)
+            with sync_check(self.check_syncs and device.type == "cuda"):
+                if i in mirror_at:
+                    x = symmetrize(x, sampler.use_horizontal_symmetry, sampler.use_vertical_symmetry)
+                if sampler.mode == "ddim":
+                    x, pred = self._ddim_step(x, i, schedule, guidance, spec, generator)
+                else:
+                    x, pred = self._plms_step(x, i, schedule, guidance, spec, old_eps)
             self.counters.steps += 1
             if k in wanted:
                 on_intermediate(k, to_uint8(pred))

@@ -96,7 +96,7 @@ class _RenderActor:
         result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
                                       should_stop=should_stop)
         return result.pixels, {"seconds": result.seconds, "actor": repr(self), "node": self.node,
-                               "node_id": context.get_node_id()}
+                               "node_id": context.get_node_id(), "pid": os.getpid()}
 
 
 RenderActor = ray.remote(_RenderActor)

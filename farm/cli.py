@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,22 +37,29 @@ def _parse_set(items: list[str] | None) -> dict[str, object]:
             raise UsageError(f"--set '{item}': expected key=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+        except yaml.constructor.ConstructorError:
+            raise UsageError(f"--set '{item}': YAML tags that build objects are not allowed") from None
+        except (yaml.YAMLError, ValueError, RecursionError):
             raise UsageError(f"--set '{item}': the value is not valid YAML") from None
     return overrides
 
 
 def _parse_range(text: str | None, total: int) -> range:
-    if not text:
+    """--frames A:B (A inclusive, B exclusive), A:, :B or A, within 0 .. total-1."""
+    if text is None:
         return range(total)
+    if not text.strip():
+        raise UsageError("--frames '': expected A:B (frame numbers)")
     start, sep, stop = text.partition(":")
     try:
         first = int(start) if start.strip() else 0
         last = int(stop) if sep and stop.strip() else (total if sep else first + 1)
     except ValueError:
         raise UsageError(f"--frames '{text}': expected A:B (frame numbers)") from None
-    if first < 0 or last < first:
-        raise UsageError(f"--frames '{text}': expected 0 <= A <= B")
+    if first < 0 or last <= first:
+        raise UsageError(f"--frames '{text}': expected 0 <= A < B")
+    if first >= total:
+        raise UsageError(f"--frames '{text}': selects nothing; the scene has {total} (0 to {total - 1})")
     return range(first, min(last, total))
 
 
@@ -157,12 +165,38 @@ def cmd_import_dd(args) -> int:
     return EXIT_OK
 
 
-def cmd_submit(args) -> int:
-    from farm.remote import resolve_address, submit_remote
-    from farm.submit import submit_local
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d{1,3})?")
+
+
+def _check_submit_args(args) -> None:
+    """Everything wrong with the scene, its files or the arguments is found here, before
+    farm.submit imports Ray and torch (seconds) or writes or starts anything."""
+    from farm.plan import frame_count
+    from farm.scene import load_scene
 
     if args.actors is not None and args.actors < 1:
         raise UsageError(f"--actors {args.actors}: must be at least 1")
+    if args.device is not None and not _DEVICE.fullmatch(args.device):
+        raise UsageError(f"--device '{args.device}': expected cpu, cuda, cuda:N or mps")
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{args.out}': exists and is not a folder")
+    scene = load_scene(args.scene, overrides=_parse_set(args.set))
+    if args.frames is not None:
+        video_frames = None
+        if scene["animation_mode"] == "Video Input":
+            from farm.inputs import count_video_frames
+
+            video_frames = count_video_frames(scene["video_init_path"])
+        _parse_range(args.frames, frame_count(scene, video_frames))
+
+
+def cmd_submit(args) -> int:
+    _check_submit_args(args)
+    from farm.remote import resolve_address, submit_remote
+    from farm.submit import submit_local
+
     address = None if args.in_cluster else resolve_address(args.address)
     if address:
         return submit_remote(args, address)
@@ -232,20 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", help="Ray dashboard address (default $RAY_ADDRESS)")
         p.set_defaults(run=run)
 
-    try:
-        from farm.models_cmd import register
-    except ImportError:  # pragma: no cover - models_cmd is part of the package
-        pass
-    else:
-        register(sub)
+    from farm.models_cmd import register as register_models
+    from farm.ui.command import register as register_ui
+
+    register_models(sub)
+    register_ui(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (also for argument errors, --help, --version)."""
     from farm.scene import SceneInvalid
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors (one line, 2), --help and --version (0)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     command = getattr(args, "run", None) or getattr(args, "handler", None)
     if command is None:
         parser.print_help()

@@ -99,6 +99,7 @@ class RenderSession:
         self._model_specs: dict[str, object] = {}
         self.completed: list[tuple[str, int, str]] = []  # (job, frame, actor) in finishing order
         self.actor_nodes: dict[str, str] = {}  # actor label -> Ray node id it last rendered on
+        self.actor_pids: dict[str, int] = {}  # actor label -> worker process id
         # The progress board lives on the driver's node (it must not die with a worker node).
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -246,6 +247,7 @@ class RenderSession:
         metrics["frames_done"].inc(1, {"scene": job.plan.name})
         metrics["busy_seconds"].inc(max(stats["seconds"], 0.0), {"actor": label})
         self.actor_nodes[label] = stats.get("node_id")
+        self.actor_pids[label] = stats.get("pid")
         if job.plan.is_animation:
             self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
             self._forget_old_pixels(job, frame.index)

@@ -1,0 +1,586 @@
+"""The `farm ui` web app: a read-only live view of the runs under an output root.
+
+Routes (GET only; HEAD is answered too):
+  /                      the page (newest run selected)
+  /job/<id>              the page with run <id> selected (<id> is the run folder, relative)
+  /api/jobs              {"root": ..., "jobs": [summary, ...]} newest first
+  /api/jobs/<id>         one run in detail (progress, image/video URLs, errors, settings)
+  /files/<id>/<file>     a file of the output root (never outside it, never a hidden file)
+  /static/ui.js|ui.css   the page's script and style
+
+A run folder follows docs/outputs.md. The page polls the JSON endpoints every couple of
+seconds, so it follows running jobs by itself. Nothing here writes to the output root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+import yaml
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+RUN_MARKERS = ("status.json", "plan.json", "manifest.jsonl", "scene.yaml")
+MAX_RUN_DEPTH = 3            # renders/<scene>/<stamp>/ is depth 2; allow one more level
+FINAL_VIDEOS = ("video.mp4", "video.webm", "video.gif")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".m4v")
+ACTIVE_STATES = ("queued", "running")
+MAX_GALLERY = 60             # finished stills shown when there is no contact sheet yet
+MAX_ERRORS = 50
+MAX_TEXT = 2000              # characters kept of one error message
+MAX_SCENE_TEXT = 100_000     # characters of scene.yaml shown
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy",
+     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     b"media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+     b"frame-ancestors 'none'"),
+]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def clean_relative(text: str) -> PurePosixPath | None:
+    """``text`` as a relative path of plain names, or None.
+
+    Refused: empty, absolute, NUL or backslash, empty segments, and any segment starting
+    with a dot (``..``, ``.``, hidden and temporary files such as ``.video.mp4.x.tmp``).
+    """
+    if not text or "\x00" in text or "\\" in text or text.startswith("/"):
+        return None
+    parts = text.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        return None
+    return PurePosixPath(*parts)
+
+
+def resolve_inside(base: Path, relative: str, want_dir: bool = False) -> Path | None:
+    """The existing file (or folder) ``base/relative`` after following symlinks, or None
+    when the path is not clean or lands outside ``base`` (``base`` must be resolved)."""
+    clean = clean_relative(relative)
+    if clean is None:
+        return None
+    try:
+        target = (base / clean).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if target == base or not target.is_relative_to(base):
+        return None
+    return target if (target.is_dir() if want_dir else target.is_file()) else None
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / marker).is_file() for marker in RUN_MARKERS)
+
+
+def find_runs(root: Path, max_depth: int = MAX_RUN_DEPTH) -> list[str]:
+    """Run folders under ``root`` (relative POSIX paths), found without following
+    symlinked folders or entering hidden ones or the inside of a run folder."""
+    found: list[str] = []
+
+    def walk(folder: Path, prefix: str, depth: int) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            relative = f"{prefix}{entry.name}"
+            if _is_run_folder(Path(entry.path)):
+                found.append(relative)
+            elif depth < max_depth:
+                walk(Path(entry.path), relative + "/", depth + 1)
+
+    walk(root, "", 1)
+    return found
+
+
+# --------------------------------------------------------------------------- values
+
+
+def finite_number(value: Any) -> float | int | None:
+    """An int or finite float from JSON, else None (NaN, inf, strings, bools)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _int_or_none(value: Any) -> int | None:
+    number = finite_number(value)
+    return int(number) if number is not None else None
+
+
+def _short_text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def safe_link(url: Any) -> str | None:
+    """``url`` when it is an absolute http(s) URL (never ``javascript:`` and the like)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def _current_list(value: Any) -> list[dict]:
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict) and _int_or_none(item.get("index")) is not None:
+            out.append({"index": _int_or_none(item.get("index")),
+                        "step": _int_or_none(item.get("step")),
+                        "steps": _int_or_none(item.get("steps"))})
+    return out
+
+
+def _error_list(value: Any) -> list[dict]:
+    out = []
+    for item in (value if isinstance(value, list) else [])[:MAX_ERRORS]:
+        if isinstance(item, dict):
+            out.append({"index": _int_or_none(item.get("index")),
+                        "actor": _short_text(item.get("actor"), 200),
+                        "message": _short_text(item.get("message"))})
+        else:
+            out.append({"index": None, "actor": None, "message": _short_text(item)})
+    return out
+
+
+def _prompt_text(prompts: Any) -> str:
+    parts = []
+    for prompt in prompts if isinstance(prompts, list) else []:
+        if isinstance(prompt, dict):
+            weight = prompt.get("weight")
+            parts.append(f"{prompt.get('text', '')}:{weight:g}" if isinstance(weight, (int, float))
+                         else str(prompt.get("text", "")))
+        else:
+            parts.append(str(prompt))
+    return " | ".join(parts)
+
+
+def plan_summary(plan: dict) -> list[list[str]]:
+    """The few settings worth a glance, as [label, value] rows, from a plan.json record."""
+    frames = plan.get("frames") if isinstance(plan.get("frames"), list) else []
+    animation = plan.get("animation") if isinstance(plan.get("animation"), dict) else {}
+    mode = animation.get("mode")
+    stills = mode in (None, "None")
+    rows = [["name", str(plan.get("name", ""))],
+            ["mode", "stills" if stills else f"{mode} animation"],
+            ["images" if stills else "frames", str(len(frames))],
+            ["seed", str(plan.get("seed", ""))]]
+    first = frames[0] if frames and isinstance(frames[0], dict) else {}
+    render = first.get("render") if isinstance(first.get("render"), dict) else {}
+    if render:
+        rows.append(["size", f"{render.get('width')}×{render.get('height')}"])
+        sampler = render.get("sampler") if isinstance(render.get("sampler"), dict) else {}
+        if sampler:
+            rows.append(["sampler", f"{sampler.get('mode')}, {sampler.get('steps')} steps, "
+                                    f"skip {sampler.get('skip_steps')}"])
+        models = render.get("models") if isinstance(render.get("models"), dict) else {}
+        if models:
+            clip = models.get("clip_models")
+            rows.append(["diffusion model", str(models.get("diffusion_model"))])
+            rows.append(["CLIP models", ", ".join(map(str, clip)) if isinstance(clip, list)
+                         else str(clip)])
+        guidance = render.get("guidance") if isinstance(render.get("guidance"), dict) else {}
+        if "clip_guidance_scale" in guidance:
+            rows.append(["clip guidance scale", f"{guidance['clip_guidance_scale']:g}"
+                         if isinstance(guidance["clip_guidance_scale"], (int, float))
+                         else str(guidance["clip_guidance_scale"])])
+    if not stills:
+        rows.append(["fps", str(animation.get("fps"))])
+        rows.append(["video format", str(animation.get("video_format"))])
+    shown, previous = 0, None
+    for position, frame in enumerate(frames):
+        render = frame.get("render") if isinstance(frame, dict) else None
+        text = _prompt_text(render.get("text_prompts")) if isinstance(render, dict) else ""
+        if text and text != previous:
+            index = frame.get("index", position)
+            rows.append([f"prompts from {'image' if stills else 'frame'} {index}", text])
+            shown += 1
+            if shown == 8:
+                break
+        previous = text
+    return rows
+
+
+SCENE_KEYS = ("name", "animation_mode", "width_height", "steps", "skip_steps", "seed",
+              "n_batches", "max_frames", "diffusion_model", "clip_models",
+              "clip_guidance_scale", "text_prompts")
+
+
+def scene_summary(scene: dict) -> list[list[str]]:
+    """[label, value] rows from scene.yaml, for a run that has no plan.json yet."""
+    rows = []
+    for key in SCENE_KEYS:
+        if key in scene:
+            value = scene[key]
+            rows.append([key.replace("_", " "), value if isinstance(value, str)
+                         else json.dumps(value, default=str)])
+    return rows
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _ByStat:
+    """Values computed from a file, recomputed only when its mtime or size changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[Path, str], tuple[int, int, Any]] = {}
+
+    def get(self, path: Path, what: str, compute: Callable[[Path], Any]) -> Any:
+        stat = path.stat()
+        key = (path, what)
+        with self._lock:
+            cached = self._values.get(key)
+        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+            return cached[2]
+        value = compute(path)
+        with self._lock:
+            self._values[key] = (stat.st_mtime_ns, stat.st_size, value)
+        return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_lines(path: Path) -> list[dict]:
+    lines = []
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn or hand-edited line: not a finished frame
+            if isinstance(record, dict) and isinstance(record.get("file"), str):
+                lines.append(record)
+    return lines
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_yaml(path: Path) -> tuple[str, Any]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return text, yaml.safe_load(text)
+
+
+class OutputRoot:
+    """Reads run folders under one output root; every path goes through resolve_inside."""
+
+    def __init__(self, root: Path) -> None:
+        self.shown_root = str(root)
+        self.root = Path(root).resolve()
+        self._cache = _ByStat()
+
+    # ----- files
+    def file(self, relative: str) -> Path | None:
+        return resolve_inside(self.root, relative)
+
+    def run_folder(self, job: str) -> Path | None:
+        clean = clean_relative(job)
+        if clean is None or len(clean.parts) > MAX_RUN_DEPTH:
+            return None
+        folder = resolve_inside(self.root, job, want_dir=True)
+        return folder if folder is not None and _is_run_folder(folder) else None
+
+    def _url(self, job: str, folder: Path, relative: str) -> dict | None:
+        path = resolve_inside(folder, relative)
+        if path is None:
+            return None
+        version = path.stat().st_mtime_ns
+        return {"file": relative, "url": f"/files/{quote(job)}/{quote(relative)}?v={version}"}
+
+    def _cached(self, path: Path, what: str, compute: Callable[[Path], Any]) -> Any:
+        return self._cache.get(path, what, compute)
+
+    # ----- pieces of a run
+    def _status(self, folder: Path) -> tuple[dict, str | None]:
+        path = resolve_inside(folder, "status.json")
+        if path is None:
+            return {}, None
+        try:
+            status = self._cached(path, "json", _read_json)
+        except (OSError, ValueError) as exc:
+            return {}, f"status.json is unreadable: {exc}"
+        if not isinstance(status, dict):
+            return {}, "status.json is not a JSON object"
+        return status, None
+
+    def _manifest(self, folder: Path) -> list[dict]:
+        path = resolve_inside(folder, "manifest.jsonl")
+        if path is None:
+            return []
+        try:
+            return self._cached(path, "manifest", _manifest_lines)
+        except OSError:
+            return []
+
+    def _finished(self, job: str, folder: Path, record: dict) -> dict | None:
+        """The image of a manifest line when its file exists and its sha256 matches."""
+        path = resolve_inside(folder, record["file"])
+        if path is None:
+            return None
+        expected = record.get("sha256")
+        try:
+            if isinstance(expected, str) and self._cached(path, "sha256", _sha256) != expected:
+                return None
+        except OSError:
+            return None
+        link = self._url(job, folder, record["file"])
+        if link is None:
+            return None
+        link["index"] = _int_or_none(record.get("index"))
+        link["finished_at"] = _short_text(record.get("finished_at"), 64)
+        return link
+
+    def _latest(self, job: str, folder: Path, manifest: list[dict]) -> dict | None:
+        for record in reversed(manifest[-50:]):
+            finished = self._finished(job, folder, record)
+            if finished is not None:
+                return finished
+        return None
+
+    def _plan(self, folder: Path) -> tuple[dict | None, str | None]:
+        path = resolve_inside(folder, "plan.json")
+        if path is None:
+            return None, None
+        try:
+            plan = self._cached(path, "json", _read_json)
+        except (OSError, ValueError) as exc:
+            return None, f"plan.json is unreadable: {exc}"
+        return (plan, None) if isinstance(plan, dict) else (None, "plan.json is not an object")
+
+    def _scene(self, folder: Path) -> tuple[str | None, dict | None, str | None]:
+        path = resolve_inside(folder, "scene.yaml")
+        if path is None:
+            return None, None, None
+        try:
+            text, scene = self._cached(path, "yaml", _read_yaml)
+        except OSError as exc:
+            return None, None, f"scene.yaml is unreadable: {exc}"
+        except yaml.YAMLError as exc:
+            return None, None, "scene.yaml is not valid YAML: " + " ".join(str(exc).split())
+        return text, scene if isinstance(scene, dict) else None, None
+
+    def _video(self, job: str, folder: Path, status: dict) -> dict | None:
+        names = list(FINAL_VIDEOS)
+        named = status.get("video")
+        if isinstance(named, str) and named.lower().endswith(VIDEO_SUFFIXES):
+            names.insert(0, named)
+        for name in names:
+            link = self._url(job, folder, name)
+            if link is not None:
+                link.update(final=True, kind="image" if name.lower().endswith(".gif") else "video")
+                return link
+        link = self._url(job, folder, "preview.mp4")
+        if link is not None:
+            link.update(final=False, kind="video")
+        return link
+
+    def _previews(self, job: str, folder: Path, state: str, current: list[dict]) -> list[dict]:
+        if state not in ACTIVE_STATES:
+            return []
+        previews = []
+        for item in current:
+            link = self._url(job, folder, f"previews/{item['index']:06d}.png")
+            if link is not None:
+                previews.append({**link, **item})
+        return previews
+
+    # ----- public
+    def summary(self, job: str) -> dict | None:
+        """The run's state and progress in brief (the job list)."""
+        folder = self.run_folder(job)
+        if folder is None:
+            return None
+        status, problem = self._status(folder)
+        manifest = self._manifest(folder)
+        done = _int_or_none(status.get("done"))
+        if done is None:
+            done = len({record.get("index") for record in manifest})
+        total = _int_or_none(status.get("total"))
+        if total is None:
+            plan, _ = self._plan(folder)
+            frames = plan.get("frames") if plan else None
+            total = len(frames) if isinstance(frames, list) else None
+        state = status.get("state") if isinstance(status.get("state"), str) else "unknown"
+        started = status.get("started_at")
+        if not isinstance(started, str):
+            started = datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc) \
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+        name = status.get("name") if isinstance(status.get("name"), str) else job.split("/")[0]
+        return {
+            "id": job, "name": name, "state": state,
+            "kind": status.get("kind") if isinstance(status.get("kind"), str) else None,
+            "done": done, "total": total, "failed": _int_or_none(status.get("failed")) or 0,
+            "eta_seconds": finite_number(status.get("eta_seconds")),
+            "started_at": started,
+            "updated_at": _short_text(status.get("updated_at"), 64),
+            "finished_at": _short_text(status.get("finished_at"), 64),
+            "error": _short_text(status.get("error")),
+            "problem": problem,
+            "latest": self._latest(job, folder, manifest),
+        }
+
+    def detail(self, job: str) -> dict | None:
+        """Everything the page shows about one run."""
+        summary = self.summary(job)
+        if summary is None:
+            return None
+        folder = self.run_folder(job)
+        status, _ = self._status(folder)
+        manifest = self._manifest(folder)
+        current = _current_list(status.get("current"))
+        plan, plan_problem = self._plan(folder)
+        scene_text, scene, scene_problem = self._scene(folder)
+        if plan is not None:
+            settings = plan_summary(plan)
+        elif scene is not None:
+            settings = scene_summary(scene)
+        else:
+            settings = []
+        kind = summary["kind"] or (
+            "image" if any(record.get("kind") == "image" for record in manifest[:1]) else None)
+        gallery = []
+        contact_sheet = self._url(job, folder, "contact_sheet.png")
+        if kind == "image" and contact_sheet is None:
+            for record in manifest[-MAX_GALLERY:]:
+                finished = self._finished(job, folder, record)
+                if finished is not None:
+                    gallery.append(finished)
+        problems = [p for p in (summary["problem"], plan_problem, scene_problem) if p]
+        return {
+            **summary, "kind": kind,
+            "current": current,
+            "previews": self._previews(job, folder, summary["state"], current),
+            "errors": _error_list(status.get("errors")),
+            "video": self._video(job, folder, status),
+            "contact_sheet": contact_sheet,
+            "gallery": gallery,
+            "dashboard_url": safe_link(status.get("dashboard_url")),
+            "job_id": _short_text(status.get("job_id"), 200),
+            "settings": settings,
+            "scene_yaml": _short_text(scene_text, MAX_SCENE_TEXT),
+            "problems": problems,
+        }
+
+    def jobs(self) -> list[dict]:
+        """Summaries of every run folder, newest first."""
+        summaries = [s for s in map(self.summary, find_runs(self.root)) if s is not None]
+        summaries.sort(key=lambda s: (s["started_at"], s["id"]), reverse=True)
+        return summaries
+
+
+# --------------------------------------------------------------------------- web
+
+
+class SecurityHeaders:
+    """ASGI middleware: no MIME sniffing, no referrer, a strict content security policy."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class UIError(ValueError):
+    """A bad `farm ui` setting (root folder, port, host)."""
+
+
+def _static_text(name: str) -> str:
+    return resources.files("farm.ui").joinpath("static", name).read_text(encoding="utf-8")
+
+
+NO_STORE = {"cache-control": "no-store"}
+STATIC_TYPES = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
+
+
+def create_app(root: Path, poll_seconds: float = 2.0) -> Starlette:
+    """The read-only web app over the runs under ``root`` (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UIError(f"output root {root} is not a folder")
+    outputs = OutputRoot(root)
+    page = _static_text("index.html").replace("{{poll_ms}}", str(int(poll_seconds * 1000)))
+    static = {name: _static_text(name) for name in STATIC_TYPES}
+
+    def index(request: Request) -> Response:
+        return HTMLResponse(page, headers=NO_STORE)
+
+    def job_page(request: Request) -> Response:
+        found = outputs.run_folder(request.path_params["job"]) is not None
+        return HTMLResponse(page, status_code=200 if found else 404, headers=NO_STORE)
+
+    def api_jobs(request: Request) -> Response:
+        return JSONResponse({"root": outputs.shown_root, "jobs": outputs.jobs()},
+                            headers=NO_STORE)
+
+    def api_job(request: Request) -> Response:
+        detail = outputs.detail(request.path_params["job"])
+        if detail is None:
+            return JSONResponse({"error": "no such run"}, status_code=404, headers=NO_STORE)
+        return JSONResponse(detail, headers=NO_STORE)
+
+    def files(request: Request) -> Response:
+        path = outputs.file(request.path_params["path"])
+        if path is None:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        return FileResponse(path, headers={"cache-control": "no-cache"})
+
+    def static_file(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in static:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        return Response(static[name], media_type=STATIC_TYPES[name],
+                        headers={"cache-control": "no-cache"})
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/job/{job:path}", job_page, methods=["GET"]),
+        Route("/api/jobs", api_jobs, methods=["GET"]),
+        Route("/api/jobs/{job:path}", api_job, methods=["GET"]),
+        Route("/files/{path:path}", files, methods=["GET"]),
+        Route("/static/{name}", static_file, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])

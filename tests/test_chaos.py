@@ -1,0 +1,17 @@
+"""Short chaos run (see tests/chaos.py; `make chaos` runs a longer one)."""
+
+from tests.chaos import chaos
+
+
+def test_faults_at_random_moments_lose_nothing_and_change_no_pixel(capsys):
+    summary = chaos(scale=1, actors=2, seed=3)
+    assert summary["reference_results"] == {"stills": "succeeded", "anim": "succeeded", "shots": "succeeded"}
+    assert summary["results"] == summary["reference_results"]
+    assert len(summary["faults"]) >= 3
+    kinds = " ".join(summary["faults"])
+    assert "ray.kill" in kinds and "SIGKILL" in kinds and "removed node" in kinds
+    assert summary["disturbed"] == summary["reference"]
+    for name, indices in summary["manifests"].items():
+        assert sorted(indices) == list(range(len(summary["reference"][name]))), name  # once each, no gaps
+    with capsys.disabled():
+        print(f"\nchaos: {len(summary['faults'])} faults injected and survived: {summary['faults']}")

@@ -1,0 +1,154 @@
+"""Our sampler steps against guided-diffusion's own ddim_sample / plms_sample.
+
+The conditioning gradient is a fixed tensor here (guidance itself is tested in
+test_engine_render), so both sides see the same cond_fn and no randomness (eta 0).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+from engine.guidance import ClipTarget, EngineCounters, Guidance  # noqa: E402
+from engine.losses import spherical_distance_loss  # noqa: E402
+from engine.models import ModelSet, diffusion_steps_for  # noqa: E402
+from engine.render import Renderer  # noqa: E402
+from engine.spec import CutSchedule, GuidanceSettings, ModelSetSpec, RenderSpec, SamplerSettings  # noqa: E402
+from guided_diffusion.script_util import create_gaussian_diffusion  # noqa: E402  (after engine: warnings filtered)
+
+STEPS = 8
+MODELS = ModelSetSpec(diffusion_model="tiny", use_secondary_model=False, clip_models=("tiny-vit::random",))
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer(ModelSet(MODELS, "cpu"))
+
+
+@pytest.fixture(scope="module")
+def library_diffusion(renderer):
+    s = renderer.models.unet_settings
+    return create_gaussian_diffusion(
+        steps=diffusion_steps_for(STEPS),
+        learn_sigma=s["learn_sigma"],
+        noise_schedule=s["noise_schedule"],
+        rescale_timesteps=s["rescale_timesteps"],
+        timestep_respacing=f"ddim{STEPS}",
+    )
+
+
+class FixedGradient:
+    """A stand-in for Guidance returning a fixed gradient (and checking its inputs)."""
+
+    def __init__(self, grad: torch.Tensor) -> None:
+        self.grad = grad
+        self.slots: list[int] = []
+
+    def __call__(self, x, x_in, slot):
+        assert x.requires_grad and x_in.requires_grad
+        self.slots.append(slot)
+        return self.grad
+
+
+def spec_for(mode: str, clip_denoised: bool, eta: float = 0.0) -> RenderSpec:
+    return RenderSpec(
+        width=64,
+        height=64,
+        sampler=SamplerSettings(mode=mode, steps=STEPS, skip_steps=0, eta=eta),
+        guidance=GuidanceSettings(clip_denoised=clip_denoised),
+        models=MODELS,
+    )
+
+
+@pytest.mark.parametrize("clip_denoised", [False, True])
+def test_ddim_step_matches_guided_diffusion(renderer, library_diffusion, clip_denoised):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    grad = torch.randn(1, 3, 64, 64, generator=gen) * 0.05
+    schedule = renderer.models.schedule(STEPS)
+    spec = spec_for("ddim", clip_denoised)
+    for i in (STEPS - 1, 3, 0):
+        ours_x, ours_pred = renderer._ddim_step(x, i, schedule, FixedGradient(grad), spec, gen)
+        t = torch.tensor([i])
+        lib = library_diffusion.ddim_sample(
+            renderer.models.unet, x, t, clip_denoised=clip_denoised, cond_fn=lambda *a, **k: grad, eta=0.0, model_kwargs={}
+        )
+        assert torch.allclose(ours_pred, lib["pred_xstart"], atol=1e-4, rtol=1e-4)
+        assert torch.allclose(ours_x, lib["sample"], atol=1e-4, rtol=1e-4)
+
+
+def test_plms_steps_match_guided_diffusion(renderer, library_diffusion):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    grad = torch.randn(1, 3, 64, 64, generator=gen) * 0.05
+    schedule = renderer.models.schedule(STEPS)
+    spec = spec_for("plms", False)
+    ours_x, lib_x, old_eps, old_out = x, x, [], None
+    for i in (STEPS - 1, STEPS - 2, STEPS - 3):
+        ours_x, ours_pred = renderer._plms_step(ours_x, i, schedule, FixedGradient(grad), spec, old_eps)
+        old_out = library_diffusion.plms_sample(
+            renderer.models.unet, lib_x, torch.tensor([i]), clip_denoised=False,
+            cond_fn=lambda *a, **k: grad, order=2, old_out=old_out, model_kwargs={},
+        )
+        lib_x = old_out["sample"]
+        assert torch.allclose(ours_pred, old_out["pred_xstart"], atol=1e-4, rtol=1e-4)
+        assert torch.allclose(ours_x, lib_x, atol=1e-4, rtol=1e-4)
+
+
+def test_sync_free_unet_forward_equals_the_library_forward(renderer):
+    from engine.unet import unet_forward
+
+    unet = renderer.models.unet
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([875.0, 12.5])
+    assert torch.equal(unet_forward(unet, x, t), unet(x, t))
+
+
+def test_guidance_uses_dd_cut_slots(renderer):
+    schedule = renderer.models.schedule(STEPS)
+    fixed = FixedGradient(torch.zeros(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    renderer._ddim_step(x, STEPS - 1, schedule, fixed, spec_for("ddim", False), torch.Generator())
+    # steps 8 -> 1000 diffusion steps, stride 125: first t = 875 -> slot 1000 - 876.
+    assert fixed.slots == [124]
+
+
+def test_guidance_gradient_equals_dd_per_batch_accumulation(renderer):
+    """One call over all cut batches == DD's per-batch gradients divided by cutn_batches."""
+    clip = renderer.models.clips["tiny-vit::random"]
+    targets = [ClipTarget(clip, clip.encode_texts(["a", "b"]), torch.tensor([0.75, 0.25]))]
+    settings = GuidanceSettings(cutn_batches=3, clip_guidance_scale=1000, clamp_grad=False, skip_augs=True,
+                                tv_scale=10, sat_scale=5, range_scale=0)
+    cuts = CutSchedule(overview=(2,) * 1000, innercut=(3,) * 1000)
+    counters = EngineCounters(clip_image_calls={clip.name: 0}, clip_text_calls={clip.name: 0}, cuts_encoded={clip.name: 0})
+    guidance = Guidance(settings, cuts, targets, counters, random.Random(4), torch.Generator().manual_seed(4))
+    x = torch.randn(1, 3, 64, 64) * 0.5
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_()
+        x_in = torch.tanh(xg) * 1.2  # any differentiable map x -> x_in
+        ours = guidance(xg, x_in, 0)
+    assert counters.clip_image_calls[clip.name] == 1
+
+    from engine.cutouts import make_cutouts
+    from engine.losses import saturation_loss, tv_loss
+
+    rng = random.Random(4)
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_()
+        x_in = torch.tanh(xg) * 1.2
+        x_in_grad = torch.zeros_like(x_in)
+        for _ in range(3):
+            batch = make_cutouts(x_in.add(1).div(2), clip.input_size, 2, 3, 1.0, 0.2, 1, rng)
+            dists = spherical_distance_loss(clip.encode_image(batch)[:, None], targets[0].embeddings[None])
+            losses = dists.view(5, 1, 2).mul(targets[0].weights).sum(2).mean(0)
+            x_in_grad += torch.autograd.grad(losses.sum() * 1000, x_in)[0] / 3
+        other = tv_loss(x_in).sum() * 10 + saturation_loss(x_in) * 5
+        x_in_grad += torch.autograd.grad(other, x_in)[0]
+        reference = -torch.autograd.grad(x_in, xg, x_in_grad)[0]
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
