@@ -43,7 +43,7 @@ class ProgressBoard:
 class _RenderActor:
     """Holds one model set and renders frames; restarted (models reloaded) if it crashes."""
 
-    def __init__(self, models, device: str | None, threads: int | None, board, label: str):
+    def __init__(self, models, device: str | None, threads: int | None, board, label: str, renderer_class=None):
         self.model_key = models.key
         self.node = os.environ.get("RAY_NODE_NAME") or socket.gethostname()
         self.label = label
@@ -54,7 +54,7 @@ class _RenderActor:
 
             device = "cuda" if (gpu_ids and torch.cuda.is_available()) else "cpu"
         self.device = device
-        self.renderer = FrameRenderer(models, device=device, threads=threads)
+        self.renderer = (renderer_class or FrameRenderer)(models, device=device, threads=threads)
 
     def __repr__(self) -> str:
         return f"RenderActor({self.model_key} on {self.node}, {self.label})"

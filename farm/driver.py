@@ -79,7 +79,9 @@ class RenderSession:
     def __init__(self, actors: int = 1, *, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
                  device: str | None = None, threads: int | None = None, stall_seconds: float = 600.0,
                  poll_seconds: float = 0.25, max_restarts: int = 3,
-                 on_update: Callable[["RenderSession"], None] | None = None):
+                 on_update: Callable[["RenderSession"], None] | None = None, renderer_class=None):
+        """`renderer_class` replaces farm.worker.FrameRenderer inside the actors (the
+        scheduler benchmark's simulated renderer); it takes (models, device, threads)."""
         self.actor_count = actors
         self.gpus_per_actor = gpus_per_actor
         self.cpus_per_actor = cpus_per_actor
@@ -89,6 +91,7 @@ class RenderSession:
         self.poll_seconds = poll_seconds
         self.max_restarts = max_restarts
         self.on_update = on_update
+        self.renderer_class = renderer_class
         self.scheduler = Scheduler()
         self.jobs: dict[str, RenderJob] = {}
         self.slots: dict[str, _Slot] = {}
@@ -136,7 +139,7 @@ class RenderSession:
         handle = RenderActor.options(
             num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
             max_restarts=self.max_restarts, max_task_retries=0,
-        ).remote(models, self.device, self.threads, self._board, label)
+        ).remote(models, self.device, self.threads, self._board, label, self.renderer_class)
         slot = _Slot(label, handle, models.key, models)
         self.slots[label] = slot
         return slot
