@@ -95,8 +95,11 @@ class _RenderActor:
         self._board.update.remote(job, frame.index, 0, steps, repr(self))
         result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
                                       should_stop=should_stop)
-        return result.pixels, {"seconds": result.seconds, "actor": repr(self), "node": self.node,
-                               "node_id": context.get_node_id(), "pid": os.getpid()}
+        stats = {"seconds": result.seconds, "actor": repr(self), "node": self.node,
+                 "node_id": context.get_node_id(), "pid": os.getpid()}
+        if animation.save_depth_maps and result.depth is not None:
+            stats["depth"] = result.depth
+        return result.pixels, stats
 
 
 RenderActor = ray.remote(_RenderActor)

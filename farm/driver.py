@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from farm.actors import ProgressBoard, RenderActor
 from farm.metrics import farm_metrics
 from farm.output import ManifestEntry, OutputFolder, utc_now
-from farm.plan import Plan
+from farm.plan import Plan, plan_record
 from farm.scheduler import Scheduler, Task
 from farm.worker import FrameInputs
 
@@ -112,16 +112,18 @@ class RenderSession:
         self._next_label = 0
 
     # ------------------------------------------------------------------ jobs
-    def add(self, job: RenderJob) -> RenderJob:
+    def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
+        """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
         hashes = {f.index: f.settings_hash for f in job.plan.frames}
         job.out.prepare()
+        job.out.write_json("plan.json", plan_record(job.plan))
         finished = job.out.finished(hashes)
         job.out.compact_manifest(finished)
         job.reused = len(finished)
         self.jobs[job.job_id] = job
         for frame in job.plan.frames:
             self._model_specs.setdefault(frame.render.models.key, frame.render.models)
-        self.scheduler.add_job(job.job_id, job.plan, job.priority, set(finished))
+        self.scheduler.add_job(job.job_id, job.plan, job.priority, set(finished), only)
         self._write_status(job, force=True)
         return job
 
@@ -177,11 +179,9 @@ class RenderSession:
 
     def _inputs_for(self, job: RenderJob, task: Task) -> FrameInputs:
         frame = task.frame
-        previous = reference = video_previous = video_current = None
-        if frame.previous is not None:
-            previous = self._frame_pixels(job, frame.previous)
-            shot_start = min(f.index for f in job.plan.shots[frame.shot])
-            reference = self._frame_pixels(job, shot_start)
+        needs = job.plan.dependencies(frame)
+        pixels = {i: self._frame_pixels(job, i) for i in needs.indices}
+        video_previous = video_current = None
         if frame.init.kind == "video" and job.inputs.video_frames_dir is not None:
             from farm.inputs import load_image
 
@@ -192,7 +192,11 @@ class RenderSession:
                 video_previous = load_image(job.inputs.video_frames_dir / f"{prev_video:06d}.png", size)
         prompts = {p.text: job.inputs.image_prompts[p.text] for p in frame.render.image_prompts
                    if p.text in job.inputs.image_prompts}
-        return FrameInputs(previous, reference, job.inputs.init_image, video_previous, video_current, prompts)
+        return FrameInputs(
+            previous=pixels.get(needs.previous), reference=pixels.get(needs.reference),
+            init_image=job.inputs.init_image, video_previous=video_previous, video_current=video_current,
+            image_prompts=prompts, previous_motions=needs.previous_motions,
+            older=pixels.get(needs.older), older_motions=needs.older_motions)
 
     def _dispatch(self) -> None:
         for slot in list(self.slots.values()):
@@ -244,6 +248,8 @@ class RenderSession:
             index=frame.index, kind=frame.kind, file=relative, sha256=digest,
             settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
             node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+        if stats.get("depth") is not None:
+            job.out.write_depth(frame.index, stats["depth"])
         job.frame_seconds.append(time.monotonic() - started)
         self.completed.append((task.job, frame.index, label))
         metrics = farm_metrics()
@@ -258,10 +264,15 @@ class RenderSession:
         self._write_status(job)
 
     def _forget_old_pixels(self, job: RenderJob, index: int) -> None:
-        shot_starts = {min(f.index for f in chain) for chain in job.plan.shots.values()}
-        previous = index - 1
-        if previous >= 0 and previous not in shot_starts:
-            self._pixels.pop((job.job_id, previous), None)
+        """Keep in memory only what the next frames start from; the rest is on disk."""
+        plan = job.plan
+        keep = {index}
+        following = plan.frames[index + 1] if index + 1 < len(plan.frames) else None
+        if following is not None:
+            keep |= plan.dependencies(following).indices
+        keep |= set(plan.shot_starts.values())
+        for key in [k for k in self._pixels if k[0] == job.job_id and k[1] not in keep]:
+            del self._pixels[key]
 
     def _record_error(self, job: RenderJob, task: Task, label: str, message: str) -> None:
         farm_metrics()["frames_failed"].inc(1, {"scene": job.plan.name})
@@ -401,8 +412,8 @@ class RenderSession:
     def _finish(self, job: RenderJob) -> str:
         state = self.scheduler.jobs[job.job_id]
         extra: dict = {}
-        if state.state == "succeeded":
-            entries = job.out.finished({f.index: f.settings_hash for f in job.plan.frames})
+        entries = job.out.finished({f.index: f.settings_hash for f in job.plan.frames})
+        if state.state == "succeeded" and len(entries) == len(job.plan.frames):
             if job.plan.is_animation:
                 extra["video"] = make_video(job.out, job.plan, entries)
             else:
@@ -418,13 +429,14 @@ class RenderSession:
         ray.kill(self._board)
 
 
-def make_video(out: OutputFolder, plan: Plan, entries: dict) -> str:
-    """Stitch the finished frames (frame 0 included) into the scene's video format."""
+def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = None) -> str:
+    """Stitch finished frames (frame 0 included, index order) into the scene's video format."""
     from animation.video import stitch
 
     settings = plan.animation
     codec = {"mp4": "h264", "webm": "webm", "gif": "gif"}[settings.video_format]
-    name = f"video.{settings.video_format}"
+    name = name or f"video.{settings.video_format}"
     frames = [out.path(entries[i].file) for i in sorted(entries)]
-    stitch(frames, out.path(name), fps=settings.fps, crf=settings.video_crf, codec=codec, blend=min(settings.video_blend, 0.99))
+    stitch(frames, out.path(name), fps=settings.fps, crf=settings.video_crf, codec=codec,
+           blend=min(settings.video_blend, 0.99))
     return name

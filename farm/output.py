@@ -103,6 +103,16 @@ class OutputFolder:
     def write_preview(self, index: int, png: bytes) -> None:
         write_atomic(self.path(f"previews/{index:06d}.png"), png)
 
+    def write_depth(self, index: int, depth: np.ndarray) -> None:
+        """A 3D frame's depth map as a 16-bit PNG (written under a temporary name, then renamed)."""
+        from animation.depth import save_depth_png
+
+        target = self.path(f"depth/{index:06d}.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.stem}.tmp.png")
+        save_depth_png(depth, temporary)
+        os.replace(temporary, target)
+
     def append_manifest(self, entry: ManifestEntry) -> None:
         with self._lock:
             path = self.path("manifest.jsonl")

@@ -9,6 +9,7 @@ local runner and `farm plan` all use this function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from animation.motion import Motion
+from animation.turbo import is_diffused_frame
 from engine.spec import (
     CutSchedule,
     GuidanceSettings,
@@ -65,6 +67,21 @@ class FrameSpec:
 
 
 @dataclass(frozen=True)
+class FrameDependencies:
+    """Finished frames (by index) a frame is made from; see Plan.dependencies."""
+
+    previous: int | None = None
+    previous_motions: tuple[Motion, ...] = ()
+    older: int | None = None
+    older_motions: tuple[Motion, ...] = ()
+    reference: int | None = None  # the shot's first frame (colour coherence)
+
+    @property
+    def indices(self) -> set[int]:
+        return {i for i in (self.previous, self.older, self.reference) if i is not None}
+
+
+@dataclass(frozen=True)
 class AnimationSettings:
     """Scene-wide animation and video settings (not per frame)."""
 
@@ -106,12 +123,43 @@ class Plan:
     def is_animation(self) -> bool:
         return self.animation.mode != "None"
 
-    @property
+    def dependencies(self, frame: FrameSpec) -> "FrameDependencies":
+        """Which finished frames this frame starts from, and the motions carrying them here.
+
+        Normally the previous frame, moved by this frame's motion. In turbo mode the
+        chain continues from the last diffused frame moved through every frame since, and a
+        skipped frame also needs the diffused frame before that (DD's older chain)."""
+        if frame.previous is None:
+            return FrameDependencies()
+        reference = self._shot_start(frame)
+        if not self.animation.turbo_mode:
+            return FrameDependencies(frame.previous, (frame.motion,), None, (), reference)
+        diffused = []  # walk back to the last two diffused frames of this shot (a few frames)
+        index = frame.index - 1
+        while index >= reference and len(diffused) < 2:
+            if self.frames[index].diffuse:
+                diffused.append(index)
+            index -= 1
+        newer = diffused[0]
+        older = diffused[1] if len(diffused) > 1 and not frame.diffuse else None
+        motions = [f.motion for f in self.frames[newer + 1:frame.index + 1]]
+        older_motions = [f.motion for f in self.frames[older + 1:frame.index + 1]] if older is not None else []
+        return FrameDependencies(newer, tuple(motions), older, tuple(older_motions), reference)
+
+    def _shot_start(self, frame: FrameSpec) -> int:
+        """The first frame of this frame's chain."""
+        return self.shot_starts[frame.shot]
+
+    @functools.cached_property
     def shots(self) -> dict[int, list[FrameSpec]]:
         chains: dict[int, list[FrameSpec]] = {}
         for frame in self.frames:
             chains.setdefault(frame.shot, []).append(frame)
         return chains
+
+    @functools.cached_property
+    def shot_starts(self) -> dict[int, int]:
+        return {shot: chain[0].index for shot, chain in self.shots.items()}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -282,8 +330,8 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             intermediate_steps=intermediate_steps(scene["display_rate"], scene["intermediate_saves"], steps, skip),
         )
         diffuse = True
-        if turbo and not first_of_shot and index >= scene["turbo_preroll"]:
-            diffuse = (index - scene["turbo_preroll"]) % scene["turbo_steps"] == 0
+        if turbo and not first_of_shot:
+            diffuse = is_diffused_frame(index, scene["turbo_steps"], scene["turbo_preroll"])
         frames.append(FrameSpec(
             index=index,
             kind="frame" if mode != "None" else "image",

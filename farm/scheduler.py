@@ -69,11 +69,13 @@ class Scheduler:
         self._queued: set[tuple[str, int]] = set()
 
     # -- jobs
-    def add_job(self, job_id: str, plan: Plan, priority: int = 0, finished: set[int] | frozenset = frozenset()) -> Job:
+    def add_job(self, job_id: str, plan: Plan, priority: int = 0, finished: set[int] | frozenset = frozenset(),
+                only: set[int] | range | None = None) -> Job:
+        """Schedule a plan's frames (or `only` some), skipping those already `finished`."""
         if job_id in self.jobs:
             raise ValueError(f"job {job_id} is already scheduled")
-        job = Job(job_id, plan, priority, next(self._order),
-                  remaining={f.index for f in plan.frames} - set(finished), done=set(finished))
+        wanted = {f.index for f in plan.frames} if only is None else set(only)
+        job = Job(job_id, plan, priority, next(self._order), remaining=wanted - set(finished), done=set(finished))
         self.jobs[job_id] = job
         for frame in plan.frames:
             self._maybe_ready(job, frame)

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from farm.output import OutputFolder
-from farm.plan import Plan, plan_record, resolve
+from farm.plan import resolve
 from farm.scene import Scene, load_scene
 
 
@@ -56,21 +56,18 @@ def prepare_job(scene_path: str, out: Path | None, overrides: dict, frames: rang
         inputs.video_frames_dir = frames_dir
     plan = resolve(scene, video_frames)
     if frames is not None:
-        plan = Plan(plan.name, plan.seed, plan.animation, tuple(f for f in plan.frames if f.index in frames))
-        missing_parents = [f.index for f in plan.frames if f.previous is not None and f.previous not in frames]
-        if missing_parents and not _all_parents_on_disk(folder, plan, missing_parents):
-            raise SubmitError(f"--frames starts inside a chain: render frames before {missing_parents[0]} first")
+        chosen = [plan.frames[i] for i in frames]
+        hashes = {f.index: f.settings_hash for f in plan.frames}
+        on_disk = set(folder.finished(hashes))
+        for frame in chosen:
+            if frame.previous is not None and frame.previous not in frames and frame.previous not in on_disk:
+                raise SubmitError(f"--frames {frames.start}:{frames.stop} starts inside a chain: frame "
+                                  f"{frame.index} needs frame {frame.previous}; render it first")
     _load_inputs(scene, inputs)
     written = dict(scene.raw)
     written["seed"] = scene["seed"]
     folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))
-    folder.write_json("plan.json", plan_record(plan))
     return scene, plan, folder, inputs
-
-
-def _all_parents_on_disk(folder: OutputFolder, plan: Plan, indices: list[int]) -> bool:
-    on_disk = {e.index for e in folder.manifest()}
-    return all(i - 1 in on_disk for i in indices)
 
 
 def _load_inputs(scene: Scene, inputs) -> None:
@@ -173,7 +170,8 @@ def submit_local(args) -> int:
     bars = _Bars()
     session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
                             on_update=bars)
-    job = session.add(RenderJob(plan.name, plan, folder, inputs, priority=getattr(args, "priority", 0) or 0))
+    job = session.add(RenderJob(plan.name, plan, folder, inputs, priority=getattr(args, "priority", 0) or 0),
+                      only=frames)
     if job.reused:
         print(f"farm: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
     try:

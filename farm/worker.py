@@ -20,8 +20,11 @@ from farm.plan import AnimationSettings, FrameSpec
 class FrameInputs:
     """Pixels a frame depends on (all HxWx3 uint8, or None)."""
 
-    previous: np.ndarray | None = None  # the previous frame of the chain
+    previous: np.ndarray | None = None  # the frame the chain continues from
     reference: np.ndarray | None = None  # the chain's first frame (colour coherence)
+    previous_motions: tuple = ()  # turbo: motions from `previous` up to this frame (else just its own)
+    older: np.ndarray | None = None  # turbo: the diffused frame before `previous`
+    older_motions: tuple = ()  # turbo: motions from `older` up to this frame
     init_image: np.ndarray | None = None  # the scene's init_image, at the frame size
     video_previous: np.ndarray | None = None  # video frame of the previous frame
     video_current: np.ndarray | None = None  # video frame of this frame
@@ -34,6 +37,7 @@ class FrameResult:
     seconds: float
     steps: int
     init: np.ndarray | None = None  # the init image used (for inspection and tests)
+    depth: np.ndarray | None = None  # 3D: depth of the frame this one was warped from
 
 
 def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
@@ -59,19 +63,12 @@ def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInpu
         raise ValueError(f"unknown init source {kind!r}")
     if inputs.previous is None:
         raise ValueError(f"{frame.task_name} needs the previous frame's pixels")
-    if animation.mode == "3D":
-        from animation.warp3d import warp_3d
+    warped = carry_forward(inputs.previous, inputs.previous_motions or (frame.motion,), animation, depth_of)
+    if not frame.diffuse and inputs.older is not None:
+        from animation.turbo import turbo_blend
 
-        if depth_of is None:
-            raise ValueError("3D motion needs a depth model")
-        warped = warp_3d(inputs.previous, depth_of(inputs.previous), frame.motion,
-                         near_plane=animation.near_plane, far_plane=animation.far_plane, fov=animation.fov,
-                         padding_mode=animation.padding_mode, sampling_mode=animation.sampling_mode)
-    else:
-        from animation.warp2d import warp_2d
-
-        # DD's 2D warp samples bilinearly; sampling_mode is a 3D setting in DD.
-        warped = warp_2d(inputs.previous, frame.motion, border=animation.border_mode, sampling="bilinear")
+        older = carry_forward(inputs.older, inputs.older_motions, animation, depth_of)
+        warped = turbo_blend(older, warped, frame.index, animation.turbo_steps)
     if animation.color_coherence != "none" and inputs.reference is not None:
         from animation.colour import match_colours
 
@@ -86,6 +83,26 @@ def depth_source(name: str) -> str:
     hub = {"dpt_large": "Intel/dpt-large", "dpt-large": "Intel/dpt-large"}.get(name, name)
     local = models_dir() / hub.split("/")[-1]
     return str(local) if local.is_dir() else hub
+
+
+def carry_forward(image: np.ndarray, motions, animation: AnimationSettings,
+                  depth_of: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """Warp an image through one frame's camera motion after another (2D or 3D)."""
+    for motion in motions:
+        if animation.mode == "3D":
+            from animation.warp3d import warp_3d
+
+            if depth_of is None:
+                raise ValueError("3D motion needs a depth model")
+            image = warp_3d(image, depth_of(image), motion, near_plane=animation.near_plane,
+                            far_plane=animation.far_plane, fov=animation.fov,
+                            padding_mode=animation.padding_mode, sampling_mode=animation.sampling_mode)
+        else:
+            from animation.warp2d import warp_2d
+
+            # DD's 2D warp samples bilinearly; sampling_mode is a 3D setting in DD.
+            image = warp_2d(image, motion, border=animation.border_mode, sampling="bilinear")
+    return image
 
 
 class FrameRenderer:
@@ -119,12 +136,18 @@ class FrameRenderer:
                should_stop: Callable[[], bool] | None = None) -> FrameResult:
         started = time.perf_counter()
         depth_of = None
+        depths: list[np.ndarray] = []
         if animation.mode == "3D":
-            depth_of = self.depth_model(animation.midas_depth_model).predict
+            model = self.depth_model(animation.midas_depth_model)
+
+            def depth_of(image: np.ndarray) -> np.ndarray:
+                depths.append(model.predict(image))
+                return depths[-1]
         init = frame_init(frame, animation, inputs, depth_of)
+        depth = depths[-1] if depths else None
         if not frame.diffuse:
-            return FrameResult(init, time.perf_counter() - started, 0, init)
+            return FrameResult(init, time.perf_counter() - started, 0, init, depth)
         pixels = self.renderer.render(frame.render, init=init, image_prompt_images=inputs.image_prompts,
                                       on_intermediate=on_intermediate, should_stop=should_stop)
         steps = frame.render.sampler.steps - frame.render.sampler.skip_steps
-        return FrameResult(pixels, time.perf_counter() - started, steps, init)
+        return FrameResult(pixels, time.perf_counter() - started, steps, init, depth)

@@ -152,3 +152,17 @@ def test_frames_that_always_fail_end_with_a_report(tmp_path):
     status = OutputFolder(tmp_path / "out").read_json("status.json")
     assert "image-000000" in status["error"] and "actor-0" in status["error"] and "actor-1" in status["error"]
     assert len(status["errors"]) == 2
+
+
+def test_3d_turbo_animation_saves_depth_maps_and_previews(tmp_path, capsys):
+    from animation.video import probe_video
+    from farm.cli import main
+
+    scene = ANIM.replace("animation_mode: 2D", "animation_mode: 3D") + (
+        'translation_z: "0:(15)"\nsave_depth_maps: true\nturbo_mode: true\nturbo_steps: 2\nturbo_preroll: 1\n')
+    _, results = render(scene, tmp_path, actors=1)
+    assert results == {"t": "succeeded"}
+    assert sorted(p.name for p in (tmp_path / "depth").iterdir()) == ["000001.png", "000002.png", "000003.png"]
+    assert main(["preview", str(tmp_path)]) == 0
+    assert probe_video(tmp_path / "preview.mp4").frames == 4
+    assert "preview (4 of 4 frames)" in capsys.readouterr().out

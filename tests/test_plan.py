@@ -65,7 +65,8 @@ def test_shots_restart_the_chain():
 
 def test_turbo_marks_in_between_frames():
     plan = resolve(parse_scene(ANIM + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
-    assert [f.diffuse for f in plan.frames] == [True, True, True, False, False, True, False, False, True, False, False, True]
+    # DD: diffused when frame <= turbo_preroll or frame % turbo_steps == 0
+    assert [f.diffuse for f in plan.frames] == [True, True, True, True, False, False, True, False, False, True, False, False]
 
 
 def test_video_input_uses_overrides_and_video_frames(tmp_path):

@@ -23,9 +23,11 @@ def renderer():
 def render_chain(renderer, plan, video=None):
     outputs, inits = [], []
     for frame in plan.frames:
-        previous = outputs[frame.previous] if frame.previous is not None else None
+        needs = plan.dependencies(frame)
+        pixel = lambda i: outputs[i] if i is not None else None  # noqa: E731
         inputs = FrameInputs(
-            previous=previous, reference=outputs[0] if outputs else None,
+            previous=pixel(needs.previous), reference=pixel(needs.reference),
+            previous_motions=needs.previous_motions, older=pixel(needs.older), older_motions=needs.older_motions,
             video_previous=video[frame.previous] if video is not None and frame.previous is not None else None,
             video_current=video[frame.index] if video is not None else None)
         result = renderer.render(frame, plan.animation, inputs)
@@ -76,10 +78,23 @@ def test_video_input_frames_start_from_the_flow_warped_output(renderer, tmp_path
         assert np.array_equal(inits[f], expected)
 
 
-def test_turbo_in_between_frames_are_warped_not_diffused(renderer):
-    plan = resolve(parse_scene(FAST.replace("max_frames: 3", "max_frames: 4")
-                               + 'animation_mode: 2D\nzoom: "0:(1.05)"\nturbo_mode: true\nturbo_steps: 2\nturbo_preroll: 1\n'))
-    assert [f.diffuse for f in plan.frames] == [True, True, False, True]
+def test_turbo_skipped_frames_blend_two_warped_chains_like_dd(renderer):
+    from animation.turbo import turbo_blend
+    from animation.warp2d import warp_2d
+
+    plan = resolve(parse_scene(FAST.replace("max_frames: 3", "max_frames: 7")
+                               + 'animation_mode: 2D\nzoom: "0:(1.05)"\nangle: "0:(3)"\n'
+                               + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
+    assert [f.diffuse for f in plan.frames] == [True, True, True, True, False, False, True]  # DD's schedule
     outputs, inits = render_chain(renderer, plan)
-    assert np.array_equal(outputs[2], inits[2])
-    assert not np.array_equal(outputs[3], inits[3])
+
+    def warp(image, frames):
+        for f in frames:
+            image = warp_2d(image, plan.frames[f].motion, border="wrap", sampling="bilinear")
+        return image
+
+    # frame 5: newer chain from diffused frame 3 (warped by 4 and 5), older from frame 2 (warped by 3, 4, 5)
+    expected = turbo_blend(warp(outputs[2], (3, 4, 5)), warp(outputs[3], (4, 5)), 5, 3)
+    assert np.array_equal(outputs[5], expected) and np.array_equal(inits[5], expected)
+    # the next diffused frame continues the newer chain, not the blended frame
+    assert np.array_equal(inits[6], warp(outputs[3], (4, 5, 6)))
