@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping, Sequence
 import pathlib
 from dataclasses import dataclass
 
@@ -289,7 +290,8 @@ def _split_dd_openclip(name: str) -> tuple[str, str] | None:
     return None
 
 
-def parse_clip_name(name: str) -> tuple[str, str]:
+def parse_clip_name(name: str, known: tuple[Sequence[str], Mapping[str, Sequence[str]]] | None = None
+                    ) -> tuple[str, str]:
     """Resolve a CLIP model name to open_clip's ``(architecture, pretrained_tag)``.
 
     Accepts ``"ViT-B-32::openai"``, a bare open_clip architecture (tag ``openai`` when
@@ -317,14 +319,18 @@ def parse_clip_name(name: str) -> tuple[str, str]:
     else:
         arch, tag = text, ""
 
-    import open_clip  # local import: heavy, and only needed for validation
+    if known is None:
+        import open_clip  # local import: heavy, and only needed for validation
 
-    models = open_clip.list_models()
+        models = open_clip.list_models()
+        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    else:  # (architectures, architecture -> tags), e.g. a cached copy of open_clip's lists
+        models, pretrained = known
+        tags = list(pretrained.get(arch, ()))
     if arch not in models:
         raise UnknownModel(
             f"unknown CLIP architecture {arch!r} in {name!r}{_did_you_mean(arch, models)}"
         )
-    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
     if not tag:
         if "openai" in tags:
             return arch, "openai"

@@ -56,10 +56,12 @@ def _parse_range(text: str | None, total: int) -> range:
         last = int(stop) if sep and stop.strip() else (total if sep else first + 1)
     except ValueError:
         raise UsageError(f"--frames '{text}': expected A:B (frame numbers)") from None
-    if first < 0 or last <= first:
+    if first < 0:
         raise UsageError(f"--frames '{text}': expected 0 <= A < B")
     if first >= total:
         raise UsageError(f"--frames '{text}': selects nothing; the scene has {total} (0 to {total - 1})")
+    if last <= first:
+        raise UsageError(f"--frames '{text}': expected 0 <= A < B")
     return range(first, min(last, total))
 
 
@@ -81,21 +83,26 @@ def cmd_validate(args) -> int:
         from farm.plan import frame_count
 
         mode = scene["animation_mode"]
-        what = f"{frame_count(scene)} images" if mode == "None" else f"{mode} animation, {frame_count(scene)} frames"
+        count = frame_count(scene, _video_frames(scene))
+        what = f"{count} images" if mode == "None" else f"{mode} animation, {count} frames"
         print(f"{path}: ok ({what})")
     return status
+
+
+def _video_frames(scene) -> int | None:
+    """Frames in a Video Input scene's video (probed once, when the scene was validated)."""
+    if scene["animation_mode"] != "Video Input":
+        return None
+    from farm.inputs import count_video_frames
+
+    return count_video_frames(scene["video_init_path"])
 
 
 def _load_for_plan(args):
     from farm.scene import load_scene
 
     scene = load_scene(args.scene, overrides=_parse_set(getattr(args, "set", None)))
-    video_frames = None
-    if scene["animation_mode"] == "Video Input":
-        from farm.inputs import count_video_frames
-
-        video_frames = count_video_frames(scene["video_init_path"])
-    return scene, video_frames
+    return scene, _video_frames(scene)
 
 
 def cmd_plan(args) -> int:
@@ -184,12 +191,26 @@ def _check_submit_args(args) -> None:
             raise UsageError(f"--out '{args.out}': exists and is not a folder")
     scene = load_scene(args.scene, overrides=_parse_set(args.set))
     if args.frames is not None:
-        video_frames = None
-        if scene["animation_mode"] == "Video Input":
-            from farm.inputs import count_video_frames
+        _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
 
-            video_frames = count_video_frames(scene["video_init_path"])
-        _parse_range(args.frames, frame_count(scene, video_frames))
+
+def cmd_preview(args) -> int:
+    """preview.mp4 from the frames finished so far (a render may still be running)."""
+    from farm.output import OutputFolder
+
+    folder = OutputFolder(args.dir)
+    record = folder.read_json("plan.json")
+    if not isinstance(record, dict) or not record.get("frames"):
+        raise UsageError(f"{args.dir}: no plan.json here (not a render output folder)")
+    entries = folder.finished({f["index"]: f["settings_hash"] for f in record["frames"]})
+    if not entries:
+        raise UsageError(f"{args.dir}: no finished frames yet")
+    from animation.video import stitch
+
+    fps = args.fps or record.get("animation", {}).get("fps", 12)
+    stitch([folder.path(entries[i].file) for i in sorted(entries)], folder.path("preview.mp4"), fps=fps)
+    print(f"preview ({len(entries)} of {len(record['frames'])} frames): {folder.path('preview.mp4')}")
+    return EXIT_OK
 
 
 def cmd_submit(args) -> int:
@@ -230,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("settings", metavar="SETTINGS.txt")
     p.add_argument("-o", "--output", required=True, metavar="SCENE.yaml")
     p.set_defaults(run=cmd_import_dd)
+
+    p = sub.add_parser("preview", help="make preview.mp4 from the frames a render has finished so far")
+    p.add_argument("dir", metavar="OUT_DIR")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the scene's fps)")
+    p.set_defaults(run=cmd_preview)
 
     p = sub.add_parser("submit", help="render a scene (embedded local Ray by default)")
     p.add_argument("scene", metavar="SCENE")

@@ -212,7 +212,7 @@ class RenderSession:
             self.inflight[ref] = (task, slot.label, time.monotonic())
             self.progress[(task.job, task.frame.index)] = {"step": 0, "steps": task.frame.render.sampler.steps
                                                            - task.frame.render.sampler.skip_steps,
-                                                           "at": time.time(), "actor": slot.label}
+                                                           "at": None, "actor": slot.label}
 
     # ------------------------------------------------------------------ results
     def _collect(self, ref) -> None:
@@ -321,7 +321,8 @@ class RenderSession:
         now = time.time()
         for ref, (task, label, _) in list(self.inflight.items()):
             record = self.progress.get((task.job, task.frame.index))
-            if record and now - record["at"] > self.stall_seconds:
+            # the clock starts when the actor reports it began the frame (not while it loads models)
+            if record and record.get("at") and now - record["at"] > self.stall_seconds:
                 slot = self.slots.get(label)
                 if slot is not None:
                     record["at"] = now

@@ -173,13 +173,15 @@ def _int_series(scene: Scene, name: str, n: int) -> np.ndarray:
     return np.trunc(_series(scene, name, n)).astype(np.int64)
 
 
-def _skip_for(spec: tuple, steps: int, frame: int, scene: Scene) -> int:
+def _frames_skip_series(spec: tuple, steps: np.ndarray, scene: Scene) -> np.ndarray:
+    """skip_steps of frames after a chain's first: DD's "60%" of that frame's steps (floor),
+    a keyframe schedule, or a number."""
     kind, value = spec
     if kind == "percent":
-        return math.floor(steps * value / 100.0)
+        return np.floor(steps * value / 100.0 + 1e-9).astype(np.int64)
     if kind == "keyframes":
-        return int(value.values(frame + 1, fps=scene["fps"], interpolation=scene["interpolation"])[frame])
-    return int(value)
+        return np.trunc(value.values(len(steps), fps=scene["fps"], interpolation=scene["interpolation"])).astype(np.int64)
+    return np.full(len(steps), int(value), dtype=np.int64)
 
 
 def intermediate_steps(display_rate: int, saves: int | tuple[int, ...], steps: int, skip: int) -> tuple[int, ...]:
@@ -243,7 +245,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
     motion = {name: _series(scene, name, series_len) for name in (
         "angle", "zoom", "translation_x", "translation_y", "translation_z",
         "rotation_3d_x", "rotation_3d_y", "rotation_3d_z")}
-    frames_skip = scene[source("frames_skip_steps")]
+    frames_skip = _frames_skip_series(scene[source("frames_skip_steps")], ints["steps"], scene)
 
     models = ModelSetSpec(
         diffusion_model=scene["diffusion_model"],
@@ -279,7 +281,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             else:
                 init = InitSource("noise")
         else:
-            skip = _skip_for(frames_skip, steps, k, scene)
+            skip = int(frames_skip[k])
             init_scale = float(floats["frames_scale"][k])
             if mode == "Video Input":
                 init = InitSource("video", video_frame=index * scene["extract_nth_frame"],

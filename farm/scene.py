@@ -8,6 +8,8 @@ wrong. Nothing here renders or imports Ray.
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import math
 import os
 import secrets
@@ -16,11 +18,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+import numpy as np
+
 from animation.keyframes import KeyframeError, parse_keyframes
 from farm import settings as S
 from farm.cutschedule import CutScheduleError, parse_cut_schedule
 from farm.prompts import PromptError, parse_prompt_schedule
-from farm.yamlio import YamlError, load_yaml
+from farm.yamlio import MAX_FILE_BYTES, YamlError, load_yaml
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,10 @@ def _is_number(value: object) -> bool:
 
 def _as_number(value: object, what: str = "a number") -> float:
     if _is_number(value):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _Bad(f"{str(value)[:20]}... is far too large") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -109,10 +116,13 @@ def _check_range(setting: S.Setting, number: float) -> None:
         raise _Bad(f"{_fmt(number)} is below the minimum {_fmt(setting.minimum)}")
     if setting.maximum is not None and number > setting.maximum:
         raise _Bad(f"{_fmt(number)} is above the maximum {_fmt(setting.maximum)}")
+    if abs(number) > S.MAX_MAGNITUDE:
+        raise _Bad(f"{_fmt(number)} is beyond the limit of ±{_fmt(S.MAX_MAGNITUDE)}")
 
 
 def _fmt(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+    number = float(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
 
 
 def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
@@ -178,8 +188,8 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
                 except KeyframeError as exc:
                     raise _Bad(f"expected '60%', a number or a keyframe string: {exc}") from None
         number = _as_int(value)
-        if number < 0:
-            raise _Bad(f"{number} is negative")
+        if not 0 <= number <= S.MAX_STEPS:
+            raise _Bad(f"{_fmt(number)} must be between 0 and {S.MAX_STEPS} steps")
         return ("steps", number)
     if kind == "size":
         if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -188,17 +198,17 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
         for side, name in ((width, "width"), (height, "height")):
             if side <= 0:
                 raise _Bad(f"{name} {side} must be positive")
+            if side > S.MAX_SIDE:
+                raise _Bad(f"{name} {_fmt(side)} is above the limit {S.MAX_SIDE}")
             if side % 64:
                 raise _Bad(f"{name} {side} is not a multiple of 64 (try {max(64, round(side / 64) * 64)})")
-            if side > S.MAX_SIDE:
-                raise _Bad(f"{name} {side} is above the limit {S.MAX_SIDE}")
         return (width, height)
     if kind == "seed":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("random", "random_seed", "")):
             return None
         seed = _as_int(value)
         if not 0 <= seed < 2**32:
-            raise _Bad(f"seed {seed} must be between 0 and 4294967295")
+            raise _Bad(f"seed {_fmt(seed)} must be between 0 and 4294967295")
         return seed
     if kind == "prompts":
         try:
@@ -218,6 +228,8 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
         return value.strip()
     if kind == "floats":
         items = value if isinstance(value, list) else [value]
+        if len(items) > S.MAX_STEPS:
+            raise _Bad(f"more than {S.MAX_STEPS} values")
         numbers = tuple(_as_number(v) for v in items)
         if not numbers or any(not 0 <= n <= 1 for n in numbers):
             raise _Bad("expected fractions between 0 and 1")
@@ -225,17 +237,19 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
     if kind == "steps_list":
         if isinstance(value, list):
             steps = tuple(_as_int(v) for v in value)
-            if any(s < 0 for s in steps):
-                raise _Bad("step indices must not be negative")
+            if any(not 0 <= s <= S.MAX_STEPS for s in steps):
+                raise _Bad(f"step indices must be between 0 and {S.MAX_STEPS}")
             return steps
         count = _as_int(value)
-        if count < 0:
-            raise _Bad(f"{count} is negative")
+        if not 0 <= count <= S.MAX_STEPS:
+            raise _Bad(f"{_fmt(count)} must be between 0 and {S.MAX_STEPS}")
         return count
     if kind == "ints":
         if not isinstance(value, list):
             raise _Bad(f"expected a list of frame numbers, got {_describe(value)}")
         frames = tuple(_as_int(v) for v in value)
+        if any(f > S.MAX_FRAMES for f in frames):
+            raise _Bad(f"frame numbers must be at most {S.MAX_FRAMES}")
         if any(f <= 0 for f in frames) or list(frames) != sorted(set(frames)):
             raise _Bad("expected increasing positive frame numbers")
         return frames
@@ -252,40 +266,123 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             return {}
         if not isinstance(value, dict):
             raise _Bad(f"expected a mapping, got {_describe(value)}")
+        for key, item in value.items():
+            if not isinstance(key, str) or not isinstance(item, (str, int, float, bool)):
+                raise _Bad(f"'{key}': expected name: value pairs with plain values (numbers, text, true/false)")
         return dict(value)
     raise AssertionError(f"unknown setting kind {kind}")
 
 
 def _clip_name(name: str) -> str:
-    from engine.catalogue import ModelError, parse_clip_name
+    """A CLIP model name as 'arch::tag', checked against open_clip's registry (no torch import)."""
+    from engine.catalogue import ModelError
 
     try:
-        arch, tag = parse_clip_name(name)
+        arch, tag = resolve_clip_name(name, open_clip_registry())
     except ModelError as exc:
         raise _Bad(str(exc)) from None
     return f"{arch}::{tag}"
 
 
+OPEN_CLIP_NAMES_FILE = Path(__file__).with_name("open_clip_names.json")
+
+
+@dataclass(frozen=True)
+class ClipRegistry:
+    """open_clip's architectures and the pretrained tags of each (what list_models /
+    list_pretrained return)."""
+
+    version: str | None
+    models: tuple[str, ...]
+    pretrained: Mapping[str, tuple[str, ...]]
+
+
+def _installed_open_clip_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:
+        return None
+
+
+def live_open_clip_registry() -> ClipRegistry:
+    """Ask open_clip itself (imports torch: seconds)."""
+    from engine.catalogue import ModelError
+
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ModelError(f"cannot check CLIP names: open_clip is not importable ({exc})") from None
+    pretrained: dict[str, list[str]] = {}
+    for arch, tag in open_clip.list_pretrained():
+        pretrained.setdefault(arch, []).append(tag)
+    return ClipRegistry(_installed_open_clip_version(), tuple(open_clip.list_models()),
+                        MappingProxyType({a: tuple(t) for a, t in pretrained.items()}))
+
+
+@functools.lru_cache(maxsize=1)
+def open_clip_registry() -> ClipRegistry:
+    """open_clip's registry from farm/open_clip_names.json when that was written for the
+    installed open_clip version (milliseconds), else from open_clip itself."""
+    installed = _installed_open_clip_version()
+    try:
+        cached = json.loads(OPEN_CLIP_NAMES_FILE.read_text())
+        if installed is not None and cached["open_clip_version"] == installed:
+            return ClipRegistry(installed, tuple(cached["models"]),
+                                MappingProxyType({a: tuple(t) for a, t in cached["pretrained"].items()}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return live_open_clip_registry()
+
+
+def write_open_clip_names(path: str | os.PathLike = OPEN_CLIP_NAMES_FILE) -> Path:
+    """Regenerate farm/open_clip_names.json from the installed open_clip (after upgrading it)."""
+    registry = live_open_clip_registry()
+    record = {"open_clip_version": registry.version, "models": list(registry.models),
+              "pretrained": {a: list(t) for a, t in registry.pretrained.items()}}
+    path = Path(path)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def resolve_clip_name(name: str, registry: ClipRegistry) -> tuple[str, str]:
+    """engine.catalogue.parse_clip_name checked against `registry` (no open_clip import)."""
+    from engine.catalogue import parse_clip_name
+
+    return parse_clip_name(name, (registry.models, registry.pretrained))
+
+
 # --------------------------------------------------------------------------- loading
 
 
-def load_scene(path: str | os.PathLike, overrides: Mapping[str, object] | None = None) -> Scene:
-    """Read, validate and normalise a scene file (with optional --set overrides)."""
+def load_scene(path: str | os.PathLike, overrides: Mapping[str, object] | None = None,
+               check_files: bool = True) -> Scene:
+    """Read, validate and normalise a scene file (with optional --set overrides).
+
+    With `check_files` the input files' contents are checked too (images decoded far
+    enough to prove they are images, videos probed with ffmpeg)."""
     path = Path(path)
     source = str(path)
     try:
-        raw_bytes = path.read_bytes()
+        with open(path, "rb") as file:  # bounded: /dev/zero or a 10 GB file is refused, not read
+            raw_bytes = file.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise SceneInvalid([Problem(source, None, "", "file not found")]) from None
     except IsADirectoryError:
         raise SceneInvalid([Problem(source, None, "", "is a directory, not a scene file")]) from None
     except OSError as exc:
         raise SceneInvalid([Problem(source, None, "", f"cannot read: {exc.strerror}")]) from None
+    if len(raw_bytes) > MAX_FILE_BYTES:
+        raise SceneInvalid([Problem(source, None, "", f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")])
     try:
         text = raw_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SceneInvalid([Problem(source, None, "", "not a UTF-8 text file")]) from None
-    return parse_scene(text, source=source, base_dir=path.parent.resolve(), overrides=overrides)
+    except UnicodeDecodeError as exc:
+        line = raw_bytes.count(b"\n", 0, exc.start) + 1
+        raise SceneInvalid([Problem(source, line, "", f"not a UTF-8 text file (byte 0x{raw_bytes[exc.start]:02x} "
+                                                      f"at offset {exc.start})")]) from None
+    return parse_scene(text, source=source, base_dir=path.parent.resolve(), overrides=overrides,
+                       check_files=check_files)
 
 
 def parse_scene(
@@ -294,8 +391,12 @@ def parse_scene(
     base_dir: Path | None = None,
     overrides: Mapping[str, object] | None = None,
     allowed_roots: tuple[Path, ...] = (),
+    check_files: bool = False,
 ) -> Scene:
-    """Validate scene text; raise SceneInvalid listing every problem."""
+    """Validate scene text; raise SceneInvalid listing every problem.
+
+    Input files must exist inside the allowed roots; their contents are checked only with
+    `check_files` (load_scene, which every command uses, turns it on)."""
     try:
         document = load_yaml(text)
     except YamlError as exc:
@@ -310,7 +411,10 @@ def parse_scene(
     for key, value in (overrides or {}).items():
         data[key] = value
         lines[key] = None
-    return validate(data, source=source, lines=lines, base_dir=base_dir or Path.cwd(), allowed_roots=allowed_roots)
+    if not data:
+        raise SceneInvalid([Problem(source, None, "", "the scene is empty: it sets nothing (write at least text_prompts)")])
+    return validate(data, source=source, lines=lines, base_dir=base_dir or Path.cwd(), allowed_roots=allowed_roots,
+                    check_files=check_files)
 
 
 def validate(
@@ -319,6 +423,7 @@ def validate(
     lines: Mapping[str, int | None] | None = None,
     base_dir: Path | None = None,
     allowed_roots: tuple[Path, ...] = (),
+    check_files: bool = False,
 ) -> Scene:
     """Check a mapping of settings (our or DD names); return a Scene or raise SceneInvalid."""
     lines = lines or {}
@@ -380,7 +485,7 @@ def validate(
             values[setting.name] = _normalise(setting, setting.default, True)
 
     if not problems:
-        _cross_checks(values, given_as, problem, base_dir, allowed_roots)
+        _cross_checks(values, given_as, problem, base_dir, allowed_roots, check_files)
     if problems:
         raise SceneInvalid(problems)
 
@@ -390,13 +495,14 @@ def validate(
     return Scene(MappingProxyType(values), source, base_dir, MappingProxyType(dict(data)), seed_was_random)
 
 
-def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tuple[Path, ...]) -> None:
+def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tuple[Path, ...],
+                  check_files: bool = False) -> None:
     """Checks that involve several settings, files on disk, or the model catalogue."""
+    from engine.catalogue import DIFFUSION_MODELS, TINY_MODEL_PREFIX, _looks_like_path
+    from farm.inputs import InputError, check_image, check_video
 
     def where(name: str) -> str:
         return given_as.get(name, name)
-
-    from engine.catalogue import DIFFUSION_MODELS
 
     model = values["diffusion_model"]
     known = {*DIFFUSION_MODELS, "custom", "tiny"}
@@ -407,23 +513,47 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
     if model == "custom" and not values["custom_path"]:
         problem(where("diffusion_model"), "'custom' needs custom_path (the checkpoint file)")
 
+    mode = values["animation_mode"]
     roots = (base_dir, *[r.resolve() for r in allowed_roots])
     for name in ("init_image", "video_init_path", "custom_path"):
-        if values[name]:
-            try:
-                values[name] = str(resolve_input_path(values[name], base_dir, roots))
-            except _Bad as exc:
-                problem(where(name), str(exc))
+        if not values[name]:
+            continue
+        given = values[name]
+        try:
+            values[name] = str(resolve_input_path(given, base_dir, roots))
+        except _Bad as exc:
+            problem(where(name), str(exc))
+            values[name] = None
+            continue
+        try:
+            if check_files and name == "init_image":
+                check_image(values[name])
+            if check_files and name == "video_init_path" and mode == "Video Input":
+                check_video(values[name])
+        except InputError as exc:
+            problem(where(name), f"'{given}': {exc}")
+            values[name] = None
     for name in ("image_prompts",):
         for _, prompts in values[name].keys:
             for prompt in prompts:
                 try:
-                    resolve_input_path(prompt.text, base_dir, roots)
-                except _Bad as exc:
+                    path = resolve_input_path(prompt.text, base_dir, roots)
+                    if check_files:
+                        check_image(path)
+                except (_Bad, InputError) as exc:
                     problem(where(name), f"'{prompt.text}': {exc}")
+    clip_models = []
+    for clip in values["clip_models"]:
+        arch, _, tag = clip.partition("::")
+        if not arch.startswith(TINY_MODEL_PREFIX) and _looks_like_path(tag):
+            try:  # a local weights file: an input file like the others
+                clip = f"{arch}::{resolve_input_path(tag, base_dir, roots)}"
+            except _Bad as exc:
+                problem(where("clip_models"), f"'{clip}': {exc}")
+        clip_models.append(clip)
+    values["clip_models"] = tuple(clip_models)
 
-    mode = values["animation_mode"]
-    if mode == "Video Input" and not values["video_init_path"]:
+    if mode == "Video Input" and not values["video_init_path"] and "video_init_path" not in given_as:
         problem(where("animation_mode"), "Video Input needs video_init_path")
     if values["near_plane"] >= values["far_plane"]:
         problem(where("near_plane"), f"near_plane {_fmt(values['near_plane'])} must be below far_plane {_fmt(values['far_plane'])}")
@@ -439,6 +569,38 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
                 problem(where(name), f"prompts start at frame {start}, after the last frame {frames - 1}")
     if not any(prompts for _, prompts in values["text_prompts"].keys) and not values["image_prompts"].keys:
         problem(where("text_prompts"), "no prompts: give text_prompts or image_prompts")
+    if mode == "Video Input" and check_files and values["video_init_path"]:
+        frames = min(frames, math.ceil(check_video(values["video_init_path"]).frames / values["extract_nth_frame"]))
+    _check_schedules(values, where, problem, frames)
+
+
+def _check_schedules(values, where, problem, frames: int) -> None:
+    """Evaluate every keyframe schedule over the frames it will be used for: each value must
+    evaluate (no division by zero at frame 7) and lie in its setting's range."""
+    fps, interpolation = values["fps"], values["interpolation"]
+    schedules = [(setting, values[setting.name]) for setting in S.SETTINGS if setting.kind in ("keyframes", "int_keyframes")]
+    schedules += [(S.BY_NAME[name], values[name][1]) for name in ("frames_skip_steps", "video_init_frames_skip_steps")
+                  if values[name][0] == "keyframes"]
+    for setting, schedule in schedules:
+        try:
+            count = 1 if schedule.is_constant else frames
+            series = schedule.values(count, fps=fps, interpolation=interpolation)
+        except (KeyframeError, ArithmeticError, ValueError) as exc:
+            problem(where(setting.name), f"bad keyframe value: {exc}")
+            continue
+        integer = setting.kind in ("int_keyframes", "skip")
+        if integer:
+            series = np.trunc(series)
+        low = max(setting.minimum if setting.minimum is not None else -S.MAX_MAGNITUDE, -S.MAX_MAGNITUDE)
+        if setting.kind == "skip":
+            low = 0
+        high = min(setting.maximum if setting.maximum is not None else S.MAX_MAGNITUDE, S.MAX_MAGNITUDE)
+        for bad, limit, side in ((series < low, low, "below the minimum"), (series > high, high, "above the maximum")):
+            if bad.any():
+                frame = int(np.argmax(bad))
+                at = f" at frame {frame}" if count > 1 else ""
+                problem(where(setting.name), f"the schedule gives {_fmt(series[frame])}{at}, {side} {_fmt(limit)}")
+                break
 
 
 def resolve_input_path(text: str, base_dir: Path, roots: tuple[Path, ...]) -> Path:

@@ -38,6 +38,9 @@ MAX_SIDE = 8192
 MAX_STEPS = 10_000
 MAX_FRAMES = 1_000_000
 MAX_BATCHES = 1_000_000
+# No number in a scene means anything beyond this (1e308 is a typo, not a guidance scale;
+# float32 on the GPU turns values past 3.4e38 into inf).
+MAX_MAGNITUDE = 1e9
 
 SETTINGS: tuple[Setting, ...] = (
     # --- the scene itself

@@ -13,6 +13,7 @@ import yaml
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_EXPANDED_NODES = 200_000
+MAX_DEPTH = 100
 
 
 class YamlError(ValueError):
@@ -28,6 +29,24 @@ class Document:
     data: object
     lines: dict[tuple, int]
     """Path of keys (e.g. ("text_prompts", 100)) -> 1-based line of that key."""
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while scanning: PyYAML's scanner slows down
+    quadratically with [ { nesting (3000 levels: seconds) and its composer recurses."""
+
+    def _refuse_depth(self) -> None:
+        raise YamlError(f"document is nested more than {MAX_DEPTH} levels deep", self.get_mark().line + 1)
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_DEPTH:
+            self._refuse_depth()
+        return super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column):
+        if len(self.indents) >= MAX_DEPTH:
+            self._refuse_depth()
+        return super().add_indent(column)
 
 
 def _expanded_size(node, memo: dict[int, int]) -> int:
@@ -72,8 +91,9 @@ def load_yaml(text: str) -> Document:
     """Parse one YAML document safely; raise YamlError with a line number on problems."""
     if len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
         raise YamlError(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = _DepthLimitedLoader(text)
         node = loader.get_single_node()
         if node is None:
             return Document({}, {})
@@ -88,13 +108,24 @@ def load_yaml(text: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and not exc.context.startswith("while"):
+            problem = f"{exc.context}, {exc.problem}"  # e.g. "expected a single document in the stream, but found another document"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem.strip()} (scene files are data: YAML tags that build objects are not allowed)"
         raise YamlError(" ".join(problem.split()), line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlError(f"unacceptable character #x{exc.character:04x}: {exc.reason}", line) from None
     except yaml.YAMLError as exc:
         raise YamlError(" ".join(str(exc).split())) from None
     except RecursionError:
         raise YamlError("document is nested too deeply") from None
+    except YamlError:
+        raise
+    except (ValueError, OverflowError) as exc:  # e.g. an integer with more than 4300 digits
+        reason = " ".join(str(exc).split(";")[0].split())
+        raise YamlError(f"a value cannot be read: {reason}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return Document(data, lines)

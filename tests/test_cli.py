@@ -25,7 +25,7 @@ def run(capsys, *argv):
 def test_version_and_help():
     result = subprocess.run([sys.executable, "-m", "farm.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "disco-farm" in result.stdout
-    for sub in ("validate", "plan", "schema", "import-dd", "submit", "models"):
+    for sub in ("validate", "plan", "schema", "import-dd", "submit", "models", "ui", "status", "logs", "cancel", "list", "fetch"):
         result = subprocess.run([sys.executable, "-m", "farm.cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0 and "usage: farm" in result.stdout, sub
 

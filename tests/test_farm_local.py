@@ -166,3 +166,33 @@ def test_3d_turbo_animation_saves_depth_maps_and_previews(tmp_path, capsys):
     assert main(["preview", str(tmp_path)]) == 0
     assert probe_video(tmp_path / "preview.mp4").frames == 4
     assert "preview (4 of 4 frames)" in capsys.readouterr().out
+
+
+def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference_stills):
+    from farm.worker import FrameRenderer
+
+    marker = tmp_path / "hung-once"
+
+    class HangsOnce(FrameRenderer):
+        """Real renderer, except that its first frame hangs without any sampler progress."""
+
+        def render(self, frame, animation, inputs, on_intermediate=None, should_stop=None):
+            if not marker.exists():
+                marker.write_text(str(frame.index))
+                import time
+
+                time.sleep(120)
+            return super().render(frame, animation, inputs, on_intermediate, should_stop)
+
+    plan = resolve(parse_scene(STILLS))
+    session = RenderSession(actors=1, threads=1, poll_seconds=0.05, stall_seconds=4, renderer_class=HangsOnce)
+    session.add(RenderJob("t", plan, OutputFolder(tmp_path / "out"), JobInputs()))
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"t": "succeeded"}
+    assert marker.exists()
+    assert frame_hashes(tmp_path / "out") == reference_stills
+    errors = OutputFolder(tmp_path / "out").read_json("status.json")["errors"]
+    assert len(errors) == 1 and errors[0]["index"] == int(marker.read_text()) and "actor died" in errors[0]["message"]
