@@ -259,20 +259,35 @@ class RenderSession:
         self.actor_pids[label] = stats.get("pid")
         if job.plan.is_animation:
             self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
-            self._forget_old_pixels(job, frame.index)
+            self._forget_old_pixels(job)
         self.scheduler.succeeded(task)
         self._write_status(job)
 
-    def _forget_old_pixels(self, job: RenderJob, index: int) -> None:
-        """Keep in memory only what the next frames start from; the rest is on disk."""
-        plan = job.plan
-        keep = {index}
-        following = plan.frames[index + 1] if index + 1 < len(plan.frames) else None
-        if following is not None:
-            keep |= plan.dependencies(following).indices
-        keep |= set(plan.shot_starts.values())
-        for key in [k for k in self._pixels if k[0] == job.job_id and k[1] not in keep]:
-            del self._pixels[key]
+    def _compose_seams(self) -> None:
+        """Segment mode: blend each seam frame from its two renders as soon as both exist."""
+        from animation.turbo import blend_chains
+
+        for task in self.scheduler.composable():
+            job = self.jobs[task.job]
+            frame = task.frame
+            first, second = (self._frame_pixels(job, source) for source in frame.sources)
+            pixels = blend_chains(first, second, frame.blend)
+            relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
+            job.out.append_manifest(ManifestEntry(
+                index=frame.index, kind=frame.kind, file=relative, sha256=digest,
+                settings_hash=frame.settings_hash, seed=frame.render.seed, actor="driver (seam blend)",
+                node="", seconds=0.0, finished_at=utc_now()))
+            self.completed.append((task.job, frame.index, "driver"))
+            self.scheduler.succeeded(task)
+
+    def _forget_old_pixels(self, job: RenderJob) -> None:
+        """Drop pixels no unfinished frame starts from (shot starts stay); anything dropped
+        that is needed after all (turbo anchors, resume) is read back from disk."""
+        state = self.scheduler.jobs[job.job_id]
+        starts = set(job.plan.shot_starts.values())
+        for key in [k for k in self._pixels if k[0] == job.job_id]:
+            if key[1] not in starts and all(s in state.done for s in job.plan.successors.get(key[1], ())):
+                del self._pixels[key]
 
     def _record_error(self, job: RenderJob, task: Task, label: str, message: str) -> None:
         farm_metrics()["frames_failed"].inc(1, {"scene": job.plan.name})
@@ -362,6 +377,9 @@ class RenderSession:
         """Render every added job; returns job id -> final state."""
         try:
             while not self.scheduler.all_finished:
+                self._compose_seams()
+                if self.scheduler.all_finished:
+                    break
                 self._ensure_actors()
                 self._dispatch()
                 if not self.inflight and self.pings:
@@ -413,8 +431,8 @@ class RenderSession:
     def _finish(self, job: RenderJob) -> str:
         state = self.scheduler.jobs[job.job_id]
         extra: dict = {}
-        entries = job.out.finished({f.index: f.settings_hash for f in job.plan.frames})
-        if state.state == "succeeded" and len(entries) == len(job.plan.frames):
+        entries = job.out.finished({f.index: f.settings_hash for f in job.plan.output_frames})
+        if state.state == "succeeded" and len(entries) == len(job.plan.output_frames):
             if job.plan.is_animation:
                 extra["video"] = make_video(job.out, job.plan, entries)
             else:

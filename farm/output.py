@@ -74,7 +74,8 @@ class OutputFolder:
 
     @staticmethod
     def frame_file(kind: str, index: int) -> str:
-        return f"{'images' if kind == 'image' else 'frames'}/{index:06d}.png"
+        folder = {"image": "images", "frame": "frames", "segment": "segments"}[kind]
+        return f"{folder}/{index:06d}.png"
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,14 @@ class FrameSpec:
     shot: int = 0
     previous: int | None = None  # the frame this one starts from (animations)
     diffuse: bool = True  # False: a turbo in-between frame (blended, not diffused)
+    sources: tuple[int, ...] = ()  # segment seams: composed from these two renders, not rendered
+    blend: float = 0.0  # segment seams: weight of the second source
+    of_frame: int | None = None  # kind "segment": the real frame this render stands for
 
     @property
     def task_name(self) -> str:
+        if self.kind == "segment":
+            return f"segment-{self.index:06d}-frame-{self.of_frame:06d}"
         return f"{self.kind}-{self.index:06d}"
 
     @property
@@ -159,7 +164,23 @@ class Plan:
 
     @functools.cached_property
     def shot_starts(self) -> dict[int, int]:
-        return {shot: chain[0].index for shot, chain in self.shots.items()}
+        """The first frame of each chain (the one that starts from noise or an init image)."""
+        return {shot: next(f.index for f in chain if f.previous is None and not f.sources)
+                for shot, chain in self.shots.items()}
+
+    @functools.cached_property
+    def successors(self) -> dict[int, list[int]]:
+        """Frame -> the frames that start from it, or are composed from it."""
+        following: dict[int, list[int]] = {}
+        for frame in self.frames:
+            for source in ((frame.previous,) if frame.previous is not None else ()) + frame.sources:
+                following.setdefault(source, []).append(frame.index)
+        return following
+
+    @property
+    def output_frames(self) -> list[FrameSpec]:
+        """The frames that make the film (not the extra segment renders)."""
+        return [f for f in self.frames if f.kind != "segment"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -265,12 +286,14 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
     shot_starts = (0, *scene["cuts"]) if mode != "None" else (0,)
     seed = scene["seed"]
     turbo = scene["turbo_mode"] and mode in ("2D", "3D")
-    frames = []
-    for index in range(count):
+    text_prompts = scene["text_prompts"]
+    if scene["prompt_crossfade"]:
+        text_prompts = dataclasses.replace(text_prompts, crossfade=scene["prompt_crossfade"])
+
+    def build(index: int, shot: int, first_of_shot: bool) -> FrameSpec:
+        """The spec of image/frame `index`, as the first frame of its chain or not."""
         k = index if mode != "None" else 0
         steps = int(ints["steps"][k])
-        shot = max(i for i, start in enumerate(shot_starts) if start <= index) if mode != "None" else 0
-        first_of_shot = mode == "None" or index == shot_starts[shot]
         if first_of_shot:
             skip = int(ints["skip_steps"][k])
             init_scale = float(floats["init_scale"][k])
@@ -289,9 +312,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             else:
                 init = InitSource("previous")
         skip = min(max(skip, 0), steps - 1)
-        if mode == "None":
-            frame_seed = (seed + index) % SEED_MODULUS
-        elif mode == "Video Input" and scene["video_init_seed_continuity"]:
+        if mode == "Video Input" and scene["video_init_seed_continuity"]:
             frame_seed = seed
         else:
             frame_seed = (seed + index) % SEED_MODULUS
@@ -299,8 +320,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             width=width,
             height=height,
             seed=frame_seed,
-            text_prompts=scene["text_prompts"].at(k) if not scene["prompt_crossfade"] else
-            dataclasses.replace(scene["text_prompts"], crossfade=scene["prompt_crossfade"]).at(k),
+            text_prompts=text_prompts.at(k),
             image_prompts=scene["image_prompts"].at(k),
             guidance=GuidanceSettings(
                 clip_guidance_scale=float(floats["clip_guidance_scale"][k]),
@@ -334,7 +354,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
         diffuse = True
         if turbo and not first_of_shot:
             diffuse = is_diffused_frame(index, scene["turbo_steps"], scene["turbo_preroll"])
-        frames.append(FrameSpec(
+        return FrameSpec(
             index=index,
             kind="frame" if mode != "None" else "image",
             render=render,
@@ -343,8 +363,67 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             shot=shot,
             previous=None if first_of_shot else index - 1,
             diffuse=diffuse,
-        ))
+        )
+
+    frames = []
+    shot = 0
+    for index in range(count):
+        if mode != "None" and shot + 1 < len(shot_starts) and index == shot_starts[shot + 1]:
+            shot += 1
+        frames.append(build(index, shot, mode == "None" or index == shot_starts[shot]))
+    if mode != "None" and scene["parallel_segments"] > 1:
+        frames = split_into_segments(frames, scene["parallel_segments"], scene["segment_overlap"], build)
     return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames))
+
+
+def segment_bounds(start: int, stop: int, segments: int) -> list[int]:
+    """Where each of `segments` equal parts of frames start..stop-1 begins (and stop)."""
+    length = stop - start
+    return [start + (length * k) // segments for k in range(segments)] + [stop]
+
+
+def split_into_segments(frames: list[FrameSpec], segments: int, overlap: int, build) -> list[FrameSpec]:
+    """Segment mode: each shot becomes `segments` chains rendered in parallel.
+
+    Segment k (k >= 1) starts `overlap` frames before its first frame b_k, as a fresh
+    chain (noise or init image). In that overlap both neighbours render the same frames
+    as extra "segment" frames (indices after the real ones, files in segments/); the real
+    frame there is composed by the driver: the previous segment's render cross-faded into
+    the new one's (weight rising to the new segment). Frame b_k continues the new chain.
+    """
+    out = list(frames)
+    chains = {}
+    for frame in frames:
+        chains.setdefault(frame.shot, []).append(frame.index)
+    next_index = len(frames)
+    next_chain = max(chains) + 1
+    for shot, indices in sorted(chains.items()):
+        bounds = segment_bounds(indices[0], indices[-1] + 1, segments)
+        for k in range(1, segments):
+            start = bounds[k]
+            chain_id = next_chain
+            next_chain += 1
+            overlap_frames = list(range(max(start - overlap, bounds[k - 1] + 1), start))
+            tail_previous = overlap_frames[0] - 1 if overlap_frames else None
+            lead_previous = None
+            for position, i in enumerate(overlap_frames):
+                tail = dataclasses.replace(out[i], index=next_index, kind="segment", previous=tail_previous,
+                                           of_frame=i)
+                lead_spec = build(i, chain_id, lead_previous is None)
+                lead = dataclasses.replace(lead_spec, index=next_index + 1, kind="segment",
+                                           previous=lead_previous, of_frame=i)
+                weight = (position + 1) / (len(overlap_frames) + 1)
+                out[i] = dataclasses.replace(out[i], previous=None, sources=(tail.index, lead.index), blend=weight)
+                out.extend([tail, lead])
+                tail_previous, lead_previous = tail.index, lead.index
+                next_index += 2
+            for i in range(start, bounds[k + 1]):
+                out[i] = dataclasses.replace(out[i], shot=chain_id)
+            if lead_previous is None:  # no overlap: a hard cut at the segment start
+                out[start] = build(start, chain_id, True)
+            else:
+                out[start] = dataclasses.replace(out[start], previous=lead_previous)
+    return out
 
 
 def _animation_settings(scene: Scene) -> AnimationSettings:

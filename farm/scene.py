@@ -561,8 +561,20 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
     for cut in values["cuts"]:
         if cut >= frames:
             problem(where("cuts"), f"shot start {cut} is not below max_frames {frames}")
-    if values["parallel_segments"] > 1 and mode == "None":
+    segments = values["parallel_segments"]
+    if segments > 1 and mode == "None":
         problem(where("parallel_segments"), "parallel_segments applies to animations only")
+    elif segments > 1:
+        if values["turbo_mode"]:
+            problem(where("parallel_segments"), "parallel_segments cannot be combined with turbo_mode yet")
+        starts = (0, *values["cuts"], frames)
+        shortest = min(b - a for a, b in zip(starts, starts[1:]))
+        if shortest // segments < 2:
+            problem(where("parallel_segments"), f"{segments} segments need at least {2 * segments} frames per shot "
+                                                f"(the shortest shot has {shortest})")
+        elif values["segment_overlap"] >= shortest // segments:
+            problem(where("segment_overlap"), f"{values['segment_overlap']} must be below the segment length "
+                                              f"({shortest // segments} frames)")
     for name in ("text_prompts", "image_prompts"):
         for start, _ in values[name].keys:
             if mode != "None" and start >= frames:

@@ -95,6 +95,8 @@ class Scheduler:
         index = frame.index
         if index not in job.remaining or index in job.running or (job.job_id, index) in self._queued:
             return
+        if frame.sources:  # composed by the driver, see composable()
+            return
         if frame.previous is not None and frame.previous not in job.done:
             return
         chain_first = 0 if frame.previous is not None or job.plan.is_animation else 1
@@ -145,7 +147,9 @@ class Scheduler:
 
     def has_ready(self) -> bool:
         return any(index in self.jobs[job_id].remaining and index not in self.jobs[job_id].running
-                   for _, job_id, index in self._ready)
+                   for _, job_id, index in self._ready) or any(
+            all(s in job.done for s in job.plan.frames[i].sources)
+            for job in self.jobs.values() for i in job.remaining if job.plan.frames[i].sources)
 
     # -- outcomes
     def succeeded(self, task: Task) -> None:
@@ -154,9 +158,19 @@ class Scheduler:
         job.running.discard(index)
         job.remaining.discard(index)
         job.done.add(index)
-        for frame in job.plan.frames[index + 1:index + 2]:
-            if frame.previous == index:
-                self._maybe_ready(job, frame)
+        for following in job.plan.successors.get(index, ()):
+            self._maybe_ready(job, job.plan.frames[following])
+
+    def composable(self) -> list[Task]:
+        """Seam frames whose two source renders are done (the driver blends them itself)."""
+        ready = []
+        for job in self.jobs.values():
+            for index in sorted(job.remaining):
+                frame = job.plan.frames[index]
+                if frame.sources and index not in job.running and all(s in job.done for s in frame.sources):
+                    job.running.add(index)
+                    ready.append(Task(job.job_id, frame))
+        return ready
 
     def failed(self, task: Task, actor_id: str, message: str, incarnation: str | None = None) -> None:
         """Record a failure; requeue the frame, or fail the job when the limits are reached."""
@@ -189,7 +203,7 @@ class Scheduler:
                 continue
             for index in sorted(job.remaining):
                 frame = job.plan.frames[index]
-                if frame.previous is not None and frame.previous not in job.done:
+                if frame.sources or (frame.previous is not None and frame.previous not in job.done):
                     continue
                 eligible = [a for a, (key, life) in actors.items() if key == frame.render.models.key
                             and job.actor_failures.get(a, 0) < self.max_actor_failures

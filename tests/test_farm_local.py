@@ -196,3 +196,21 @@ def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference
     assert frame_hashes(tmp_path / "out") == reference_stills
     errors = OutputFolder(tmp_path / "out").read_json("status.json")["errors"]
     assert len(errors) == 1 and errors[0]["index"] == int(marker.read_text()) and "actor died" in errors[0]["message"]
+
+
+def test_segment_mode_renders_segments_in_parallel_and_blends_the_seams(tmp_path):
+    from animation.turbo import blend_chains
+    from farm.output import read_png
+
+    scene = ANIM.replace("max_frames: 4", "max_frames: 6") + "parallel_segments: 2\nsegment_overlap: 1\n"
+    peak = []
+    session, results = render(scene, tmp_path, actors=2, on_update=lambda s: peak.append(len(s.inflight)))
+    assert results == {"t": "succeeded"}
+    assert max(peak) == 2
+    plan = resolve(parse_scene(scene))
+    seam = plan.frames[2]  # segment 2 starts at frame 3, overlapping frame 2
+    tail, lead = (read_png(tmp_path / "segments" / f"{s:06d}.png") for s in seam.sources)
+    assert np.array_equal(read_png(tmp_path / "frames" / "000002.png"), blend_chains(tail, lead, 0.5))
+    from animation.video import probe_video
+
+    assert probe_video(tmp_path / "video.mp4").frames == 6

@@ -97,3 +97,35 @@ def test_plan_record_is_json_friendly():
     text = json.dumps(record)
     assert '"overview": "[12]*400+[4]*600"' in text
     assert record["frames"][3]["settings_hash"] == resolve(parse_scene(ANIM)).frames[3].settings_hash
+
+
+def test_segment_mode_splits_a_chain_with_cross_faded_seams():
+    plan = resolve(parse_scene(ANIM + "parallel_segments: 3\nsegment_overlap: 2\n"))
+    real = plan.output_frames
+    assert [f.index for f in real] == list(range(12))
+    assert len(plan.frames) == 12 + 2 * 2 * 2  # two seams, two frames, two renders each
+    starts = sorted(plan.shot_starts.values())
+    assert len(starts) == 3  # three chains that can run at once
+    for seam_start in (4, 8):  # segments begin at frames 4 and 8, overlapping 2 frames before
+        for position, i in enumerate((seam_start - 2, seam_start - 1)):
+            frame = plan.frames[i]
+            tail, lead = (plan.frames[s] for s in frame.sources)
+            assert frame.previous is None and tail.of_frame == lead.of_frame == i
+            assert frame.blend == pytest.approx((position + 1) / 3)
+            assert tail.render.seed == lead.render.seed == frame.render.seed
+        assert plan.frames[seam_start].previous == lead.index  # the new chain continues
+    first_lead = plan.frames[plan.frames[2].sources[1]]
+    assert first_lead.previous is None and first_lead.init.kind == "noise"
+    assert plan.frames[plan.frames[2].sources[0]].previous == 1  # the old chain's tail
+    # the same settings as without segments, frame for frame (only the chaining differs)
+    plain = resolve(parse_scene(ANIM))
+    assert [f.render.seed for f in real] == [f.render.seed for f in plain.frames]
+
+
+def test_segment_mode_limits():
+    from farm.scene import SceneInvalid
+
+    with pytest.raises(SceneInvalid, match="segment_overlap: 4 must be below the segment length"):
+        parse_scene(ANIM + "parallel_segments: 3\nsegment_overlap: 4\n")
+    with pytest.raises(SceneInvalid, match="cannot be combined with turbo_mode"):
+        parse_scene(ANIM + "parallel_segments: 2\nturbo_mode: true\n")
