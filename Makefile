@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/farm submit scenes/smoke.yaml --out renders/smoke-demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 chaos: $(STAMP)
 	$(PY) -m tests.chaos

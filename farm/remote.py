@@ -37,11 +37,24 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
 
 
+def auth_headers() -> dict[str, str]:
+    """Ray's token, from where Ray keeps it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), sent explicitly so it does not depend on Ray's cached auth mode."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=auth_headers())
     except Exception as error:  # connection refused, auth refused, bad address: one line
         message = " ".join(str(error).split())[:300]
         raise RemoteError(f"cannot reach the Ray cluster at {address}: {message}") from None
