@@ -189,9 +189,12 @@ def _check_submit_args(args) -> None:
         out = Path(args.out).expanduser()
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{args.out}': exists and is not a folder")
-    scene = load_scene(args.scene, overrides=_parse_set(args.set))
-    if args.frames is not None:
-        _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
+    if args.frames is not None and len(args.scenes) > 1:
+        raise UsageError("--frames works with one scene at a time")
+    for path in args.scenes:
+        scene = load_scene(path, overrides=_parse_set(args.set))
+        if args.frames is not None:
+            _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
 
 
 def cmd_preview(args) -> int:
@@ -257,14 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=None, help="frames per second (default: the scene's fps)")
     p.set_defaults(run=cmd_preview)
 
-    p = sub.add_parser("submit", help="render a scene (embedded local Ray by default)")
-    p.add_argument("scene", metavar="SCENE")
+    p = sub.add_parser("submit", help="render scenes (embedded local Ray by default); several share the actors")
+    p.add_argument("scenes", nargs="+", metavar="SCENE")
     p.add_argument("--out", metavar="DIR", help="output folder (default renders/<name>/<time>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--frames", metavar="A:B", help="only frames/images A to B")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--actors", type=int, default=None, help="render actors (default: one per GPU, else 1)")
-    p.add_argument("--priority", type=int, default=0, help="higher renders first when scenes share actors")
+    p.add_argument("--priority", type=int, default=None,
+                   help="higher renders first when scenes share actors (default: the scene's priority, 0)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray)")
     p.add_argument("--address", help="Ray cluster (dashboard) address, e.g. http://127.0.0.1:8265; default $RAY_ADDRESS or a local Ray")
     p.add_argument("--detach", action="store_true", help="with --address: return after submitting")

@@ -96,17 +96,26 @@ def stage_scene(scene: Scene, overrides: dict, staging: Path) -> Path:
 
 
 def submit_remote(args, address: str) -> int:
+    """Each scene becomes its own Ray job."""
+    status = 0
+    for scene_path in args.scenes:
+        status = max(status, _submit_one(args, address, scene_path))
+    return status
+
+
+def _submit_one(args, address: str, scene_path: str) -> int:
     from farm.cli import _parse_set
 
     overrides = _parse_set(args.set)
-    scene = load_scene(args.scene, overrides=overrides)
+    scene = load_scene(scene_path, overrides=overrides)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or f"~/disco-farm/renders/{scene['name']}/{stamp}"
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="disco-farm-job-") as staging:
         stage_scene(scene, overrides, Path(staging))
+        priority = args.priority if args.priority is not None else scene["priority"]
         entrypoint = ["python", "-m", "farm.cli", "submit", "scene.yaml", "--in-cluster", "--out", out,
-                      "--priority", str(args.priority or 0)]
+                      "--priority", str(priority)]
         if args.frames:
             entrypoint += ["--frames", args.frames]
         if args.actors:

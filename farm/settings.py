@@ -49,6 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
        "Prompts by frame: {frame: ['text:weight', ...]}; the weight is the last ':number'.", "scene"),
     _s("image_prompts", "prompts", {}, "Image prompts by frame: {frame: ['path.png:weight', ...]}.", "scene"),
     _s("prompt_crossfade", "int", 0, "Frames over which a prompt switch cross-fades (0 = DD's hard switch).", "scene", minimum=0, maximum=MAX_FRAMES),
+    _s("priority", "int", 0, "Render priority when scenes share actors (higher first; `--priority` overrides).", "scene", minimum=-1000, maximum=1000),
     _s("n_batches", "int", 50, "Number of still images (stills mode).", "scene", minimum=1, maximum=MAX_BATCHES),
     _s("seed", "seed", "random", "Seed (int) or 'random' (chosen once, recorded in plan.json). Still i uses seed + i; frame f uses seed + f.", "scene", aliases=("set_seed",)),
     _s("width_height", "size", [1280, 768], "Image size [width, height], multiples of 64.", "scene"),

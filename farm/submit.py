@@ -145,20 +145,29 @@ class _Bars:
 
 
 def submit_local(args) -> int:
+    """Render one or more scenes on an embedded local Ray (or, in a cluster job, on its
+    cluster); several scenes share the actors, by priority, then in the order given."""
     from farm.cli import _parse_range, _parse_set
     from farm.driver import RenderJob, RenderSession
 
     overrides = _parse_set(args.set)
-    scene_probe = load_scene(args.scene, overrides=overrides)
-    frames = None
-    if args.frames:
-        from farm.plan import frame_count
+    jobs = []
+    for scene_path in args.scenes:
+        scene_probe = load_scene(scene_path, overrides=overrides)
+        frames = None
+        if args.frames:
+            from farm.plan import frame_count
 
-        frames = _parse_range(args.frames, frame_count(scene_probe))
-    out = Path(os.path.expanduser(args.out)) if args.out else None
-    scene, plan, folder, inputs = prepare_job(args.scene, out, overrides, frames)
-    print(f"farm: rendering {plan.name}: {len(plan.frames)} {'frames' if plan.is_animation else 'images'} "
-          f"into {folder.root}", file=sys.stderr)
+            frames = _parse_range(args.frames, frame_count(scene_probe))
+        out = Path(os.path.expanduser(args.out)) if args.out else None
+        if out is not None and len(args.scenes) > 1:
+            out = out / scene_probe["name"]
+        scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
+        priority = args.priority if args.priority is not None else scene["priority"]
+        job_id = plan.name if plan.name not in {j[0].job_id for j in jobs} else f"{plan.name}-{len(jobs)}"
+        jobs.append((RenderJob(job_id, plan, folder, inputs, priority=priority), frames))
+        print(f"farm: {job_id}: {len(plan.output_frames)} {'frames' if plan.is_animation else 'images'} "
+              f"(priority {priority}) into {folder.root}", file=sys.stderr)
     import ray
 
     if getattr(args, "in_cluster", False):
@@ -170,10 +179,10 @@ def submit_local(args) -> int:
     bars = _Bars()
     session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
                             on_update=bars)
-    job = session.add(RenderJob(plan.name, plan, folder, inputs, priority=getattr(args, "priority", 0) or 0),
-                      only=frames)
-    if job.reused:
-        print(f"farm: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
+    for job, frames in jobs:
+        session.add(job, only=frames)
+        if job.reused:
+            print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
     try:
         results = session.run()
     finally:
@@ -181,17 +190,22 @@ def submit_local(args) -> int:
         session.shutdown()
         if not getattr(args, "in_cluster", False):
             ray.shutdown()
-    state = results[plan.name]
-    status = folder.read_json("status.json") or {}
-    if state != "succeeded":
-        print(f"farm: {plan.name} {state}: {status.get('error') or 'see status.json'}", file=sys.stderr)
-        print(f"farm: finished frames are kept in {folder.root}; submit again with --out {folder.root} to resume",
-              file=sys.stderr)
-        return 1
-    kind = "frames" if plan.is_animation else "images"
-    print(f"{kind}: {folder.path(kind)}")
-    if status.get("video"):
-        print(f"video: {folder.path(status['video'])}")
-    if status.get("contact_sheet"):
-        print(f"contact sheet: {folder.path(status['contact_sheet'])}")
-    return 0
+    failed = 0
+    for job, _ in jobs:
+        folder, plan = job.out, job.plan
+        status = folder.read_json("status.json") or {}
+        if results[job.job_id] != "succeeded":
+            failed += 1
+            print(f"farm: {job.job_id} {results[job.job_id]}: {status.get('error') or 'see status.json'}",
+                  file=sys.stderr)
+            print(f"farm: finished frames are kept in {folder.root}; submit again with --out {folder.root} "
+                  "to resume", file=sys.stderr)
+            continue
+        kind = "frames" if plan.is_animation else "images"
+        prefix = f"{job.job_id}: " if len(jobs) > 1 else ""
+        print(f"{prefix}{kind}: {folder.path(kind)}")
+        if status.get("video"):
+            print(f"{prefix}video: {folder.path(status['video'])}")
+        if status.get("contact_sheet"):
+            print(f"{prefix}contact sheet: {folder.path(status['contact_sheet'])}")
+    return 1 if failed else 0

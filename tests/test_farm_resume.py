@@ -62,3 +62,18 @@ def test_resume_after_sigkill_and_corruption_equals_an_undisturbed_run(tmp_path)
     lines = (tmp_path / "resumed" / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(l)["index"] for l in lines) == list(range(6))  # no duplicates, no gaps
     assert (tmp_path / "resumed" / "video.mp4").exists()
+
+
+def test_one_submit_renders_several_scenes_sharing_the_actors(tmp_path):
+    still = BASE + 'steps: 4\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[1]*1000"\ncut_innercut: "[1]*1000"\n'
+    (tmp_path / "a.yaml").write_text(still.replace("name: t", "name: first") + "n_batches: 2\n")
+    (tmp_path / "b.yaml").write_text(still.replace("name: t", "name: urgent") + "n_batches: 1\npriority: 5\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "farm.cli", "submit", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"),
+                             "--out", str(tmp_path / "out"), "--no-dashboard"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "urgent: 1 images (priority 5)" in result.stderr and "first: 2 images (priority 0)" in result.stderr
+    assert len(hashes(tmp_path / "out" / "first")) == 2 and len(hashes(tmp_path / "out" / "urgent")) == 1
+    assert f"urgent: images: {tmp_path / 'out' / 'urgent' / 'images'}" in result.stdout
