@@ -43,11 +43,12 @@ class ProgressBoard:
 class _RenderActor:
     """Holds one model set and renders frames; restarted (models reloaded) if it crashes."""
 
-    def __init__(self, models, device: str | None, threads: int | None, board, label: str, renderer_class=None):
+    def __init__(self, models, device: str | None, threads: int | None, board_name: str, label: str,
+                 renderer_class=None):
         self.model_key = models.key
         self.node = os.environ.get("RAY_NODE_NAME") or socket.gethostname()
         self.label = label
-        self._board = board
+        self._board = ray.get_actor(board_name)  # by name: constructor arguments stay small and inline
         gpu_ids = ray.get_gpu_ids()
         if device is None:
             import torch

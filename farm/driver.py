@@ -10,6 +10,7 @@ Finished frames survive anything: on resume they are verified by hash and kept.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,10 @@ class RenderSession:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
+        self._board_name = f"disco-farm-progress-{os.urandom(6).hex()}"
         self._board = ProgressBoard.options(
-            max_restarts=-1, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+            name=self._board_name, max_restarts=-1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
         self._next_label = 0
 
     # ------------------------------------------------------------------ jobs
@@ -141,7 +144,7 @@ class RenderSession:
         handle = RenderActor.options(
             num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
             max_restarts=self.max_restarts, max_task_retries=0,
-        ).remote(models, self.device, self.threads, self._board, label, self.renderer_class)
+        ).remote(models, self.device, self.threads, self._board_name, label, self.renderer_class)
         slot = _Slot(label, handle, models.key, models)
         self.slots[label] = slot
         return slot
