@@ -1,0 +1,359 @@
+"""Benchmark 4: GPU throughput at Disco Diffusion's defaults, full-size RANDOM-weight models.
+
+    python -m bench.gpu                    # any machine with a CUDA GPU: unattended, no network
+    python -m bench.gpu --cpu-dry-run      # the same code path with the tiny models on the CPU
+                                           # (checks the script; its figures mean nothing)
+
+Builds DD's default architectures with random weights (the 512x512 UNet layout, the
+secondary model, ViT-B/32, ViT-B/16 and RN50: cost depends on the architecture, not the
+weights; nothing is downloaded) and renders at DD's defaults (1280x768, cutn_batches 4,
+DD's cut schedules), with the secondary model, then on the full-UNet path. For each:
+seconds per step of the engine and of the DD-equivalent mode (``engine.benchmark``;
+medians of interleaved runs), FLOPs per step (counted with torch's flop formulas on the
+real run: matmuls, convolutions, attention, forward and backward), achieved TFLOP/s
+and the fraction of the GPU's dense fp16/bf16 peak (looked up from the device name;
+``--peak-tflops`` overrides), peak memory, UNet forwards / CLIP calls / host syncs per
+step (including the syncs torch's CUDA sync debug mode reports).
+
+The largest size that fits in 16, 24 and 80 GiB: peak memory is measured at a few
+sizes (5:3 like 1280x768), fitted as a + b*pixels + c*pixels^2 (attention makes memory
+grow faster than the pixel count), and each budget's predicted largest size is then
+rendered for two steps under ``torch.cuda.set_per_process_memory_fraction`` (the budget
+less the CUDA context), stepping down until it fits; budgets above the device's memory
+are predictions only. A time budget (``--budget-seconds``) skips later stages rather
+than overrunning; whatever was measured is written into bench/results/ (section "gpu").
+
+On a machine without CUDA it prints that there is no CUDA device and exits with 0.
+Needs torch, open_clip_torch, guided-diffusion-sdk, numpy and pillow (carry wheels to
+an offline GPU machine); Ray is not needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PEAK_DENSE_FP16_TFLOPS = (
+    # (substring of torch.cuda.get_device_name, TFLOP/s dense fp16/bf16 tensor-core peak)
+    ("H200", 989.4),
+    ("H100 PCIe", 756.5),
+    ("H100 NVL", 835.5),
+    ("H100", 989.4),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H800", 989.4),
+    ("A100", 312.0),
+)
+BUDGETS_GIB = (16, 24, 80)
+MEMORY_TARGET_GIB = 16
+SPEEDUP_TARGET = 3.0
+PEAK_FRACTION_TARGET = 0.35
+ASPECT = 768 / 1280
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense fp16/bf16 tensor-core peak of a GPU from its name (None when unknown)."""
+    for key, value in PEAK_DENSE_FP16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def five_by_three(width: int) -> tuple[int, int]:
+    """(width, height) at DD's 1280x768 aspect, both multiples of 64."""
+    width = max(64, width // 64 * 64)
+    return width, max(64, round(width * ASPECT / 64) * 64)
+
+
+def candidate_sizes(max_width: int = 8192) -> list[tuple[int, int]]:
+    return [five_by_three(w) for w in range(320, max_width + 1, 64)]
+
+
+def fit_memory(points: list[tuple[int, int]]) -> tuple[float, float, float]:
+    """(a, b, c) of bytes = a + b*pixels + c*pixels^2 from (pixels, bytes) points
+    (a straight line with two points; c is never negative)."""
+    import numpy as np
+
+    if len(points) < 2:
+        raise ValueError("need peak memory at two sizes or more to fit")
+    pixels = np.array([p for p, _ in points], dtype=float)
+    used = np.array([b for _, b in points], dtype=float)
+    if len(points) >= 3:
+        c, b, a = np.polyfit(pixels, used, 2)
+        if c >= 0:
+            return float(a), float(b), float(c)
+    b, a = np.polyfit(pixels, used, 1)
+    return float(a), float(b), 0.0
+
+
+def predicted_bytes(fit: tuple[float, float, float], pixels: int) -> float:
+    a, b, c = fit
+    return a + b * pixels + c * pixels * pixels
+
+
+def largest_size_within(fit: tuple[float, float, float], budget_bytes: float) -> tuple[int, int] | None:
+    """The largest 5:3 size whose predicted peak memory is within the budget."""
+    best = None
+    for width, height in candidate_sizes():
+        if predicted_bytes(fit, width * height) <= budget_bytes:
+            best = (width, height)
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuRun:
+    preset: str = "dd"
+    width: int = 1280
+    height: int = 768
+    cutn_batches: int = 4
+    steps: int = 5
+    repeats: int = 2
+    memory_sizes: tuple[tuple[int, int], ...] = ((640, 384), (960, 576), (1280, 768), (1600, 960))
+    budget_seconds: float = 540.0
+    device: str = "cuda"
+
+
+DRY_RUN = GpuRun(preset="tiny", width=64, height=64, cutn_batches=1, steps=3, repeats=1, memory_sizes=(),
+                 budget_seconds=300.0, device="cpu")
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.ends = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+
+def _free(device) -> None:
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(run: GpuRun, secondary: bool, peak: float | None, deadline: Deadline, log=print) -> dict[str, Any]:
+    """Engine and DD-equivalent mode side by side at the run's size, with FLOPs."""
+    import torch
+
+    from engine import benchmark as eb
+    from engine.models import ModelSet
+    from engine.render import Renderer
+
+    models = eb.PRESETS[run.preset]["models"]
+    if not secondary:
+        models = eb.without_secondary(models)
+    started = time.perf_counter()
+    model_set = ModelSet(models, run.device, random_weights=run.preset != "tiny")
+    load_seconds = time.perf_counter() - started
+    renderer = Renderer(model_set)
+    spec = eb.make_spec(models, run.width, run.height, steps=run.steps, cutn_batches=run.cutn_batches)
+    log(f"-- gpu: {models.key} at {run.width}x{run.height} (models built in {load_seconds:.1f} s)")
+    side = eb.compare(renderer, spec, repeats=run.repeats, count=True, flops=True,
+                      on_run=lambda mode, s: log(f"   {mode}: {s:.3f} s/step"))
+    result: dict[str, Any] = {"models": models.key, "secondary_model": secondary,
+                              "size": f"{run.width}x{run.height}", "cutn_batches": run.cutn_batches,
+                              "steps_per_run": run.steps, "runs": run.repeats,
+                              "model_build_seconds": load_seconds, **side}
+    for mode in ("engine", "dd_equivalent"):
+        figures = side[mode]
+        flops = figures["per_step"].get("flops")
+        figures["tflop_per_step"] = flops / 1e12 if flops else None
+        figures["achieved_tflops"] = flops / figures["seconds_per_step"] / 1e12 if flops else None
+        figures["fraction_of_peak"] = figures["achieved_tflops"] / peak if (peak and flops) else None
+    result["_renderer"] = renderer
+    result["_spec"] = spec
+    return result
+
+
+def memory_fit(renderer, spec, run: GpuRun, deadline: Deadline, log=print) -> dict[str, Any]:
+    """Largest sizes within BUDGETS_GIB (module doc: fit, then verify under a memory cap)."""
+    import torch
+
+    from engine import benchmark as eb
+    from engine.errors import EngineOutOfMemory
+
+    device = renderer.models.device
+    if device.type != "cuda":
+        return {"skipped": "no CUDA memory statistics on the CPU"}
+    total = torch.cuda.get_device_properties(device).total_memory
+    free, _ = torch.cuda.mem_get_info(device)
+    context = max(0, total - free - torch.cuda.memory_reserved(device))
+
+    def peak_at(width: int, height: int) -> int | None:
+        _free(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        sized = eb.with_steps(dataclasses.replace(spec, width=width, height=height), 2)
+        try:
+            renderer.render(sized)
+        except EngineOutOfMemory:
+            return None
+        return torch.cuda.max_memory_reserved(device)
+
+    points = []
+    for width, height in run.memory_sizes:
+        if deadline.left() < 30:
+            break
+        used = peak_at(width, height)
+        if used is None:
+            break
+        points.append((width * height, used))
+        log(f"   memory at {width}x{height}: {used / 2**30:.2f} GiB reserved")
+    result: dict[str, Any] = {
+        "method": ("peak reserved memory measured at the sizes below, fitted as a + b*pixels + c*pixels^2; each "
+                   "budget's predicted largest 5:3 size rendered for 2 steps under "
+                   "torch.cuda.set_per_process_memory_fraction((budget - CUDA context) / device memory), "
+                   "stepping down a size until it fits"),
+        "device_memory_gib": total / 2**30,
+        "cuda_context_gib": context / 2**30,
+        "measured": [{"pixels": p, "reserved_gib": b / 2**30} for p, b in points],
+    }
+    if len(points) < 2:
+        result["error"] = "fewer than two sizes measured: no fit"
+        return result
+    fit = fit_memory(points)
+    result["fit_bytes"] = {"a": fit[0], "b_per_pixel": fit[1], "c_per_pixel2": fit[2]}
+    budgets = {}
+    sizes = candidate_sizes()
+    try:
+        for budget in BUDGETS_GIB:
+            allowed = budget * 2**30 - context
+            predicted = largest_size_within(fit, allowed)
+            entry: dict[str, Any] = {"predicted": f"{predicted[0]}x{predicted[1]}" if predicted else None,
+                                     "verified": None}
+            if predicted and budget * 2**30 <= total and deadline.left() > 60:
+                torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
+                position = sizes.index(predicted)
+                for attempt in range(3):
+                    width, height = sizes[max(0, position - attempt)]
+                    if peak_at(width, height) is not None:
+                        entry["verified"] = f"{width}x{height}"
+                        break
+                    if deadline.left() < 60:
+                        break
+                torch.cuda.set_per_process_memory_fraction(1.0, device)
+            elif predicted and budget * 2**30 > total:
+                entry["note"] = f"above this device's {total / 2**30:.0f} GiB: prediction only"
+            budgets[f"{budget}GiB"] = entry
+            log(f"   largest size within {budget} GiB: predicted {entry['predicted']}, verified {entry['verified']}")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    result["largest_size"] = budgets
+    return result
+
+
+def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[str, Any]:
+    """Benchmark 4; returns its results section (errors of a stage are recorded, not raised)."""
+    import torch
+
+    from bench.common import rounded, target
+
+    deadline = Deadline(run.budget_seconds)
+    device = torch.device(run.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_override or (peak_tflops(name) if device.type == "cuda" else None)
+    section: dict[str, Any] = {
+        "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "peak_dense_fp16_tflops": peak, "dry_run_on_cpu": device.type != "cuda",
+        "precision": "UNet and CLIP in fp16 on CUDA (guided-diffusion's convert_to_fp16), secondary model fp32",
+        "configs": [], "targets": [],
+    }
+    for secondary in (True, False):
+        if deadline.left() < 90:
+            section["configs"].append({"secondary_model": secondary, "skipped": "time budget"})
+            continue
+        try:
+            measured = measure(run, secondary, peak, deadline, log)
+        except Exception as error:  # keep what was measured: record and go on
+            section["configs"].append({"secondary_model": secondary, "error": f"{type(error).__name__}: {error}",
+                                       "traceback": traceback.format_exc(limit=5)})
+            _free(device)
+            continue
+        renderer, spec = measured.pop("_renderer"), measured.pop("_spec")
+        if secondary or deadline.left() > 120:
+            try:
+                measured["memory"] = memory_fit(renderer, spec, run, deadline, log)
+            except Exception as error:
+                measured["memory"] = {"error": f"{type(error).__name__}: {error}"}
+        section["configs"].append(measured)
+        del renderer
+        _free(device)
+    for config in section["configs"]:
+        if "engine" not in config:
+            continue
+        label = "secondary model" if config["secondary_model"] else "full UNet"
+        checks = [target(f"{label}: speed-up over DD-equivalent", config["speedup"], SPEEDUP_TARGET, ">=")]
+        if config["engine"].get("fraction_of_peak") is not None:
+            checks.append(target(f"{label}: fraction of peak", config["engine"]["fraction_of_peak"],
+                                 PEAK_FRACTION_TARGET, ">="))
+        if config["secondary_model"] and "peak_memory_gib" in config["engine"]:
+            checks.append(target("DD defaults peak memory (GiB)", config["engine"]["peak_memory_gib"],
+                                 MEMORY_TARGET_GIB, "<="))
+        section["targets"] += checks
+    section["budget_seconds"] = run.budget_seconds
+    return rounded(section)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machine", help="machine name in the results file name (default: short host name)")
+    parser.add_argument("--out-dir", type=Path, help="where to write the results (default: bench/results)")
+    parser.add_argument("--steps", type=int, default=GpuRun.steps)
+    parser.add_argument("--repeats", type=int, default=GpuRun.repeats)
+    parser.add_argument("--budget-seconds", type=float, default=GpuRun.budget_seconds,
+                        help="stop starting new stages after this long (default %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak, when its name is not known")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="run the same code with the tiny models on the CPU (no meaningful figures)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from bench.common import environment, machine_name, print_table, results_path, today, update_results
+
+    if args.steps < 3 or args.repeats < 1:
+        print("bench.gpu: --steps must be at least 3 and --repeats at least 1", file=sys.stderr)
+        return 2
+    if args.cpu_dry_run:
+        run = dataclasses.replace(DRY_RUN, budget_seconds=args.budget_seconds)
+        torch.set_num_threads(1)  # steadier on a shared CPU
+    elif not torch.cuda.is_available():
+        print("bench.gpu: no CUDA device (torch.cuda.is_available() is false): nothing to measure here; "
+              "run it on a machine with an NVIDIA GPU")
+        return 0
+    else:
+        run = GpuRun(steps=args.steps, repeats=args.repeats, budget_seconds=args.budget_seconds)
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about every random-weight model
+    started = time.perf_counter()
+    section = run_gpu(run, args.peak_tflops)
+    section["wall_seconds"] = round(time.perf_counter() - started, 1)
+    machine = machine_name(args.machine)
+    path = results_path(machine, today(), args.out_dir)
+    header = {"date": today(), "machine": machine}
+    if not path.exists():
+        header["environment"] = environment()
+    update_results(path, "gpu_dry_run" if args.cpu_dry_run else "gpu", section, header)
+    rows = []
+    for config in section["configs"]:
+        if "engine" not in config:
+            rows.append([config.get("secondary_model"), config.get("skipped") or config.get("error"), "", "", "", ""])
+            continue
+        e, d = config["engine"], config["dd_equivalent"]
+        rows.append([config["secondary_model"], e["seconds_per_step"], d["seconds_per_step"], config["speedup"],
+                     e["achieved_tflops"], e.get("peak_memory_gib", "-")])
+    print_table(f"GPU: {section['device']} (peak {section['peak_dense_fp16_tflops']} TFLOP/s)",
+                ["secondary", "engine s/step", "DD s/step", "speed-up", "engine TFLOP/s", "peak GiB"], rows)
+    print(f"\nbench.gpu: results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

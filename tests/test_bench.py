@@ -1,0 +1,184 @@
+"""The benchmarks run in a tiny configuration and write well-formed results.
+
+Nothing here checks speed: figures are the benchmarks' job (`make bench`). These tests
+check that the code measures what it says (work counts of both modes, the scheduler's
+lower bound, the simulated renderer's timing contract) and writes the results file.
+"""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bench import gpu, run as bench_run, scheduler
+from bench.common import BenchError, machine_name, results_path, target, update_results
+from bench.simulated import SimulatedRenderer, simulated_seconds, steps_run
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """`python -m bench.run --quick` (all three CPU parts), once for the module."""
+    out = tmp_path_factory.mktemp("bench")
+    assert bench_run.main(["--quick", "--machine", "test-box", "--out-dir", str(out)]) == 0
+    files = list(out.glob("*.json"))
+    assert len(files) == 1 and files[0].name.endswith("-test-box.json")
+    return json.loads(files[0].read_text())
+
+
+@pytest.mark.slow
+def test_results_file_has_the_header_and_all_parts(quick_results):
+    assert quick_results["machine"] == "test-box" and quick_results["quick"] is True
+    assert quick_results["environment"]["cpu_count"] >= 1 and quick_results["environment"]["torch"]
+    assert set(quick_results["sections"]) == {"engine", "farm", "scheduler"}
+    for section in quick_results["sections"].values():
+        assert section["wall_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_engine_counts_work_of_both_modes(quick_results):
+    cases = quick_results["sections"]["engine"]["cases"]
+    assert [c["secondary_model"] for c in cases] == [True, False]
+    for case in cases:
+        engine, dd = case["engine"], case["dd_equivalent"]
+        clips = list(engine["per_step"]["clip_image_calls"])
+        batches = case["cutn_batches"]
+        assert batches == 2 and len(clips) == 2
+        assert engine["seconds_per_step"] > 0 and dd["seconds_per_step"] > 0
+        assert case["ratio_engine_to_dd"] == pytest.approx(engine["seconds_per_step"] / dd["seconds_per_step"], rel=1e-3)
+        # the engine: one UNet forward, one image-encoder call per CLIP model, no host sync
+        assert engine["per_step"]["unet_forwards"] == 1
+        assert engine["per_step"]["clip_image_calls"] == {name: 1 for name in clips}
+        assert engine["per_step"]["host_syncs"] == 0
+        # DD's structure: a CLIP call, a t.item() and a loss.item() per cut batch per model,
+        # one NaN check read back per step
+        assert dd["per_step"]["clip_image_calls"] == {name: batches for name in clips}
+        assert dd["per_step"]["host_sync_kinds"]["item"] == 2 * batches * len(clips)
+        assert dd["per_step"]["host_sync_kinds"]["__bool__"] == 1
+        assert engine["per_step"]["cuts_encoded"] == dd["per_step"]["cuts_encoded"]
+        verdicts = {t["target"]: t for t in case["targets"]}
+        assert verdicts["UNet forwards per step"]["met"] and verdicts["host syncs per step"]["met"]
+    secondary, full = cases
+    # the secondary path runs one no-grad UNet forward in both; DD's full path a second
+    # forward with checkpointing (its checkpointed blocks run again in the backward)
+    assert secondary["dd_equivalent"]["per_step"]["unet_forwards"] == 1
+    assert full["dd_equivalent"]["per_step"]["unet_forwards"] == 2
+    assert full["dd_equivalent"]["per_step"]["unet_block_evaluations"] == 3
+    assert full["engine"]["per_step"]["unet_block_evaluations"] == 1
+    assert "engine / DD-equivalent time (full UNet)" in {t["target"] for t in full["targets"]}
+    assert full["components_seconds"]["unet_forward_backward"] > 0
+
+
+@pytest.mark.slow
+def test_farm_overhead_compares_the_same_frames(quick_results):
+    farm = quick_results["sections"]["farm"]
+    assert farm["frames"] == 2 and farm["direct_seconds_per_frame"] > 0 and farm["farm_seconds_per_frame"] > 0
+    assert farm["overhead_per_frame"] == pytest.approx(
+        farm["farm_seconds_per_frame"] / farm["direct_seconds_per_frame"] - 1, abs=1e-3)
+    assert farm["startup"]["ray_init_to_first_actor_ready_seconds"] >= farm["startup"]["ray_init_seconds"] > 0
+    assert farm["targets"][0]["limit"] == 0.05
+
+
+@pytest.mark.slow
+def test_scheduler_makespan_is_never_below_the_bound(quick_results):
+    section = quick_results["sections"]["scheduler"]
+    w = scheduler.QUICK
+    assert section["bound_seconds"] == pytest.approx(
+        max(section["total_work_seconds"] / w.gpus, section["longest_chain_seconds"]), abs=1e-3)
+    assert section["makespan_over_bound"] >= 1.0  # sleeps cannot overlap beyond the GPUs or a chain
+    assert section["actors"] == w.gpus
+    assert section["frames"] == sum(job["frames"] for job in section["jobs"].values())
+    segments = section["segment_mode"]
+    assert segments["available"] and segments["segmented"]["chains"] == w.segments
+    assert segments["bound_speedup"] > 1
+
+
+def test_lower_bound_counts_chains_and_segments():
+    plans = scheduler.workload_plans(scheduler.QUICK)
+    step = 0.5
+    # QUICK: 20 steps, skip 2 for stills and chain starts, later frames skip 60% (12)
+    first, later = 18 * step, 8 * step
+    assert scheduler.critical_path(plans["animation-a"], step) == first + 5 * later
+    assert scheduler.critical_path(plans["shots"], step) == first + 3 * later
+    assert scheduler.critical_path(plans["segments"], step) == first + 3 * later
+    assert scheduler.critical_path(plans["stills"], step) == first
+    bound = scheduler.lower_bound(plans, 4, step)
+    total = 12 * first + (first + 5 * later) + 2 * (first + 3 * later) * 2
+    assert bound["total_work_seconds"] == total
+    assert bound["bound_seconds"] == max(total / 4, first + 5 * later)
+    with pytest.raises(ValueError):
+        scheduler.lower_bound(plans, 0, step)
+
+
+def test_simulated_renderer_sleeps_its_steps_and_polls_like_the_engine():
+    plan = scheduler.workload_plans(scheduler.QUICK)["animation-a"]
+    frame = plan.frames[1]
+    renderer = SimulatedRenderer(frame.render.models, step_seconds=0.01)
+    polls = []
+    started = time.perf_counter()
+    result = renderer.render(frame, plan.animation, None, should_stop=lambda: polls.append(1) and False)
+    elapsed = time.perf_counter() - started
+    assert steps_run(frame) == 8 and len(polls) == 8 and result.steps == 8
+    assert elapsed >= simulated_seconds(frame, 0.01) and result.seconds >= 0.08
+    assert result.pixels.dtype == np.uint8 and result.pixels.shape == (64, 64, 3)
+    from engine.errors import RenderCancelled
+
+    with pytest.raises(RenderCancelled):
+        renderer.render(frame, plan.animation, None, should_stop=lambda: True)
+
+
+def test_gpu_script_says_no_cuda_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out-dir", str(tmp_path)]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
+    assert gpu.main(["--cpu-dry-run", "--machine", "t", "--out-dir", str(tmp_path)]) == 0
+    document = json.loads(next(tmp_path.glob("*-t.json")).read_text())
+    section = document["sections"]["gpu_dry_run"]
+    assert section["dry_run_on_cpu"] and len(section["configs"]) == 2
+    secondary, full = section["configs"]
+    for config in (secondary, full):
+        assert config["engine"]["per_step"]["flops"] > 0 and config["engine"]["achieved_tflops"] > 0
+        assert config["memory"] == {"skipped": "no CUDA memory statistics on the CPU"}
+    # DD's full path: an extra forward and the checkpoint recompute cost FLOPs
+    assert full["dd_equivalent"]["per_step"]["flops"] > 1.5 * full["engine"]["per_step"]["flops"]
+    assert {t["target"] for t in section["targets"]} >= {"full UNet: speed-up over DD-equivalent"}
+
+
+def test_gpu_peaks_memory_fit_and_sizes():
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5
+    assert gpu.peak_tflops("NVIDIA H200") == 989.4
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.peak_tflops("NVIDIA GeForce GTX 1080") is None
+    assert gpu.five_by_three(1280) == (1280, 768) and gpu.five_by_three(1300) == (1280, 768)
+    a, b, c = 2e9, 3000.0, 1e-4
+    points = [(p, a + b * p + c * p * p) for p in (245760, 552960, 983040, 1536000)]
+    fit = gpu.fit_memory(points)
+    assert fit == pytest.approx((a, b, c), rel=1e-6)
+    size = gpu.largest_size_within(fit, 16 * 2**30)
+    w, h = size
+    assert gpu.predicted_bytes(fit, w * h) <= 16 * 2**30
+    bigger = gpu.candidate_sizes()[gpu.candidate_sizes().index(size) + 1]
+    assert gpu.predicted_bytes(fit, bigger[0] * bigger[1]) > 16 * 2**30
+    with pytest.raises(ValueError):
+        gpu.fit_memory(points[:1])
+
+
+def test_results_file_sections_and_names(tmp_path):
+    path = results_path("box", "2026-01-02", tmp_path)
+    assert path.name == "2026-01-02-box.json"
+    update_results(path, "engine", {"x": 1}, {"machine": "box"})
+    update_results(path, "gpu", {"y": 2}, {"machine": "box"})
+    assert json.loads(path.read_text())["sections"] == {"engine": {"x": 1}, "gpu": {"y": 2}}
+    assert machine_name("my.host name") == "my-host-name"
+    with pytest.raises(BenchError):
+        machine_name("...")
+    assert target("ratio", 0.7, 0.6)["met"] is False and target("ratio", 0.5, 0.6)["met"] is True
+    assert bench_run.main(["--only", "nope"]) == 2
