@@ -98,6 +98,7 @@ class RenderSession:
         self.slots: dict[str, _Slot] = {}
         self.inflight: dict[object, tuple[Task, str, float]] = {}
         self.pings: dict[object, str] = {}  # restarted actors we wait to hear from
+        self._write_failures = 0
         self.progress: dict[tuple[str, int], dict] = {}
         self._pixels: dict[tuple[str, int], np.ndarray] = {}
         self._model_specs: dict[str, object] = {}
@@ -246,11 +247,18 @@ class RenderSession:
         if self.scheduler.jobs[task.job].cancelled:
             return
         frame = task.frame
-        relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
-        job.out.append_manifest(ManifestEntry(
-            index=frame.index, kind=frame.kind, file=relative, sha256=digest,
-            settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
-            node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+        try:
+            relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
+            job.out.append_manifest(ManifestEntry(
+                index=frame.index, kind=frame.kind, file=relative, sha256=digest,
+                settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
+                node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+        except OSError as error:  # a full disk, say: nothing half-written stays; retry the frame
+            self._write_failures += 1
+            message = f"could not write {frame.task_name}: {error.strerror or error}"
+            self.scheduler.failed(task, "output", message, f"write#{self._write_failures}")
+            self._record_error(job, task, "output", message)
+            return
         if stats.get("depth") is not None:
             job.out.write_depth(frame.index, stats["depth"])
         job.frame_seconds.append(time.monotonic() - started)

@@ -214,3 +214,27 @@ def test_segment_mode_renders_segments_in_parallel_and_blends_the_seams(tmp_path
     from animation.video import probe_video
 
     assert probe_video(tmp_path / "video.mp4").frames == 6
+
+
+def test_a_full_disk_while_writing_a_frame_retries_it_and_leaves_nothing_half_written(tmp_path, monkeypatch,
+                                                                                        reference_stills):
+    import errno
+
+    import farm.storage
+
+    real_replace = farm.storage.os.replace
+    failures = []
+
+    def replace_fails_once(source, target):
+        if str(target).endswith("000001.png") and not failures:
+            failures.append(target)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(farm.storage.os, "replace", replace_fails_once)
+    _, results = render(STILLS, tmp_path, actors=1)
+    assert failures and results == {"t": "succeeded"}
+    assert frame_hashes(tmp_path) == reference_stills
+    assert not [p for p in (tmp_path / "images").iterdir() if p.name.startswith(".")]  # no temp files left
+    errors = OutputFolder(tmp_path).read_json("status.json")["errors"]
+    assert errors == [{"index": 1, "actor": "output", "message": "could not write image-000001: No space left on device"}]
