@@ -26,6 +26,7 @@ from farm.scene import Scene, load_scene
 
 APP_TAG = "disco-farm"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SUBMIT_RETRY_SECONDS = 120
 
 
 class RemoteError(ValueError):
@@ -121,15 +122,23 @@ def _submit_one(args, address: str, scene_path: str) -> int:
         if args.actors:
             entrypoint += ["--actors", str(args.actors)]
         submission_id = f"{_safe(scene['name'])}-{stamp}-{os.urandom(2).hex()}"
-        try:
-            job_id = jobs.submit_job(
-                entrypoint=" ".join(_quote(part) for part in entrypoint),
-                submission_id=submission_id,
-                runtime_env={"working_dir": staging, "env_vars": {"PYTHONUNBUFFERED": "1"}},
-                metadata={"app": APP_TAG, "scene": scene["name"], "out": out},
-            )
-        except Exception as error:
-            raise RemoteError(f"job submission refused: {' '.join(str(error).split())[:300]}") from None
+        deadline = time.monotonic() + SUBMIT_RETRY_SECONDS
+        while True:
+            try:
+                job_id = jobs.submit_job(
+                    entrypoint=" ".join(_quote(part) for part in entrypoint),
+                    submission_id=submission_id,
+                    runtime_env={"working_dir": staging, "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                    metadata={"app": APP_TAG, "scene": scene["name"], "out": out},
+                )
+                break
+            except Exception as error:
+                message = " ".join(str(error).split())
+                # a head node that has just started has no job agent yet: Ray says to try again
+                if "try again later" in message and time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                raise RemoteError(f"job submission refused: {message[:300]}") from None
     print(f"job: {job_id}")
     print(f"dashboard: {dashboard_url(address)}")
     print(f"outputs (on the cluster): {out}")
