@@ -125,12 +125,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Depth models for 3D mode: cache folder name -> transformers hub id.
+DEPTH_MODELS = {"dpt-large": "Intel/dpt-large"}
+DEPTH_ALIASES = {"dpt_large": "dpt-large", "Intel/dpt-large": "dpt-large"}
+
+
 def _resolve_download_targets(names: list[str]) -> list[ModelFile | tuple[str, str]]:
-    """Catalogue files and ``(arch, tag)`` CLIP pairs, in order, without duplicates."""
+    """Catalogue files, ``(arch, tag)`` CLIP pairs and ``("depth", name)``, in order, no duplicates."""
     targets: list[ModelFile | tuple[str, str]] = []
     for name in names:
         if name == "all":
             found = list(all_model_files().values())
+        elif DEPTH_ALIASES.get(name, name) in DEPTH_MODELS:
+            found = [("depth", DEPTH_ALIASES.get(name, name))]
         else:
             try:
                 found = [lookup_model_file(name)]
@@ -169,6 +176,24 @@ def _prefetch_clip(arch: str, tag: str) -> str:
     return str(path)
 
 
+def _fetch_depth(name: str, folder: pathlib.Path) -> str:
+    """Fetch a DPT depth model through transformers into the model cache (folder/name)."""
+    target = pathlib.Path(folder) / name
+    if (target / "config.json").is_file():
+        return f"{target} (already cached)"
+    try:
+        from transformers import DPTForDepthEstimation
+
+        network = DPTForDepthEstimation.from_pretrained(DEPTH_MODELS[name])
+    except Exception as error:  # hub, network and format errors: report one line
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DownloadError(f"could not fetch depth model {name} ({DEPTH_MODELS[name]}): {first_line}") from error
+    partial = target.with_name(f".{name}.partial")
+    network.save_pretrained(partial)
+    partial.replace(target)
+    return str(target)
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """Download each named model; 2 for an unknown name, 1 if any download failed."""
     try:
@@ -183,6 +208,8 @@ def cmd_download(args: argparse.Namespace) -> int:
             if isinstance(target, ModelFile):
                 path = download(target, folder, progress=not args.quiet)
                 print(f"{target.name}: {path}")
+            elif target[0] == "depth":
+                print(f"{target[1]}: {_fetch_depth(target[1], folder)}")
             else:
                 where = _prefetch_clip(*target)
                 print(f"{target[0]}::{target[1]}: {where}")

@@ -141,3 +141,22 @@ def test_save_depth_png_writes_normalised_16_and_8_bit(tmp_path):
 def test_save_depth_png_rejects_bad_arguments(tmp_path, path, bits, words):
     with pytest.raises(DepthError, match=words):
         save_depth_png(np.ones((2, 2)), tmp_path / path, bits=bits)
+
+
+def test_farm_models_download_caches_the_depth_model_where_3d_mode_looks(tmp_path, monkeypatch, capsys):
+    """The hub cannot be reached here: the hub id is pointed at a local tiny DPT folder."""
+    import farm.models_cmd as models_cmd
+    from animation.depth import DepthModel
+    from farm.cli import main
+    from farm.worker import depth_source
+
+    hub = tmp_path / "hub-copy"
+    DepthModel.tiny(seed=3).network.save_pretrained(hub)
+    monkeypatch.setitem(models_cmd.DEPTH_MODELS, "dpt-large", str(hub))
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(tmp_path / "cache"))
+    assert main(["models", "download", "dpt_large"]) == 0
+    assert "dpt-large:" in capsys.readouterr().out
+    source = depth_source("dpt_large")
+    assert source == str(tmp_path / "cache" / "dpt-large")
+    image = np.full((64, 64, 3), 128, np.uint8)
+    assert np.array_equal(DepthModel.load(source).predict(image), DepthModel.tiny(seed=3).predict(image))
