@@ -8,7 +8,8 @@
 Prints the figures and writes them into bench/results/<YYYY-MM-DD>-<machine>.json (one
 section per benchmark, written as each finishes; the GPU benchmark, ``python -m
 bench.gpu``, adds its own section to the same file on a GPU machine). Targets are
-evaluated and listed; a missed target is a result, not an error (exit status 0).
+evaluated and listed; a missed target is a result, not an error (exit status 0); a part
+that fails is recorded as an error in its section, the others still run (exit status 1).
 """
 
 from __future__ import annotations
@@ -98,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
               "environment": environment(args.threads), "note": machine_note(args.note)}
     started = time.perf_counter()
     verdicts: list[list[Any]] = []
+    failed = []
     for part in parts:
         part_started = time.perf_counter()
-        data = part_runner(part, args.quick, args.threads)()
+        try:
+            data = part_runner(part, args.quick, args.threads)()
+        except Exception as error:  # keep the other parts' results; rerun this one with --only
+            print(f"bench: {part} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            data = {"error": f"{type(error).__name__}: {error}"[:1000]}
+            failed.append(part)
         data["wall_seconds"] = round(time.perf_counter() - part_started, 1)
         header["load_average_at_end"] = load_average()
         header["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -113,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbench: {len(parts)} part(s) in {total / 60:.1f} min; results in {path}")
     if total > TIME_LIMIT_SECONDS and not args.quick:
         print(f"bench: took longer than {TIME_LIMIT_SECONDS // 60} minutes", file=sys.stderr)
+    if failed:
+        print(f"bench: failed: {', '.join(failed)} (rerun with --only {','.join(failed)})", file=sys.stderr)
+        return 1
     return 0
 
 
