@@ -48,6 +48,7 @@ class RenderJob:
     started_clock: float = field(default_factory=time.monotonic)
     reused: int = 0
     frame_seconds: list[float] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # failed attempts, for status.json
     last_status_write: float = 0.0
 
 
@@ -302,9 +303,7 @@ class RenderSession:
 
     def _record_error(self, job: RenderJob, task: Task, label: str, message: str) -> None:
         farm_metrics()["frames_failed"].inc(1, {"scene": job.plan.name})
-        errors = getattr(job, "errors", [])
-        errors.append({"index": task.frame.index, "actor": label, "message": message})
-        job.errors = errors
+        job.errors.append({"index": task.frame.index, "actor": label, "message": message})
         self._write_status(job, force=True)
 
     def _replace_if_dead(self, label: str) -> None:
@@ -369,10 +368,10 @@ class RenderSession:
         return {
             "name": job.plan.name, "state": state.state if state.finished or state.error else "running",
             "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.frames),
-            "done": len(state.done), "reused": job.reused, "failed": len(getattr(job, "errors", [])),
+            "done": len(state.done), "reused": job.reused, "failed": len(job.errors),
             "started_at": job.started_at, "updated_at": utc_now(),
             "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
-            "current": current, "errors": getattr(job, "errors", [])[-20:], "error": state.error,
+            "current": current, "errors": job.errors[-20:], "error": state.error,
             "video": None, "job_id": job.job_id,
         }
 
