@@ -116,6 +116,7 @@ class GpuRun:
     memory_sizes: tuple[tuple[int, int], ...] = ((640, 384), (960, 576), (1280, 768), (1600, 960))
     budget_seconds: float = 540.0
     device: str = "cuda"
+    compile_unet: bool = False
 
 
 DRY_RUN = GpuRun(preset="tiny", width=64, height=64, cutn_batches=1, steps=3, repeats=1, memory_sizes=(),
@@ -150,7 +151,7 @@ def measure(run: GpuRun, secondary: bool, peak: float | None, deadline: Deadline
     if not secondary:
         models = eb.without_secondary(models)
     started = time.perf_counter()
-    model_set = ModelSet(models, run.device, random_weights=run.preset != "tiny")
+    model_set = ModelSet(models, run.device, random_weights=run.preset != "tiny", compile_unet=run.compile_unet)
     load_seconds = time.perf_counter() - started
     renderer = Renderer(model_set)
     spec = eb.make_spec(models, run.width, run.height, steps=run.steps, cutn_batches=run.cutn_batches)
@@ -182,6 +183,8 @@ def memory_fit(renderer, spec, run: GpuRun, deadline: Deadline, log=print) -> di
     device = renderer.models.device
     if device.type != "cuda":
         return {"skipped": "no CUDA memory statistics on the CPU"}
+    if device.index is None:  # set_per_process_memory_fraction needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     free, _ = torch.cuda.mem_get_info(device)
     context = max(0, total - free - torch.cuda.memory_reserved(device))
@@ -261,7 +264,9 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
     section: dict[str, Any] = {
         "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "peak_dense_fp16_tflops": peak, "dry_run_on_cpu": device.type != "cuda",
-        "precision": "UNet and CLIP in fp16 on CUDA (guided-diffusion's convert_to_fp16), secondary model fp32",
+        "precision": ("UNet and CLIP in fp16 on CUDA (guided-diffusion's convert_to_fp16, group norms in fp16 with "
+                      "fp32 statistics, contiguous layout), secondary model fp32"),
+        "compile_unet": run.compile_unet,
         "configs": [], "targets": [],
     }
     for secondary in (True, False):
@@ -309,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-seconds", type=float, default=GpuRun.budget_seconds,
                         help="stop starting new stages after this long (default %(default)s)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak, when its name is not known")
+    parser.add_argument("--compile-unet", action="store_true",
+                        help="torch.compile the UNet (the scene setting compile_unet; compilation is in the warm-up)")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="run the same code with the tiny models on the CPU (no meaningful figures)")
     args = parser.parse_args(argv)
@@ -328,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
               "run it on a machine with an NVIDIA GPU")
         return 0
     else:
-        run = GpuRun(steps=args.steps, repeats=args.repeats, budget_seconds=args.budget_seconds)
+        run = GpuRun(steps=args.steps, repeats=args.repeats, budget_seconds=args.budget_seconds,
+                     compile_unet=args.compile_unet)
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about every random-weight model

@@ -47,6 +47,7 @@ from engine.models import ModelSet, diffusion_steps_for
 from engine.render import Renderer
 from engine.secondary import alpha_sigma_to_t
 from engine.spec import GuidanceSettings, ModelSetSpec, RenderSpec, SamplerSettings, WeightedPrompt
+from engine.unet import set_group_norm_precision, uses_input_dtype_group_norms
 
 PRESETS = {
     "dd": dict(
@@ -304,14 +305,17 @@ def engine_step_seconds(renderer: Renderer, spec: RenderSpec) -> list[float]:
 @contextlib.contextmanager
 def dd_model_state(model_set: ModelSet) -> Iterator[None]:
     """The UNet as DD v5.7 sets it up: gradient checkpointing on, ``requires_grad`` on
-    parameters named qkv/norm/proj, default memory format. Restored on exit."""
+    parameters named qkv/norm/proj, default memory format, the library's fp32 group
+    norms. Restored on exit."""
     unet = model_set.unet
     flagged = [m for m in unet.modules() if hasattr(m, "use_checkpoint")]
     previous_flags = [m.use_checkpoint for m in flagged]
     chosen = [p for n, p in unet.named_parameters() if "qkv" in n or "norm" in n or "proj" in n]
     previous_grads = [p.requires_grad for p in chosen]
     channels_last = bool(getattr(model_set, "channels_last", False))
+    half_norms = uses_input_dtype_group_norms(unet)
     try:
+        set_group_norm_precision(unet, False)  # the library's GroupNorm32, as DD runs it
         for module in flagged:
             module.use_checkpoint = True
         for param in chosen:
@@ -322,6 +326,7 @@ def dd_model_state(model_set: ModelSet) -> Iterator[None]:
                 model_set.secondary.to(memory_format=torch.contiguous_format)
         yield
     finally:
+        set_group_norm_precision(unet, half_norms)
         for module, flag in zip(flagged, previous_flags):
             module.use_checkpoint = flag
         for param, flag in zip(chosen, previous_grads):

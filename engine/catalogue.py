@@ -50,13 +50,20 @@ class ModelNotDownloaded(ModelError):
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One downloadable checkpoint: catalogue name, file name, sha256 and mirror URLs."""
+    """One downloadable checkpoint: catalogue name, file name, sha256 and mirror URLs.
+
+    ``sha256`` is the full hex digest, or (torchvision's convention, for files published
+    with only the first 8+ hex digits in their name) a prefix of it."""
 
     name: str
     filename: str
     sha256: str
     urls: tuple[str, ...]
     size_hint: int | None = None
+
+    def matches(self, digest: str) -> bool:
+        """Whether a file's sha256 hex digest is this checkpoint's."""
+        return len(self.sha256) >= 8 and digest.lower().startswith(self.sha256.lower())
 
 
 @dataclass(frozen=True)
@@ -196,10 +203,21 @@ SECONDARY_MODEL = ModelFile(
 )
 
 
+VGG16 = ModelFile(
+    name="vgg16",
+    filename="vgg16-397923af.pth",
+    sha256="397923af",  # torchvision publishes the first 8 hex digits of the sha256 in the name
+    urls=("https://download.pytorch.org/models/vgg16-397923af.pth",),
+    size_hint=553_433_881,
+)
+"""torchvision's ImageNet VGG16: the backbone of LPIPS, DD's init_scale perceptual loss."""
+
+
 def all_model_files() -> dict[str, ModelFile]:
-    """Every downloadable file in the catalogue (diffusion models, then the secondary model)."""
+    """Every downloadable file in the catalogue (diffusion models, the secondary model, VGG16)."""
     files = {name: entry.file for name, entry in DIFFUSION_MODELS.items()}
     files[SECONDARY_MODEL.name] = SECONDARY_MODEL
+    files[VGG16.name] = VGG16
     return files
 
 

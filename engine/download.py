@@ -120,7 +120,7 @@ def file_state(model: ModelFile, dest_dir: os.PathLike | str | None = None) -> s
     sidecar = _read_sidecar(model, folder)
     if sidecar is None:
         return "unverified"
-    if sidecar.sha256 != model.sha256.lower() or sidecar.size != path.stat().st_size:
+    if not model.matches(sidecar.sha256) or sidecar.size != path.stat().st_size:
         return "corrupt"
     return "downloaded"
 
@@ -137,7 +137,7 @@ def verify(model: ModelFile, dest_dir: os.PathLike | str | None = None) -> bool 
     size = path.stat().st_size
     digest = sha256_of_file(path)
     _write_sidecar(model, folder, digest, size)
-    return digest == model.sha256.lower()
+    return model.matches(digest)
 
 
 # --------------------------------------------------------------------------------------
@@ -244,8 +244,8 @@ def _fetch_once(model: ModelFile, url: str, part: pathlib.Path, timeout: float, 
         return digest.hexdigest()
 
 
-def _fetch_url(model: ModelFile, url: str, part: pathlib.Path, timeout: float, progress: bool, retries: int) -> None:
-    """Fetch ``url`` into ``part`` until the file verifies; raise with a reason otherwise."""
+def _fetch_url(model: ModelFile, url: str, part: pathlib.Path, timeout: float, progress: bool, retries: int) -> str:
+    """Fetch ``url`` into ``part`` until the file verifies (returns its sha256); raise otherwise."""
     restarted = False
     stalls = 0
     while True:
@@ -264,8 +264,8 @@ def _fetch_url(model: ModelFile, url: str, part: pathlib.Path, timeout: float, p
             if stalls > retries:
                 raise
             continue
-        if digest == model.sha256.lower():
-            return
+        if model.matches(digest):
+            return digest
         if resumed_from and not restarted:
             # The kept prefix may be stale or from a bad mirror: one clean attempt.
             part.unlink(missing_ok=True)
@@ -307,7 +307,7 @@ def download(
         failures: list[str] = []
         for url in model.urls:
             try:
-                _fetch_url(model, url, part, timeout, progress, retries)
+                digest = _fetch_url(model, url, part, timeout, progress, retries)
             except (_Interrupted, _RestartFromZero, _WrongHash) as error:
                 failures.append(f"{url}: {error}")
                 continue
@@ -317,7 +317,7 @@ def download(
             size = part.stat().st_size
             sidecar_path(model, folder).unlink(missing_ok=True)
             os.replace(part, final)
-            _write_sidecar(model, folder, model.sha256.lower(), size)
+            _write_sidecar(model, folder, digest, size)
             return final
         raise DownloadError(
             f"could not download model {model.name!r} into {folder}; tried "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch.profiler import record_function
 
 from engine.cutouts import augment, make_cutouts
 from engine.losses import clamp_gradient, saturation_loss, spherical_distance_loss, tv_loss
@@ -91,23 +92,27 @@ class Guidance:
         for target in self.targets:
             clip = target.clip
             image01 = x_in.add(1).div(2)
-            cuts = make_cutouts(
-                image01, clip.input_size, overview, innercut, ic_pow, icgray_p, s.cutn_batches, self.host_rng
-            )
+            with record_function("cutouts"):
+                cuts = make_cutouts(
+                    image01, clip.input_size, overview, innercut, ic_pow, icgray_p, s.cutn_batches, self.host_rng
+                )
             if not s.skip_augs:
-                cuts = augment(cuts, self.generator)
+                with record_function("augment"):
+                    cuts = augment(cuts, self.generator)
             n_cuts = cuts.shape[0]
             chunk = self.max_cuts_per_clip_call or n_cuts
             starts = list(range(0, n_cuts, chunk))
             for k, start in enumerate(starts):
                 part = cuts[start : start + chunk]
-                embeddings = clip.encode_image(part)
+                with record_function(f"clip_image:{clip.name}"):
+                    embeddings = clip.encode_image(part)
                 self.counters.clip_image_calls[clip.name] += 1
                 self.counters.cuts_encoded[clip.name] += part.shape[0]
                 dists = spherical_distance_loss(embeddings[:, None, :], target.embeddings[None, :, :])
                 loss = (dists * target.weights).sum() * (s.clip_guidance_scale / n_cuts)
                 last = k == len(starts) - 1
-                grad = torch.autograd.grad(loss, x_in, retain_graph=not last)[0]
+                with record_function(f"clip_backward:{clip.name}"):
+                    grad = torch.autograd.grad(loss, x_in, retain_graph=not last)[0]
                 total = grad if total is None else total + grad
             del cuts
         return total
@@ -137,7 +142,8 @@ class Guidance:
             return torch.zeros_like(x)
         has_nan = torch.isnan(x_in_grad).any()
         x_in_grad = torch.where(has_nan, torch.zeros_like(x_in_grad), x_in_grad)
-        grad = -torch.autograd.grad(x_in, x, x_in_grad)[0]
+        with record_function("backward_to_x"):
+            grad = -torch.autograd.grad(x_in, x, x_in_grad)[0]
         if s.clamp_grad:
             grad = clamp_gradient(grad, s.clamp_max)
         return grad

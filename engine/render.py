@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from engine.cutouts import image_prompt_cutouts
 from engine.errors import (
@@ -335,6 +336,13 @@ class Renderer:
         return image_to_tensor(init, spec.width, spec.height, "init image").to(device).mul(2).sub(1)
 
     # -- sampling ----------------------------------------------------------------------
+    def _unet(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The UNet's output for x at timesteps (the compiled forward when the set has one)."""
+        compiled = self.models.compiled_unet_forward
+        if compiled is not None:
+            return compiled(x, timesteps)
+        return unet_forward(self.models.unet, x, timesteps)
+
     def _guided_prediction(
         self, x: torch.Tensor, i: int, schedule: DiffusionSchedule, guidance: Guidance, spec: RenderSpec
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -348,7 +356,8 @@ class Renderer:
         unet_input = x.contiguous(memory_format=torch.channels_last) if ms.channels_last else x
         slot = schedule.cut_slots[i]
         if ms.secondary is not None:
-            model_out = unet_forward(ms.unet, unet_input, timesteps)
+            with record_function("unet_forward"):
+                model_out = self._unet(unet_input, timesteps)
             self.counters.unet_forwards += 1
             pred_raw = sqrt_recip * x - sqrt_recipm1 * model_out[:, :3].float()
             with torch.enable_grad():
@@ -356,7 +365,8 @@ class Renderer:
                 cosine_t = alpha_sigma_to_t_float(schedule.sqrt_alpha_bar(i), fac)
                 t_sec = torch.full((n,), cosine_t, dtype=torch.float32, device=x.device)
                 sec_in = xg.contiguous(memory_format=torch.channels_last) if ms.channels_last else xg
-                sec_pred = ms.secondary(sec_in, t_sec).pred
+                with record_function("secondary_forward"):
+                    sec_pred = ms.secondary(sec_in, t_sec).pred
                 self.counters.secondary_forwards += 1
                 x_in = sec_pred * fac + xg * (1 - fac)
                 grad = guidance(xg, x_in, slot)
@@ -364,7 +374,8 @@ class Renderer:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_()
                 unet_in = xg.contiguous(memory_format=torch.channels_last) if ms.channels_last else xg
-                model_out = unet_forward(ms.unet, unet_in, timesteps)
+                with record_function("unet_forward"):
+                    model_out = self._unet(unet_in, timesteps)
                 self.counters.unet_forwards += 1
                 pred_grad = sqrt_recip * xg - sqrt_recipm1 * model_out[:, :3].float()
                 x_in = pred_grad * fac + xg * (1 - fac)

@@ -78,6 +78,7 @@ class ModelSetSpec:
     custom_model_path: str | None = None
     custom_model_settings: tuple[tuple[str, object], ...] = ()
     use_checkpoint: bool = False
+    compile_unet: bool = False  # torch.compile the UNet on CUDA (minutes of compilation per actor)
 
     @property
     def key(self) -> str:

@@ -99,7 +99,9 @@ def _kind(model: ModelFile) -> str:
     entry = catalogue.DIFFUSION_MODELS.get(model.name)
     if entry is not None:
         return f"diffusion {entry.image_size}px"
-    return "secondary" if model.name == catalogue.SECONDARY_MODEL.name else "other"
+    if model.name == catalogue.SECONDARY_MODEL.name:
+        return "secondary"
+    return "lpips vgg16" if model.name == catalogue.VGG16.name else "other"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -275,6 +275,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
         custom_model_path=scene["custom_path"],
         custom_model_settings=tuple(sorted((k, v) for k, v in scene["custom_model_settings"].items())),
         use_checkpoint=scene["use_checkpoint"],
+        compile_unet=scene["compile_unet"],
     )
     cuts = CutSchedule(
         overview=tuple(int(round(v)) for v in scene["cut_overview"]),

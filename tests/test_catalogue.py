@@ -31,6 +31,7 @@ EXPECTED_SHA = {
     "pixelartdiffusion_expanded": "a73b40556634034bf43b5a716b531b46fb1ab890634d854f5bcbbef56838739a",
     "watercolordiffusion_2": "49c281b6092c61c49b0f1f8da93af9b94be7e0c20c71e662e2aa26fee0e4b1a9",
     "secondary_model_imagenet_2": "983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a",
+    "vgg16": "397923af",  # torchvision publishes an 8-digit prefix (in the file name)
 }
 
 

@@ -175,6 +175,27 @@ def test_bad_hash_is_refused_and_leaves_no_file(server, tmp_path):
     assert file_state(model, tmp_path) == "missing"
 
 
+def test_a_sha256_prefix_verifies_like_torchvision_and_a_wrong_one_is_refused(server, tmp_path):
+    model = _model(server.url("good"), sha=DATA_SHA[:8])
+    path = download(model, tmp_path, progress=False)
+    assert path.read_bytes() == DATA
+    assert f"sha256={DATA_SHA}" in sidecar_path(model, tmp_path).read_text()  # the full digest is recorded
+    assert file_state(model, tmp_path) == "downloaded" and verify(model, tmp_path) is True
+    wrong = _model(server.url("good"), sha="00000000")
+    assert verify(wrong, tmp_path) is False
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download(wrong, tmp_path / "other", progress=False)
+    assert not ModelFile("x", "x", "", ()).matches(DATA_SHA)  # an empty hash never matches
+
+
+def test_catalogue_has_torchvision_vgg16_for_lpips():
+    from engine.models import VGG16_FILENAME
+
+    assert catalogue.lookup_model_file("vgg16") is catalogue.VGG16
+    assert catalogue.VGG16.filename == VGG16_FILENAME == "vgg16-397923af.pth"
+    assert catalogue.VGG16.matches("397923af" + "0" * 56) and not catalogue.VGG16.matches("0" * 64)
+
+
 @pytest.mark.parametrize("first_route", ["refused", "missing", "bad"])
 def test_falls_back_to_next_url(server, tmp_path, first_route):
     first = _refused_url() if first_route == "refused" else server.url(first_route)
@@ -235,6 +256,9 @@ def local_catalogue(server, monkeypatch):
     entry = DiffusionModelEntry(file=unet, unet_settings=(("image_size", 64),))
     monkeypatch.setattr(catalogue, "DIFFUSION_MODELS", {"local-unet": entry})
     monkeypatch.setattr(catalogue, "SECONDARY_MODEL", secondary)
+    # torchvision-style: only a prefix of the sha256 is published (in the file name)
+    vgg = ModelFile("local-vgg", f"local-vgg-{DATA_SHA[:8]}.pth", DATA_SHA[:8], (server.url("good"),), len(DATA))
+    monkeypatch.setattr(catalogue, "VGG16", vgg)
     return unet, secondary
 
 
@@ -258,7 +282,9 @@ def test_models_download_all_then_list_and_verify(local_catalogue, tmp_path, cap
 
     assert _run(["models", "list", "--dir", str(tmp_path)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("local-")]
-    assert {row[0]: row[-1] for row in rows} == {"local-unet": "downloaded", "local-secondary": "downloaded"}
+    assert {row[0]: row[-1] for row in rows} == {
+        "local-unet": "downloaded", "local-secondary": "downloaded", "local-vgg": "downloaded"}
+    assert any(row[0] == "local-vgg" and "lpips" in row for row in rows)
 
     assert _run(["models", "verify", "--dir", str(tmp_path)]) == 0
     (tmp_path / unet.filename).write_bytes(DATA[::-1])

@@ -102,12 +102,51 @@ def test_plms_steps_match_guided_diffusion(renderer, library_diffusion):
 
 
 def test_sync_free_unet_forward_equals_the_library_forward(renderer):
+    from guided_diffusion.unet import AttentionBlock
+
     from engine.unet import unet_forward
 
     unet = renderer.models.unet
+    assert any(isinstance(m, AttentionBlock) for m in unet.modules())  # the fused path is exercised
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([875.0, 12.5])
-    assert torch.equal(unet_forward(unet, x, t), unet(x, t))
+    ours, library = unet_forward(unet, x, t), unet(x, t)
+    assert torch.allclose(ours, library, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(ours, unet_forward(unet, x, t + 1.0))  # depends on the timestep
+
+
+def _small_unet(new_attention_order: bool, use_checkpoint: bool):
+    from guided_diffusion.unet import UNetModel
+
+    torch.manual_seed(5)
+    unet = UNetModel(image_size=32, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                     attention_resolutions=(2, 4), channel_mult=(1, 2, 2), num_head_channels=16,
+                     use_scale_shift_norm=True, resblock_updown=True, use_checkpoint=use_checkpoint,
+                     use_new_attention_order=new_attention_order)
+    for p in unet.parameters():  # the library zero-initialises proj_out and out: randomise them
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    return unet
+
+
+@pytest.mark.parametrize("new_attention_order", [False, True])
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_fused_attention_matches_the_library_values_and_gradients(new_attention_order, use_checkpoint):
+    from engine.unet import unet_forward
+
+    unet = _small_unet(new_attention_order, use_checkpoint)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([500.0, 20.0])
+    grads = []
+    for forward in (unet_forward, lambda m, a, b: m(a, b)):
+        xg = x.clone().requires_grad_(True)
+        out = forward(unet, xg, t)
+        (out.square().mean()).backward()
+        grads.append((out.detach(), xg.grad))
+    (ours, ours_grad), (library, library_grad) = grads
+    assert torch.allclose(ours, library, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ours_grad, library_grad, atol=1e-6, rtol=1e-4)
+    assert ours_grad.abs().sum() > 0
 
 
 def test_guidance_uses_dd_cut_slots(renderer):
@@ -152,3 +191,38 @@ def test_guidance_gradient_equals_dd_per_batch_accumulation(renderer):
         x_in_grad += torch.autograd.grad(other, x_in)[0]
         reference = -torch.autograd.grad(x_in, xg, x_in_grad)[0]
     assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_group_norms_in_the_input_dtype_match_the_library_fp32_round_trip():
+    from guided_diffusion.nn import GroupNorm32
+
+    from engine.unet import group_norm_in_input_dtype, set_group_norm_precision, uses_input_dtype_group_norms, \
+        unet_forward
+
+    norm = GroupNorm32(8, 32)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(4)) * 3 + 1
+    assert torch.equal(group_norm_in_input_dtype(norm, x), norm(x))
+    low = x.bfloat16()  # a half type the CPU runs: the library goes through fp32, ours stays in bf16
+    ours, library = group_norm_in_input_dtype(norm, low), norm(low)
+    assert ours.dtype == library.dtype == torch.bfloat16
+    assert torch.allclose(ours.float(), library.float(), atol=0.05, rtol=0.02)
+
+    unet = _small_unet(new_attention_order=False, use_checkpoint=False)
+    t = torch.tensor([300.0, 40.0])
+    xs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    expected = unet(xs, t)
+    assert set_group_norm_precision(unet, True) > 10 and uses_input_dtype_group_norms(unet)
+    assert torch.allclose(unet_forward(unet, xs, t), expected, atol=1e-5, rtol=1e-5)
+    set_group_norm_precision(unet, False)
+    assert not uses_input_dtype_group_norms(unet)
+    assert torch.equal(unet(xs, t), expected)
+
+
+def test_compile_unet_is_a_cuda_only_option():
+    import dataclasses
+
+    cpu_set = ModelSet(dataclasses.replace(MODELS, compile_unet=True), "cpu")
+    assert not cpu_set.compile_unet and cpu_set.compiled_unet_forward is None
+    assert not cpu_set.channels_last and not cpu_set.half_group_norms  # fp32 on the CPU: library norms

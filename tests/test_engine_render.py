@@ -415,8 +415,9 @@ def test_lpips_backbone_loads_from_a_local_vgg16_file_or_names_the_missing_file(
     monkeypatch.setenv("DISCO_FARM_MODELS", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("DISCO_FARM_VGG16", raising=False)
-    with pytest.raises(ModelFileMissing, match=VGG16_FILENAME):
+    with pytest.raises(ModelFileMissing, match=VGG16_FILENAME) as missing:
         load_lpips(random_backbone=False)
+    assert "farm models download vgg16" in str(missing.value)
 
     reference = load_lpips(random_backbone=True)
     gen = torch.Generator().manual_seed(5)

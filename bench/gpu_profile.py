@@ -1,0 +1,171 @@
+"""Where a sampler step's time goes on a CUDA GPU, at Disco Diffusion's defaults.
+
+    python -m bench.gpu_profile [--out-dir DIR] [--steps 3]
+
+A diagnostic companion of ``bench.gpu`` (same full-size random-weight models, same
+spec): for the secondary-model and full-UNet paths it profiles a few engine steps with
+``torch.profiler`` and prints (and writes to ``gpu-profile.txt``) the device time of the
+engine's labelled stages (``unet_forward``, ``secondary_forward``, ``cutouts``,
+``augment``, ``clip_image:*``, ``clip_backward:*``, ``backward_to_x``: the
+``record_function`` ranges in engine/render.py and engine/guidance.py), the busiest
+kernels, and how much of the step's wall time the GPU was busy. Then it times the step
+under a few switches (cuDNN autotuning; non-antialiased cut resizing) so their effect
+is measured on the same machine in the same run. No figures are targets here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _stage_rows(events) -> list[tuple[str, float, float, int]]:
+    labels = ("unet_forward", "secondary_forward", "cutouts", "augment", "clip_image", "clip_backward",
+              "backward_to_x")
+    rows = []
+    for event in events:
+        if event.key.startswith(labels):
+            device_us = getattr(event, "device_time_total", None)
+            if device_us is None:
+                device_us = getattr(event, "cuda_time_total", 0.0)
+            rows.append((event.key, device_us / 1000.0, event.cpu_time_total / 1000.0, event.count))
+    return sorted(rows, key=lambda row: -row[1])
+
+
+VARIANTS = (
+    # name, channels_last, input-dtype group norms, torch.compile
+    ("default: channels_last, input-dtype norms", True, True, False),
+    ("channels_last, library fp32 norms", True, False, False),
+    ("contiguous, input-dtype norms", False, True, False),
+    ("contiguous, library fp32 norms", False, False, False),
+    ("torch.compile, channels_last, input-dtype norms", True, True, True),
+)
+
+
+def set_variant(model_set, channels_last: bool, half_norms: bool, compiled: bool) -> None:
+    """Switch a loaded CUDA ModelSet's UNet between the layouts/norms/compilation compared here."""
+    import functools
+
+    import torch
+
+    from engine.unet import set_group_norm_precision, unet_forward
+
+    unet = model_set.unet
+    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model_set.channels_last = channels_last
+    set_group_norm_precision(unet, half_norms)
+    model_set.half_group_norms = half_norms
+    model_set.compiled_unet_forward = (
+        torch.compile(functools.partial(unet_forward, unet), dynamic=False) if compiled else None)
+
+
+def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device: str = "cuda",
+                   tables: bool = True, variants: bool = True, on_result=lambda rows: None) -> list[dict]:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine import benchmark as eb
+    from engine.models import ModelSet
+    from engine.render import Renderer
+
+    models = eb.PRESETS[preset]["models"]
+    if not secondary:
+        models = eb.without_secondary(models)
+    renderer = Renderer(ModelSet(models, device, random_weights=preset != "tiny"))
+    size = (1280, 768) if preset == "dd" else (64, 64)
+    spec = eb.make_spec(models, *size, steps=steps, cutn_batches=4)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    label = "secondary model" if secondary else "full UNet"
+    renderer.render(eb.with_steps(spec, 2))  # warm-up
+    sync()
+    if tables:
+        started = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            renderer.render(spec)
+            sync()
+        wall_ms = (time.perf_counter() - started) * 1000
+        events = prof.key_averages()
+        kernels = [e for e in events if getattr(e, "device_type", None) is not None
+                   and str(e.device_type).endswith("CUDA") and e.self_device_time_total > 0]
+        busy_ms = sum(e.self_device_time_total for e in kernels) / 1000.0
+        log(f"\n=== {label}: {steps} steps profiled, wall {wall_ms:.0f} ms (profiler on), "
+            f"GPU kernels {busy_ms:.0f} ms = {busy_ms / wall_ms:.0%} busy")
+        log("stage (device ms and CPU ms over all steps, count):")
+        for key, ms, cpu_ms, count in _stage_rows(events):
+            log(f"  {key:40s} device {ms:9.1f} ms  cpu {cpu_ms:9.1f} ms  x{count}")
+        log("busiest kernels / ops by self device time:")
+        log(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+    results = []
+    if variants:
+        timed = eb.with_steps(spec, max(steps, 4))
+        for name, channels_last, half_norms, compiled in VARIANTS:
+            if device != "cuda" and compiled:
+                continue
+            set_variant(renderer.models, channels_last and device == "cuda", half_norms, compiled)
+            started = time.perf_counter()
+            renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)
+            sync()
+            warm_up = time.perf_counter() - started
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = statistics.median(eb.engine_step_seconds(renderer, timed)[1:])
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+            results.append({"path": label, "variant": name, "seconds_per_step": round(seconds, 4),
+                            "warm_up_seconds": round(warm_up, 1),
+                            "peak_memory_gib": round(peak, 2) if peak is not None else None})
+            on_result(results)  # written as measured: a time limit keeps what was done
+            log(f"  {label} | {name:48s}: {seconds:.3f} s/step (warm-up {warm_up:.1f} s"
+                + (f", peak {peak:.2f} GiB)" if peak is not None else ")"))
+        set_variant(renderer.models, device == "cuda", device == "cuda", False)
+    del renderer
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU: checks the script only")
+    parser.add_argument("--no-tables", action="store_true", help="skip the profiler tables, time the variants only")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    import torch
+
+    if not torch.cuda.is_available() and not args.cpu_check:
+        print("bench.gpu_profile: no CUDA device; nothing to profile here")
+        return 0
+    logging.getLogger().setLevel(logging.ERROR)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    preset, device = ("tiny", "cpu") if args.cpu_check else ("dd", "cuda")
+    log(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} torch {torch.__version__}")
+    done: list[dict] = []
+
+    def write(rows: list[dict]) -> None:
+        (args.out_dir / "gpu-profile.txt").write_text("\n".join(lines) + "\n")
+        (args.out_dir / "gpu-variants.json").write_text(json.dumps(
+            {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+             "size": "1280x768" if device == "cuda" else "64x64", "variants": done + rows}, indent=1) + "\n")
+
+    for secondary in (True, False):
+        done += profile_config(secondary, args.steps, log, preset, device, tables=not args.no_tables, on_result=write)
+    write([])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

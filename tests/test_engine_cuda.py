@@ -1,0 +1,112 @@
+"""The engine on a CUDA GPU: fp16, channels_last, fused attention, no syncs in a step.
+
+These run only where torch sees a CUDA device (CI has none; run them on a GPU machine:
+``python -m pytest tests/test_engine_cuda.py``). Their CPU counterparts are in
+test_engine_render and test_engine_parity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+from engine.models import ModelSet  # noqa: E402
+from engine.render import Renderer  # noqa: E402
+from engine.spec import GuidanceSettings, SamplerSettings  # noqa: E402
+from tests.test_engine_render import FULL_UNET, WITH_SECONDARY, make_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cuda_full() -> Renderer:
+    return Renderer(ModelSet(FULL_UNET, "cuda"), check_syncs=True)
+
+
+@pytest.fixture(scope="module")
+def cuda_secondary() -> Renderer:
+    return Renderer(ModelSet(WITH_SECONDARY, "cuda"), check_syncs=True)
+
+
+def test_cuda_models_are_fp16_contiguous_by_default_and_channels_last_on_request(cuda_full):
+    unet = cuda_full.models.unet
+    assert unet.dtype == torch.float16
+    conv = unet.input_blocks[0][0]
+    assert conv.weight.dtype == torch.float16
+    assert not cuda_full.models.channels_last and conv.weight.is_contiguous()
+    channels_last = Renderer(ModelSet(FULL_UNET, "cuda", channels_last=True), check_syncs=True)
+    assert channels_last.models.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last.render(make_spec()).std() > 0
+
+
+@pytest.mark.parametrize("mode", ["ddim", "plms"])
+def test_cuda_full_unet_render_has_no_sync_in_a_step(cuda_full, mode):
+    # check_syncs: torch's sync debug mode raises on any host-device sync inside a step
+    spec = make_spec(sampler=SamplerSettings(steps=6, skip_steps=0, mode=mode),
+                     guidance=GuidanceSettings(cutn_batches=2))
+    image = cuda_full.render(spec)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert image.std() > 0
+
+
+def test_cuda_secondary_model_render_has_no_sync_in_a_step(cuda_secondary):
+    image = cuda_secondary.render(make_spec(models=WITH_SECONDARY))
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+def test_cuda_guidance_changes_the_image(cuda_full):
+    spec = make_spec()
+    guided = cuda_full.render(spec)
+    unguided = cuda_full.render(dataclasses.replace(
+        spec, guidance=dataclasses.replace(spec.guidance, clip_guidance_scale=0)))
+    assert not np.array_equal(guided, unguided)
+
+
+def test_cuda_same_seed_gives_the_same_pixels(cuda_full):
+    spec = make_spec(seed=21)
+    assert np.array_equal(cuda_full.render(spec), cuda_full.render(spec))
+
+
+def test_cuda_fused_attention_matches_the_library_in_fp16(cuda_full):
+    from engine.unet import unet_forward
+
+    unet = cuda_full.models.unet
+    x = torch.randn(2, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    t = torch.tensor([875.0, 12.5], device="cuda")
+    with torch.no_grad():
+        ours, library = unet_forward(unet, x, t).float(), unet(x, t).float()
+    assert (ours - library).abs().max() < 2e-2 * library.abs().max()
+
+
+def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
+    from engine.unet import set_group_norm_precision, unet_forward, uses_input_dtype_group_norms
+
+    unet = cuda_full.models.unet
+    assert cuda_full.models.half_group_norms and uses_input_dtype_group_norms(unet)
+    x = torch.randn(1, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    t = torch.tensor([400.0], device="cuda")
+    with torch.no_grad():
+        fast = unet_forward(unet, x, t).float()
+        set_group_norm_precision(unet, False)
+        try:
+            library = unet_forward(unet, x, t).float()
+        finally:
+            set_group_norm_precision(unet, True)
+    assert (fast - library).abs().max() < 2e-2 * library.abs().max()
+
+
+def test_cuda_compiled_unet_renders_like_the_eager_one(cuda_full):
+    compiled = Renderer(ModelSet(dataclasses.replace(FULL_UNET, compile_unet=True), "cuda"))
+    assert compiled.models.compiled_unet_forward is not None
+    spec = make_spec(seed=9)
+    eager_image = cuda_full.render(spec).astype(np.int16)
+    compiled_image = compiled.render(spec).astype(np.int16)
+    other_seed = cuda_full.render(dataclasses.replace(spec, seed=10)).astype(np.int16)
+    # fp16 kernels differ in rounding; the picture must stay far closer than another seed's
+    assert np.abs(eager_image - compiled_image).mean() < 0.25 * np.abs(eager_image - other_seed).mean()
