@@ -38,9 +38,8 @@ from engine.render import Renderer
 from engine.spec import ModelSetSpec, RenderSpec
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-MID_CLIP = "bench-vit-small::random-weights.pt"
-"""open_clip names need a pretrained tag; ModelSet(random_weights=True) never reads it,
-so the tag is a placeholder file name (the catalogue accepts file paths as tags)."""
+MID_CLIP = "bench-vit-small::random"
+"""A small ViT of CLIP's layout (bench/model_configs) with random weights."""
 DD_UNET = "512x512_diffusion_uncond_finetune_008100"
 MID_UNET_SETTINGS = (("image_size", 128), ("num_channels", 32), ("num_head_channels", 32))
 RATIO_TARGET = 0.6

@@ -299,6 +299,11 @@ _DD_OPENCLIP_ARCH = {
 _TAG_TYPOS = {"yffcc15m": "yfcc15m", "laion400m_32": "laion400m_e32"}
 
 
+RANDOM_CLIP_TAG = "random"
+"""``ARCH::random``: the architecture with random weights (benchmarks, tests; nothing is
+downloaded and the guidance means nothing)."""
+
+
 def _split_dd_openclip(name: str) -> tuple[str, str] | None:
     """``"ViTB32_laion2b_e16"`` -> ``("ViT-B-32", "laion2b_e16")``; None if not that form."""
     for prefix in sorted(_DD_OPENCLIP_ARCH, key=len, reverse=True):
@@ -315,7 +320,8 @@ def parse_clip_name(name: str, known: tuple[Sequence[str], Mapping[str, Sequence
     Accepts ``"ViT-B-32::openai"``, a bare open_clip architecture (tag ``openai`` when
     it has one), DD's ``"ViT-B/32"``/``"RN50x4"`` and DD's ``"ViTB32_laion2b_e16"``.
     Names starting with ``tiny-`` are built-in test models: returned as ``(name, "")``
-    (any ``::tag`` is kept as the tag). The tag may also be a local weights file path.
+    (any ``::tag`` is kept as the tag). The tag may also be a local weights file path, or
+    ``random`` for random weights (``RANDOM_CLIP_TAG``).
     """
     if not isinstance(name, str) or not name.strip():
         raise UnknownModel(f"CLIP model name must be a non-empty string, got {name!r}")
@@ -356,7 +362,7 @@ def parse_clip_name(name: str, known: tuple[Sequence[str], Mapping[str, Sequence
             f"CLIP model {name!r} needs a pretrained tag, e.g. '{arch}::{tags[0] if tags else 'TAG'}'"
             + (f" (available: {', '.join(tags)})" if tags else "")
         )
-    if tag in tags or _looks_like_path(tag):
+    if tag in tags or tag == RANDOM_CLIP_TAG or _looks_like_path(tag):
         return arch, tag
     hint = _did_you_mean(tag, tags)
     available = f" (available: {', '.join(tags)})" if tags else " (it has no published weights)"

@@ -340,7 +340,7 @@ class ModelSet:
                     f"unknown built-in CLIP model {name!r} (built-in: {', '.join(tiny.TINY_CLIP_MODELS)})"
                 )
             model = tiny.build_tiny_clip(arch)
-        elif self.random_weights:
+        elif self.random_weights or tag == catalogue.RANDOM_CLIP_TAG:
             with tiny.seeded(tiny.TINY_SEED + 12):
                 model = open_clip.create_model(arch, pretrained=None, precision="fp32")
         else:

@@ -175,3 +175,20 @@ def test_entries_are_frozen():
         entry.file.sha256 = "0" * 64  # type: ignore[misc]
     assert re.fullmatch(r"[0-9a-f]{64}", entry.file.sha256)
     assert isinstance(catalogue.models_dir(), pathlib.Path)
+
+
+def test_random_tag_gives_random_weights_of_a_real_architecture():
+    import torch
+
+    from engine.models import ModelSet
+    from engine.spec import ModelSetSpec
+
+    assert parse_clip_name("RN50::random") == ("RN50", "random")
+    with pytest.raises(UnknownModel, match="unknown CLIP architecture"):
+        parse_clip_name("RN5O::random")
+    torch.set_num_threads(1)
+    models = ModelSet(ModelSetSpec(diffusion_model="tiny", use_secondary_model=False,
+                                   clip_models=("RN50::random",)), "cpu")
+    clip = models.clips["RN50::random"]
+    assert clip.input_size == 224
+    assert sum(p.numel() for p in clip.model.visual.parameters()) > 20_000_000  # the real RN50 tower

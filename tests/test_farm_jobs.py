@@ -4,9 +4,11 @@ Jobs API: submit (staging the init image), status, logs, list, fetch, cancel."""
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,11 +40,19 @@ def cluster(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("raytmp")
-    start = subprocess.run(
-        [f"{VENV_BIN}/ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+    # --block keeps `ray start` in the foreground; in a session of its own, the head's
+    # processes can be stopped as one group without `ray stop` (which stops every Ray
+    # cluster of this user on the machine, other tests' included).
+    log = open(temp / "ray-start.log", "wb")
+    head = subprocess.Popen(
+        [f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3", f"--temp-dir={temp}",
-         "--include-dashboard=true"], env=env, capture_output=True, text=True, timeout=120)
-    assert start.returncode == 0, start.stderr[-2000:]
+         "--include-dashboard=true"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_dashboard(dash, token, head, temp / "ray-start.log")
+    except BaseException:
+        stop_group(head)
+        raise
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
     os.environ.update(HOME=str(home), RAY_AUTH_MODE="token")
     yield {"address": f"http://127.0.0.1:{dash}", "token": token}
@@ -51,7 +61,40 @@ def cluster(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    subprocess.run([f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_group(head)
+    log.close()
+
+
+def wait_for_dashboard(port: int, token: str, head: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Until the head's Jobs API answers (or the head exits, or the time is up)."""
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {token}"})
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise AssertionError(f"ray start exited {head.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"the head's dashboard did not answer in {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group (the head and every Ray process it started), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
 
 
 def run(capsys, *argv):
