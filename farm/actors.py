@@ -2,7 +2,9 @@
 
 Nothing per sampler step goes through Ray: an actor sends its step progress and preview
 to the ProgressBoard at most a few times a second (fire-and-forget), and the driver reads
-the board once per poll.
+the board once per poll. A driver's board lives as long as the driver: actors of the
+cluster's shared pool (farm.pool), which serve several drivers, get the board with each
+frame and stop a frame whose board has died (its driver is gone).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 import time
 
 import ray
+from ray.exceptions import ActorDiedError
 
 from farm.metrics import farm_metrics
 from farm.worker import FrameInputs, FrameRenderer
@@ -39,16 +42,23 @@ class ProgressBoard:
         previews, self._previews = self._previews, {}
         return dict(self._progress), previews
 
+    def alive(self) -> bool:
+        """Answers while the driver that owns the board lives (the shared pool asks)."""
+        return True
+
 
 class _RenderActor:
     """Holds one model set and renders frames; restarted (models reloaded) if it crashes."""
 
-    def __init__(self, models, device: str | None, threads: int | None, board_name: str, label: str,
+    def __init__(self, models, device: str | None, threads: int | None, board_name: str | None, label: str,
                  renderer_class=None):
+        """`board_name`: the owning driver's ProgressBoard; None for a shared pool's actor
+        (each `render` call then brings its driver's board)."""
         self.model_key = models.key
         self.node = os.environ.get("RAY_NODE_NAME") or socket.gethostname()
         self.label = label
-        self._board = ray.get_actor(board_name)  # by name: constructor arguments stay small and inline
+        # by name: constructor arguments stay small and inline
+        self._board = ray.get_actor(board_name) if board_name is not None else None
         gpu_ids = ray.get_gpu_ids()
         if device is None:
             import torch
@@ -64,19 +74,45 @@ class _RenderActor:
         return {"node": self.node, "device": str(self.device), "pid": os.getpid(), "label": self.label,
                 "node_id": ray.get_runtime_context().get_node_id()}
 
-    def render(self, job: str, frame, animation, inputs: FrameInputs):
+    def render(self, job: str, frame, animation, inputs: FrameInputs, board=None):
+        """One frame. `board`: the calling driver's ProgressBoard (shared pool actors); the
+        frame stops at the next progress report after that board died (driver gone)."""
         from farm.output import png_bytes
 
         context = ray.get_runtime_context()
         steps = frame.render.sampler.steps - frame.render.sampler.skip_steps
         last_sent = [0.0]
         preview_steps = set(frame.render.intermediate_steps)
+        watch_caller = board is not None
+        board = board if board is not None else self._board
+        last_report = [None]  # the previous update's ObjectRef (only watched for a caller's board)
+
+        def report(*args) -> None:
+            if board is None:
+                return
+            ref = board.update.remote(job, frame.index, *args)
+            if watch_caller:
+                last_report[0] = ref
+
+        def caller_gone() -> bool:
+            """The previous report failed because the caller's board died: no one awaits this frame."""
+            ref = last_report[0]
+            if ref is None or not ray.wait([ref], timeout=0)[0]:
+                return False
+            last_report[0] = None
+            try:
+                ray.get(ref)
+            except ActorDiedError:
+                return True
+            except Exception:  # an unavailable board (restarting) is not a dead driver
+                return False
+            return False
 
         def on_intermediate(step: int, image) -> None:
             now = time.monotonic()
             if step in preview_steps and (now - last_sent[0] >= PROGRESS_INTERVAL_S or step == steps - 1):
                 last_sent[0] = now
-                self._board.update.remote(job, frame.index, step + 1, steps, repr(self), png_bytes(image))
+                report(step + 1, steps, repr(self), png_bytes(image))
 
         step_count = [0]
         step_seconds = farm_metrics()["step_seconds"]
@@ -90,10 +126,12 @@ class _RenderActor:
             last_step[0] = now
             if now - last_sent[0] >= PROGRESS_INTERVAL_S:
                 last_sent[0] = now
-                self._board.update.remote(job, frame.index, min(step_count[0], steps), steps, repr(self))
+                if watch_caller and caller_gone():
+                    return True
+                report(min(step_count[0], steps), steps, repr(self))
             return context.is_canceled()
 
-        self._board.update.remote(job, frame.index, 0, steps, repr(self))
+        report(0, steps, repr(self))
         result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
                                       should_stop=should_stop)
         stats = {"seconds": result.seconds, "actor": repr(self), "node": self.node,

@@ -186,15 +186,33 @@ def _check_submit_args(args) -> None:
     if args.device is not None and not _DEVICE.fullmatch(args.device):
         raise UsageError(f"--device '{args.device}': expected cpu, cuda, cuda:N or mps")
     if args.out:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out '{args.out}': exists and is not a folder")
+        _check_out(args)
     if args.frames is not None and len(args.scenes) > 1:
         raise UsageError("--frames works with one scene at a time")
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
         if args.frames is not None:
             _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
+
+
+def _check_out(args) -> None:
+    """--out: an existing path must be a folder; a URI must name a writable fsspec location
+    whose backend is installed here (for a cluster job, only its protocol is checked: the
+    backend is needed where the job runs)."""
+    from farm.storage import OutputLocationError, check_uri, is_uri
+
+    if not is_uri(args.out):
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{args.out}': exists and is not a folder")
+        return
+    from farm.remote import resolve_address
+
+    local = args.in_cluster or not resolve_address(args.address)
+    try:
+        check_uri(args.out, need_backend=local)
+    except OutputLocationError as error:
+        raise UsageError(f"--out {error}") from None
 
 
 def cmd_preview(args) -> int:
@@ -211,8 +229,10 @@ def cmd_preview(args) -> int:
     from animation.video import stitch
 
     fps = args.fps or record.get("animation", {}).get("fps", 12)
-    stitch([folder.path(entries[i].file) for i in sorted(entries)], folder.path("preview.mp4"), fps=fps)
-    print(f"preview ({len(entries)} of {len(record['frames'])} frames): {folder.path('preview.mp4')}")
+    with folder.local_files([entries[i].file for i in sorted(entries)]) as frames, \
+            folder.local_target("preview.mp4") as target:
+        stitch(frames, target, fps=fps)
+    print(f"preview ({len(entries)} of {len(record['frames'])} frames): {folder.url('preview.mp4')}")
     return EXIT_OK
 
 
@@ -256,13 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_import_dd)
 
     p = sub.add_parser("preview", help="make preview.mp4 from the frames a render has finished so far")
-    p.add_argument("dir", metavar="OUT_DIR")
+    p.add_argument("dir", metavar="OUT_DIR", help="the render's output folder or URI")
     p.add_argument("--fps", type=float, default=None, help="frames per second (default: the scene's fps)")
     p.set_defaults(run=cmd_preview)
 
     p = sub.add_parser("submit", help="render scenes (embedded local Ray by default); several share the actors")
     p.add_argument("scenes", nargs="+", metavar="SCENE")
-    p.add_argument("--out", metavar="DIR", help="output folder (default renders/<name>/<time>)")
+    p.add_argument("--out", metavar="DIR", help="output folder or fsspec URI such as s3://bucket/run "
+                   "(default renders/<name>/<time>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--frames", metavar="A:B", help="only frames/images A to B")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
@@ -287,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         if name in ("status",):
             p.add_argument("job", nargs="?", metavar="JOB")
+        elif name == "fetch":
+            p.add_argument("job", metavar="JOB", help="a cluster job, or the URI a render wrote to (s3://..., "
+                           "gs://...; no cluster needed)")
         elif name != "list":
             p.add_argument("job", metavar="JOB")
         if name == "logs":

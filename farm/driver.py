@@ -1,9 +1,11 @@
 """The Ray driver loop: model-holding actors, bounded in-flight work, retries, outputs.
 
 A `RenderSession` runs one or more jobs (plans, each with its output folder) on a pool of
-RenderActors. It hands ready frames to free actors (farm.scheduler decides which), waits
-with `ray.wait`, writes each finished frame at once (atomically, plus a manifest line),
-retries failures on other actors, and finishes with the video or contact sheet.
+RenderActors: its own, or slots leased from the cluster's shared pool that separately
+submitted jobs share (farm.pool). It hands ready frames to free actors (farm.scheduler
+decides which), waits with `ray.wait`, writes each finished frame at once (atomically,
+plus a manifest line), retries failures on other actors, and finishes with the video or
+contact sheet.
 Finished frames survive anything: on resume they are verified by hash and kept.
 """
 
@@ -20,10 +22,11 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
-from farm.actors import ProgressBoard, RenderActor
+from farm.actors import ProgressBoard
 from farm.metrics import farm_metrics
 from farm.output import ManifestEntry, OutputFolder, utc_now
 from farm.plan import Plan, plan_record
+from farm.pool import OwnedActors, PoolConfig, PooledActors, Slot
 from farm.scheduler import Scheduler, Task
 from farm.worker import FrameInputs
 
@@ -52,20 +55,6 @@ class RenderJob:
     last_status_write: float = 0.0
 
 
-@dataclass
-class _Slot:
-    label: str
-    handle: object
-    model_key: str
-    models: object
-    busy: object | None = None  # the ObjectRef in flight
-    lives: int = 0  # restarts seen (each restart reloads the models)
-
-    @property
-    def incarnation(self) -> str:
-        return f"{self.label}#{self.lives}"
-
-
 def one_line(error: BaseException) -> str:
     """The last meaningful line of an exception (Ray wraps remote tracebacks)."""
     if isinstance(error, RayTaskError) and error.cause is not None:
@@ -81,9 +70,13 @@ class RenderSession:
     def __init__(self, actors: int = 1, *, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
                  device: str | None = None, threads: int | None = None, stall_seconds: float = 600.0,
                  poll_seconds: float = 0.25, max_restarts: int = 3,
-                 on_update: Callable[["RenderSession"], None] | None = None, renderer_class=None):
+                 on_update: Callable[["RenderSession"], None] | None = None, renderer_class=None,
+                 pool: str | None = None, pool_config: PoolConfig | None = None):
         """`renderer_class` replaces farm.worker.FrameRenderer inside the actors (the
-        scheduler benchmark's simulated renderer); it takes (models, device, threads)."""
+        scheduler benchmark's simulated renderer); it takes (models, device, threads).
+        `pool`: lease actors from the cluster's shared pool of that name (farm.pool,
+        for separately submitted jobs) instead of starting our own; the actor settings
+        (or `pool_config`) apply if this session is the one that creates it."""
         self.actor_count = actors
         self.gpus_per_actor = gpus_per_actor
         self.cpus_per_actor = cpus_per_actor
@@ -96,9 +89,8 @@ class RenderSession:
         self.renderer_class = renderer_class
         self.scheduler = Scheduler()
         self.jobs: dict[str, RenderJob] = {}
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, Slot] = {}  # actors we may start frames on (own ones, or leased)
         self.inflight: dict[object, tuple[Task, str, float]] = {}
-        self.pings: dict[object, str] = {}  # restarted actors we wait to hear from
         self._write_failures = 0
         self.progress: dict[tuple[str, int], dict] = {}
         self._pixels: dict[tuple[str, int], np.ndarray] = {}
@@ -114,7 +106,15 @@ class RenderSession:
         self._board = ProgressBoard.options(
             name=self._board_name, max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
-        self._next_label = 0
+        if pool is None:
+            self.source = OwnedActors(self, actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                                      device=device, threads=threads, max_restarts=max_restarts,
+                                      renderer_class=renderer_class, board_name=self._board_name)
+        else:
+            config = pool_config or PoolConfig(size=actors, gpus_per_actor=gpus_per_actor,
+                                               cpus_per_actor=cpus_per_actor, device=device, threads=threads,
+                                               max_restarts=max_restarts, renderer_class=renderer_class)
+            self.source = PooledActors(self, config, name=pool)
 
     # ------------------------------------------------------------------ jobs
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
@@ -134,43 +134,16 @@ class RenderSession:
 
     def cancel(self, job_id: str) -> None:
         self.scheduler.cancel(job_id)
+        self.source.cancel(job_id)
         for ref, (task, _, _) in list(self.inflight.items()):
             if task.job == job_id:
                 ray.cancel(ref)
 
     # ------------------------------------------------------------------ actors
-    def _new_slot(self, models, label: str | None = None) -> _Slot:
-        if label is None:
-            label = f"actor-{self._next_label}"
-            self._next_label += 1
-        handle = RenderActor.options(
-            num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
-            max_restarts=self.max_restarts, max_task_retries=0,
-        ).remote(models, self.device, self.threads, self._board_name, label, self.renderer_class)
-        slot = _Slot(label, handle, models.key, models)
-        self.slots[label] = slot
-        return slot
-
     def _ensure_actors(self) -> None:
-        """Grow the pool to its size; reload an idle actor for a model set no actor holds."""
-        wanted = self.scheduler.waiting_model_keys()
-        if not wanted:
-            return
-        keys = sorted(wanted)
-        while len(self.slots) < self.actor_count:
-            self._new_slot(self._model_specs[keys[len(self.slots) % len(keys)]])
-        held = {slot.model_key for slot in self.slots.values()}
-        for key in keys:
-            if key in held:
-                continue
-            idle = [s for s in self.slots.values() if s.busy is None and s.model_key not in wanted]
-            if not idle:
-                break
-            slot = idle[0]
-            ray.kill(slot.handle)
-            del self.slots[slot.label]
-            self._new_slot(self._model_specs[key], slot.label)
-            held.add(key)
+        """Own actors: start them, reload idle ones for missing model sets. Pooled: join
+        the pool, withdraw requests of ended jobs (farm.pool)."""
+        self.source.prepare()
 
     # ------------------------------------------------------------------ dispatch
     def _frame_pixels(self, job: RenderJob, index: int) -> np.ndarray:
@@ -204,15 +177,13 @@ class RenderSession:
             older=pixels.get(needs.older), older_motions=needs.older_motions)
 
     def _dispatch(self) -> None:
-        for slot in list(self.slots.values()):
-            if slot.busy is not None:
-                continue
-            task = self.scheduler.next_for(slot.label, slot.model_key, slot.incarnation)
-            if task is None:
-                continue
+        # a shared pool's actors serve several drivers: each frame brings this driver's board
+        board = (self._board,) if self.source.board_per_call else ()
+        for task, slot in self.source.assign():
             job = self.jobs[task.job]
             inputs = self._inputs_for(job, task)
-            ref = slot.handle.render.options(name=task.name).remote(task.job, task.frame, job.plan.animation, inputs)
+            ref = slot.handle.render.options(name=task.name).remote(task.job, task.frame, job.plan.animation, inputs,
+                                                                    *board)
             slot.busy = ref
             self.inflight[ref] = (task, slot.label, time.monotonic())
             self.progress[(task.job, task.frame.index)] = {"step": 0, "steps": task.frame.render.sampler.steps
@@ -231,20 +202,21 @@ class RenderSession:
         try:
             pixels, stats = ray.get(ref)
         except TaskCancelledError:
+            self._call_ended(slot)
             self.scheduler.abandoned(task)
             return
         except RayActorError as error:
             life = slot.incarnation if slot is not None else label
             self.scheduler.failed(task, label, f"actor died ({one_line(error)})", life)
-            if slot is not None:
-                slot.lives += 1
-            self._replace_if_dead(label)
+            self._call_ended(slot, crashed=True)
             self._record_error(job, task, label, f"actor died ({one_line(error)})")
             return
         except RayTaskError as error:
             self.scheduler.failed(task, label, one_line(error), slot.incarnation if slot is not None else label)
+            self._call_ended(slot)
             self._record_error(job, task, label, one_line(error))
             return
+        self._call_ended(slot)
         if self.scheduler.jobs[task.job].cancelled:
             return
         frame = task.frame
@@ -306,27 +278,12 @@ class RenderSession:
         job.errors.append({"index": task.frame.index, "actor": label, "message": message})
         self._write_status(job, force=True)
 
-    def _replace_if_dead(self, label: str) -> None:
-        """After a crash: ping the actor (Ray restarts it, reloading models); it takes no
-        work until the ping answers. A permanently dead actor is replaced by a new one."""
-        slot = self.slots.get(label)
-        if slot is None:
-            return
-        ping = slot.handle.info.remote()
-        slot.busy = ping
-        self.pings[ping] = label
-
-    def _collect_ping(self, ref) -> None:
-        label = self.pings.pop(ref)
-        slot = self.slots.get(label)
-        if slot is None or slot.busy is not ref:
-            return
-        slot.busy = None
-        try:
-            ray.get(ref)
-        except RayActorError:
-            del self.slots[label]
-            self._new_slot(slot.models, label).lives = slot.lives
+    def _call_ended(self, slot: Slot | None, crashed: bool = False) -> None:
+        """A render call ended: own actors are pinged after a crash (Ray restarts them,
+        reloading models; a permanently dead one is replaced); a leased one goes back to
+        the pool with this driver's next request."""
+        if slot is not None:
+            self.source.ended(slot, crashed)
 
     # ------------------------------------------------------------------ watching
     def _poll_progress(self) -> None:
@@ -392,24 +349,20 @@ class RenderSession:
                     break
                 self._ensure_actors()
                 self._dispatch()
-                if not self.inflight and self.pings:
-                    ready, _ = ray.wait(list(self.pings), num_returns=1, timeout=self.poll_seconds)
-                    for ref in ready:
-                        self._collect_ping(ref)
-                    continue
-                if not self.inflight:
-                    self.scheduler.check_starvation({s.label: (s.model_key, s.incarnation) for s in self.slots.values()})
+                waiting = self.source.waitables()  # pinged restarted actors, or requests to the pool
+                if not self.inflight and not waiting:
+                    self.scheduler.check_starvation(self.source.live_actors())
                     if not self.scheduler.has_ready() and not self.scheduler.all_finished:
                         for job_state in self.scheduler.jobs.values():
                             if not job_state.finished:
                                 self.scheduler._fail_job(job_state, "no frame can start (dependency lost)")
                     continue
-                ready, _ = ray.wait([*self.inflight, *self.pings], num_returns=1, timeout=self.poll_seconds)
+                ready, _ = ray.wait([*self.inflight, *waiting], num_returns=1, timeout=self.poll_seconds)
                 for ref in ready:
-                    if ref in self.pings:
-                        self._collect_ping(ref)
-                    else:
+                    if ref in self.inflight:
                         self._collect(ref)
+                    else:
+                        self.source.answered(ref)
                 self._cancel_failed_jobs()
                 self._poll_progress()
                 self._check_stalls()
@@ -419,12 +372,13 @@ class RenderSession:
                     farm_metrics()["queue_depth"].set(len(state.remaining) + len(state.running), {"scene": job.plan.name})
                 if self.on_update:
                     self.on_update(self)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`farm cancel`: Ray stops the job)
             for ref in list(self.inflight):
                 ray.cancel(ref)
             for job in self.jobs.values():
                 self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
             raise
+        self.source.flush()  # leased actors go back before the videos are made
         results = {}
         for job in self.jobs.values():
             results[job.job_id] = self._finish(job)
@@ -448,13 +402,13 @@ class RenderSession:
             else:
                 job.out.contact_sheet(list(entries.values()))
                 extra["contact_sheet"] = "contact_sheet.png"
+        job.out.fold_manifest()  # a URI's manifest.d/ objects into manifest.jsonl
         self._write_status(job, force=True, extra=extra)
         return state.state
 
     def shutdown(self) -> None:
-        for slot in self.slots.values():
-            ray.kill(slot.handle)
-        self.slots.clear()
+        """Own actors are stopped; leased ones go back to the pool (frames in flight cancelled)."""
+        self.source.shutdown()
         ray.kill(self._board)
 
 
@@ -465,7 +419,8 @@ def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = 
     settings = plan.animation
     codec = {"mp4": "h264", "webm": "webm", "gif": "gif"}[settings.video_format]
     name = name or f"video.{settings.video_format}"
-    frames = [out.path(entries[i].file) for i in sorted(entries)]
-    stitch(frames, out.path(name), fps=settings.fps, crf=settings.video_crf, codec=codec,
-           blend=min(settings.video_blend, 0.99))
+    # ffmpeg needs local files: a URI's frames are copied to a temporary folder, the video uploaded
+    with out.local_files([entries[i].file for i in sorted(entries)]) as frames, out.local_target(name) as target:
+        stitch(frames, target, fps=settings.fps, crf=settings.video_crf, codec=codec,
+               blend=min(settings.video_blend, 0.99))
     return name

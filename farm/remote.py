@@ -4,8 +4,11 @@
 (init image, image prompts, input video) into a small working directory, submits
 `python -m farm.cli submit scene.yaml --in-cluster --out OUT` as a Ray job, prints the job
 id and the dashboard URL, and follows the job's log unless --detach. The job's driver runs
-on the cluster (farm.submit, connecting with address="auto"); outputs go to OUT on the
-head node (a shared path in a real cluster), recorded in the job's metadata for
+on the cluster (farm.submit, connecting with address="auto") and leases actors from the
+cluster's shared pool (farm.pool: one priority queue for all jobs; `farm cancel` stops the
+job with SIGTERM, which gives its actors back); outputs go to OUT on the
+head node (a shared path in a real cluster) or, written directly by the job's driver, to an
+fsspec URI (s3://, gs://...: passed through untouched), recorded in the job's metadata for
 `farm fetch`. Ray's token auth is used as Ray configures it (RAY_AUTH_MODE=token and
 ~/.ray/auth_token); nothing here turns it off.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import posixpath
 import shutil
 import sys
 import tempfile
@@ -239,36 +243,53 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    """Copy a job's output folder (a path shared with this machine, or an fsspec URI) to DIR."""
+    """Copy a job's output folder (a path shared with this machine, or an fsspec URI) to DIR;
+    JOB may also be the URI itself (no cluster needed)."""
+    from farm.storage import is_uri
+
+    if is_uri(args.job):
+        source = args.job
+    else:
+        jobs = client(_need_address(args))
+        info = _job_info(jobs, args.job)
+        source = (info.metadata or {}).get("out")
+        if not source:
+            raise RemoteError(f"job {args.job} has no output folder recorded")
+    target = Path(args.dir)
+    count = fetch_outputs(source, target)
+    print(f"fetched {count} files into {target}")
+    return 0
+
+
+def fetch_outputs(source: str, target: Path) -> int:
+    """Copy every file of an output folder or URI (hidden top-level names left out) into
+    `target`; returns how many files were copied."""
     import fsspec
 
-    jobs = client(_need_address(args))
-    info = _job_info(jobs, args.job)
-    source = (info.metadata or {}).get("out")
-    if not source:
-        raise RemoteError(f"job {args.job} has no output folder recorded")
-    source = os.path.expanduser(source) if "://" not in source else source
-    try:
-        fs, root = fsspec.core.url_to_fs(source)
-    except (ImportError, ValueError) as error:
-        raise RemoteError(f"cannot open {source}: {error}") from None
+    from farm.storage import OutputLocationError, is_uri, open_filesystem
+
+    if is_uri(source):
+        try:
+            fs, root = open_filesystem(source)
+        except OutputLocationError as error:
+            raise RemoteError(f"cannot open {error}") from None
+    else:
+        fs, root = fsspec.core.url_to_fs(os.path.expanduser(source))
     if not fs.exists(root):
         raise RemoteError(
             f"the output folder {source} is not reachable from here: use a shared path or an object-store URI "
-            f"for --out, or copy it with: ray rsync-down cluster.yaml {source} {args.dir}")
-    target = Path(args.dir)
+            f"for --out, or copy it with: ray rsync-down cluster.yaml {source} {target}")
     target.mkdir(parents=True, exist_ok=True)
     count = 0
     for path in fs.find(root):
-        relative = os.path.relpath(path, root)
-        if relative.startswith("..") or relative.split(os.sep)[0].startswith("."):
+        relative = posixpath.relpath(path, root)
+        if relative.startswith("..") or relative.split("/")[0].startswith("."):
             continue
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fs.get(path, str(destination))
+        fs.get_file(path, str(destination))
         count += 1
-    print(f"fetched {count} files into {target}")
-    return 0
+    return count
 
 
 def _need_address(args) -> str:

@@ -136,6 +136,38 @@ class Scheduler:
             heapq.heappush(self._ready, entry)
         return chosen
 
+    def next_task(self) -> Task | None:
+        """The best ready task, for any actor (a shared pool picks the actor later; see
+        `exclusions`). It counts as running from now on."""
+        while self._ready:
+            _, job_id, index = heapq.heappop(self._ready)
+            self._queued.discard((job_id, index))
+            job = self.jobs[job_id]
+            if index in job.remaining and index not in job.running:
+                job.running.add(index)
+                return Task(job_id, job.plan.frames[index])
+        return None
+
+    def exclusions(self, task: Task) -> tuple[frozenset[str], frozenset[str]]:
+        """(actors blocklisted for the task's job, actor lives that already failed this frame)."""
+        job = self.jobs[task.job]
+        blocked = frozenset(a for a, n in job.actor_failures.items() if n >= self.max_actor_failures)
+        return blocked, frozenset(job.frame_failures.get(task.frame.index, {}))
+
+    def allowed(self, task: Task, actor_id: str, incarnation: str | None = None) -> bool:
+        """Whether this actor (this life of it) may still run the task."""
+        blocked, tried = self.exclusions(task)
+        return actor_id not in blocked and (incarnation or actor_id) not in tried
+
+    def unschedulable(self, task: Task, detail: str) -> None:
+        """No actor may ever take this task (a shared pool said so): fail its job."""
+        job = self.jobs[task.job]
+        job.running.discard(task.frame.index)
+        if job.cancelled or job.error:
+            return
+        tried = "; ".join(f"{a}: {e}" for a, e in job.frame_failures.get(task.frame.index, {}).items())
+        self._fail_job(job, f"{task.frame.task_name}: no actor left to try it ({tried or detail})")
+
     def waiting_model_keys(self) -> set[str]:
         """Model sets that ready tasks need (for reloading idle actors)."""
         keys = set()

@@ -13,6 +13,7 @@ import yaml
 from farm.output import OutputFolder
 from farm.plan import resolve
 from farm.scene import Scene, load_scene
+from farm.storage import is_uri, join_location
 
 
 class SubmitError(ValueError):
@@ -24,32 +25,34 @@ def default_out_dir(scene: Scene, base: Path = Path("renders")) -> Path:
     return base / scene["name"] / stamp
 
 
-def recorded_seed(out: Path) -> int | None:
-    """The seed an earlier, interrupted run in this folder chose (for resuming 'random')."""
+def recorded_seed(out: Path | str | OutputFolder) -> int | None:
+    """The seed an earlier, interrupted run in this folder (or at this URI) chose (for resuming 'random')."""
+    folder = out if isinstance(out, OutputFolder) else OutputFolder(out)
+    text = folder.read_text("scene.yaml")
     try:
-        data = yaml.safe_load((out / "scene.yaml").read_text())
-    except (FileNotFoundError, yaml.YAMLError):
+        data = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
         return None
     seed = data.get("seed") if isinstance(data, dict) else None
     return seed if isinstance(seed, int) else None
 
 
-def prepare_job(scene_path: str, out: Path | None, overrides: dict, frames: range | None = None):
-    """Load and resolve a scene, choose (or reuse) its output folder, write scene.yaml and plan.json."""
+def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames: range | None = None):
+    """Load and resolve a scene, choose (or reuse) its output folder (a path or a URI),
+    write scene.yaml and plan.json."""
     from farm.driver import JobInputs
 
     scene = load_scene(scene_path, overrides=overrides)
-    out = Path(out) if out else default_out_dir(scene)
-    if scene.seed_was_random and (seed := recorded_seed(out)) is not None:
+    folder = OutputFolder(out if is_uri(out) else Path(out) if out else default_out_dir(scene))
+    if scene.seed_was_random and (seed := recorded_seed(folder)) is not None:
         scene = load_scene(scene_path, overrides={**overrides, "seed": seed})
-    folder = OutputFolder(out)
     folder.prepare()
     inputs = JobInputs()
     video_frames = None
     if scene["animation_mode"] == "Video Input":
         from animation.video import extract_frames
 
-        frames_dir = folder.path(".video-frames")
+        frames_dir = folder.scratch(".video-frames")
         width, height = scene["width_height"]
         extracted = extract_frames(scene["video_init_path"], frames_dir, every_nth=1, size=(width, height))
         video_frames = len(extracted)
@@ -159,9 +162,11 @@ def submit_local(args) -> int:
             from farm.plan import frame_count
 
             frames = _parse_range(args.frames, frame_count(scene_probe))
-        out = Path(os.path.expanduser(args.out)) if args.out else None
+        out = None
+        if args.out:
+            out = args.out if is_uri(args.out) else Path(os.path.expanduser(args.out))
         if out is not None and len(args.scenes) > 1:
-            out = out / scene_probe["name"]
+            out = join_location(out, scene_probe["name"])
         scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
         priority = args.priority if args.priority is not None else scene["priority"]
         job_id = plan.name if plan.name not in {j[0].job_id for j in jobs} else f"{plan.name}-{len(jobs)}"
@@ -177,8 +182,13 @@ def submit_local(args) -> int:
 
     count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
     bars = _Bars()
+    # a cluster job leases actors from the cluster's shared pool (farm.pool): one queue, by
+    # priority, for all separately submitted jobs; the embedded local Ray has its own actors
+    from farm.pool import POOL_NAME
+
+    pool = POOL_NAME if getattr(args, "in_cluster", False) else None
     session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
-                            on_update=bars)
+                            on_update=bars, pool=pool)
     for job, frames in jobs:
         session.add(job, only=frames)
         if job.reused:
@@ -203,9 +213,9 @@ def submit_local(args) -> int:
             continue
         kind = "frames" if plan.is_animation else "images"
         prefix = f"{job.job_id}: " if len(jobs) > 1 else ""
-        print(f"{prefix}{kind}: {folder.path(kind)}")
+        print(f"{prefix}{kind}: {folder.url(kind)}")
         if status.get("video"):
-            print(f"{prefix}video: {folder.path(status['video'])}")
+            print(f"{prefix}video: {folder.url(status['video'])}")
         if status.get("contact_sheet"):
-            print(f"{prefix}contact sheet: {folder.path(status['contact_sheet'])}")
+            print(f"{prefix}contact sheet: {folder.url(status['contact_sheet'])}")
     return 1 if failed else 0

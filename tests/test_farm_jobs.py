@@ -85,7 +85,7 @@ def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM the process group (the head and every Ray process it started), then SIGKILL."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
     except ProcessLookupError:
