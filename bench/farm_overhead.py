@@ -123,7 +123,7 @@ def farm_run(plan, out_dir: Path, case: OverheadCase) -> dict[str, Any]:
     try:
         warm_plan = dataclasses.replace(plan, frames=plan.frames[:1])
         session.add(RenderJob("warm-up", warm_plan, OutputFolder(out_dir / "warm-up")))
-        session._ensure_actors()  # start the actor pool now, to time its start-up apart
+        session.start_actors()  # start the actor pool now, to time its start-up apart
         ray.get([slot.handle.info.remote() for slot in session.slots.values()])
         actor_ready = time.perf_counter()
         session.run()

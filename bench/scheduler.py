@@ -192,7 +192,7 @@ def segment_speedup(w: Workload, log=print) -> dict[str, Any]:
             name = plan.name
             session.add(RenderJob(name, plan, OutputFolder(work / name)))
             if k == 1:
-                session._ensure_actors()
+                session.start_actors()
                 ray.get([slot.handle.info.remote() for slot in session.slots.values()])
             started = time.perf_counter()
             results = session.run()
@@ -240,7 +240,7 @@ def run(workload: Workload | None = None, log=print) -> dict[str, Any]:
         try:
             jobs = {name: session.add(RenderJob(name, plan, OutputFolder(work / name)))
                     for name, plan in plans.items()}
-            session._ensure_actors()  # start the pool before the clock starts
+            session.start_actors()  # start the pool before the clock starts
             ray.get([slot.handle.info.remote() for slot in session.slots.values()])
             actors_ready = time.perf_counter()
             results = session.run()

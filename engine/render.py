@@ -168,6 +168,8 @@ def out_of_memory_message(spec: RenderSpec) -> str:
     advice = "lower width_height or cutn_batches, or use fewer/smaller CLIP models"
     if not m.use_secondary_model:
         advice += ", or set use_secondary_model true"
+        if not m.use_checkpoint:  # the full-UNet path keeps the UNet's activations for its backward
+            advice += " or use_checkpoint true"
     return (
         f"out of GPU memory rendering {spec.width}x{spec.height} with cutn_batches={g.cutn_batches}, "
         f"{len(m.clip_models)} CLIP model(s) ({', '.join(m.clip_models)}), "

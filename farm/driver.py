@@ -140,9 +140,10 @@ class RenderSession:
                 ray.cancel(ref)
 
     # ------------------------------------------------------------------ actors
-    def _ensure_actors(self) -> None:
+    def start_actors(self) -> None:
         """Own actors: start them, reload idle ones for missing model sets. Pooled: join
-        the pool, withdraw requests of ended jobs (farm.pool)."""
+        the pool, withdraw requests of ended jobs (farm.pool). `run` does this itself;
+        call it first to have the actors' start-up over before the frames (benchmarks)."""
         self.source.prepare()
 
     # ------------------------------------------------------------------ dispatch
@@ -347,7 +348,7 @@ class RenderSession:
                 self._compose_seams()
                 if self.scheduler.all_finished:
                     break
-                self._ensure_actors()
+                self.start_actors()
                 self._dispatch()
                 waiting = self.source.waitables()  # pinged restarted actors, or requests to the pool
                 if not self.inflight and not waiting:

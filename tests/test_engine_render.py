@@ -373,7 +373,7 @@ def test_out_of_memory_becomes_an_engine_error_naming_the_settings(full_renderer
     with pytest.raises(EngineOutOfMemory) as info:
         full_renderer.render(make_spec())
     message = str(info.value)
-    for setting in ("width_height", "cutn_batches", "CLIP", "use_secondary_model"):
+    for setting in ("width_height", "cutn_batches", "CLIP", "use_secondary_model", "use_checkpoint"):
         assert setting in message
 
 
