@@ -276,6 +276,12 @@ class FsspecStore:
                 self.fs.rm(keys)
             except FileNotFoundError:
                 pass
+        # filesystems with real folders (file://, sftp) keep an emptied folder: drop it
+        for folder in {posixpath.dirname(key) for key in keys} - {self.root}:
+            with contextlib.suppress(OSError, NotImplementedError):
+                self.fs.invalidate_cache(folder)
+                if not self.fs.ls(folder):
+                    self.fs.rmdir(folder)
 
     @contextlib.contextmanager
     def local_files(self, relatives: list[str]) -> Iterator[list[Path]]:
