@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", remote.cmd_cancel, "stop a cluster job (finished frames are kept)"),
         ("list", remote.cmd_list, "Disco Farm jobs on a cluster"),
         ("fetch", remote.cmd_fetch, "copy a cluster job's outputs to a folder"),
+        ("queue", remote.cmd_queue, "the cluster's shared actor pool: actors, and jobs waiting in grant order"),
     ):
         p = sub.add_parser(name, help=helptext)
         if name in ("status",):
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "fetch":
             p.add_argument("job", metavar="JOB", help="a cluster job, or the URI a render wrote to (s3://..., "
                            "gs://...; no cluster needed)")
-        elif name != "list":
+        elif name not in ("list", "queue"):
             p.add_argument("job", metavar="JOB")
         if name == "logs":
             p.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")

@@ -472,6 +472,36 @@ def stop_pool(name: str = POOL_NAME, namespace: str = POOL_NAMESPACE) -> bool:
     return True
 
 
+def describe_pool(snapshot: dict) -> list[str]:
+    """`farm queue`'s lines for a `FarmPool.snapshot()`: actors, then jobs in grant order."""
+    actors, jobs = snapshot.get("actors", {}), snapshot.get("jobs", {})
+    waiting: dict[str, int] = {}
+    for job, _ in snapshot.get("pending", []):
+        waiting[job] = waiting.get(job, 0) + 1
+    lines = [f"shared pool: {len(actors)} actor(s) of {snapshot.get('size', '?')}"]
+    for label in sorted(actors):
+        actor = actors[label]
+        state = "checking" if actor["checking"] else (f"rendering for {actor['job']}" if actor["job"] else "idle")
+        lines.append(f"  {label}  lives {actor['lives']}  {state}  models {actor['model_key']}")
+    order = list(dict.fromkeys([job for job, _ in snapshot.get("pending", [])] + sorted(jobs)))
+    lines.append("jobs (grant order):" if order else "no jobs")
+    for job in order:
+        lines.append(f"  {job}  priority {jobs.get(job, '?')}  waiting frames {waiting.get(job, 0)}")
+    return lines
+
+
+def show_pool(name: str = POOL_NAME, namespace: str = POOL_NAMESPACE) -> int:
+    """Print the running cluster's pool (`python -m farm.pool`, run as a job by `farm queue`)."""
+    ray.init(address="auto", namespace=namespace, logging_level="ERROR", log_to_driver=False)
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        print("no shared pool on this cluster yet (the first `farm submit --address` job starts it)")
+        return 0
+    print("\n".join(describe_pool(ray.get(handle.snapshot.remote(), timeout=30))))
+    return 0
+
+
 # ---------------------------------------------------------------------------- actor sources
 class OwnedActors:
     """The session's own RenderActors (the embedded local default)."""
@@ -707,3 +737,7 @@ class PooledActors:
         except (RayActorError, ray.exceptions.GetTimeoutError):
             pass  # the pool notices this driver's end by itself
         self.session.slots.clear()
+
+
+if __name__ == "__main__":
+    raise SystemExit(show_pool())

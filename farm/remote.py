@@ -29,6 +29,8 @@ import yaml
 from farm.scene import Scene, load_scene
 
 APP_TAG = "disco-farm"
+QUERY_TAG = "disco-farm-query"  # short read-only jobs (farm queue); not listed by farm list
+QUERY_SECONDS = 60
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 SUBMIT_RETRY_SECONDS = 120
 
@@ -239,6 +241,23 @@ def cmd_cancel(args) -> int:
     jobs.stop_job(args.job)
     status = wait_terminal(jobs, args.job, timeout=30)
     print(f"job {args.job}: {status}; finished frames are kept")
+    return 0
+
+
+def cmd_queue(args) -> int:
+    """The cluster's shared pool: read by a short job (`python -m farm.pool`) on the cluster."""
+    jobs = client(_need_address(args))
+    try:
+        job_id = jobs.submit_job(entrypoint="python -m farm.pool", metadata={"app": QUERY_TAG},
+                                 runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+    except Exception as error:
+        raise RemoteError(f"cannot ask the cluster: {' '.join(str(error).split())[:300]}") from None
+    status = wait_terminal(jobs, job_id, timeout=QUERY_SECONDS)
+    logs = jobs.get_job_logs(job_id)
+    if status != "SUCCEEDED":
+        last = next((line for line in reversed(logs.splitlines()) if line.strip()), "no output")
+        raise RemoteError(f"reading the pool failed ({status}): {last[:300]}")
+    sys.stdout.write(logs)
     return 0
 
 

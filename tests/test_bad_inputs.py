@@ -419,6 +419,7 @@ ARGUMENT_CASES = [
     ("submit-set-bad", ["submit", "{good}", "--out", "{out}", "--set", "eta=7"], "above the maximum 1", "eta"),
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),
     ("validate-dev-zero", ["validate", "/dev/zero"], "larger than 4 MiB", "/dev/zero"),  # read bounded, not forever
+    ("queue-no-address", ["queue"], "no cluster address: pass --address", "--address"),
     ("unknown-command", ["frobnicate"], "invalid choice: 'frobnicate'", "frobnicate"),
     ("unknown-global-flag", ["--frobnicate", "validate", "{good}"], "unrecognized arguments: --frobnicate",
      "--frobnicate"),

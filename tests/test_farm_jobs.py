@@ -140,6 +140,13 @@ def test_submit_status_logs_list_fetch(cluster, capsys, tmp_path):
     assert (fetched / "images" / "000000.png").read_bytes() == (out / "images" / "000000.png").read_bytes()
     assert (fetched / "manifest.jsonl").exists()
 
+    # the job's driver leased its actor from the cluster's shared pool, which outlives it
+    code, stdout, err = run(capsys, "queue", "--address", cluster["address"])
+    assert code == 0, err
+    assert "shared pool: 1 actor(s)" in stdout and "actor-0  lives 0  idle" in stdout
+    code, stdout, _ = run(capsys, "list", "--address", cluster["address"])
+    assert "SUCCEEDED" in stdout and stdout.count("\n") == 1  # the queue query is not a render job
+
 
 def test_unknown_job_and_unreachable_cluster_are_one_line_errors(cluster, capsys):
     code, _, err = run(capsys, "status", "nope", "--address", cluster["address"])

@@ -316,3 +316,22 @@ def test_a_pooled_actor_crash_is_retried_and_a_frame_no_actor_may_take_fails_its
     status = OutputFolder(tmp_path / "bad").read_json("status.json")
     assert f"image-000000: no actor left to try it (actor-0#{lives + 1}:" in status["error"]
     assert len(status["errors"]) == 1
+
+
+def test_describe_pool_lists_actors_then_jobs_in_grant_order():
+    from farm.pool import describe_pool
+
+    snapshot = {
+        "size": 2,
+        "actors": {"actor-1": {"model_key": "tiny|tiny-vit::random", "lives": 1, "job": None, "checking": False},
+                   "actor-0": {"model_key": "tiny|tiny-vit::random", "lives": 0, "job": "d1/low", "checking": False}},
+        "jobs": {"d1/low": 0, "d2/high": 5},
+        "pending": [("d2/high", "r3"), ("d2/high", "r4"), ("d1/low", "r5")],
+    }
+    lines = describe_pool(snapshot)
+    assert lines[0] == "shared pool: 2 actor(s) of 2"
+    assert lines[1].startswith("  actor-0  lives 0  rendering for d1/low")
+    assert lines[2].startswith("  actor-1  lives 1  idle")
+    assert lines[3:] == ["jobs (grant order):", "  d2/high  priority 5  waiting frames 2",
+                         "  d1/low  priority 0  waiting frames 1"]
+    assert describe_pool({"size": 1, "actors": {}, "jobs": {}, "pending": []})[-1] == "no jobs"
