@@ -118,7 +118,7 @@ def chaos(scale: int = 1, actors: int = 3, seed: int = 0) -> dict:
     """Reference run, then the same workload under faults; returns a summary."""
     root = Path(tempfile.mkdtemp(prefix="disco-farm-chaos-"))
     os.environ.setdefault("RAY_TMPDIR", str(root / "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(actors + 1)]
     ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     try:

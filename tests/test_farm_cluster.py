@@ -18,8 +18,9 @@ from tests.test_farm_local import STILLS
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("raytmp"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    # two GPU nodes: the head and one worker (the one removed; each node start costs ~20 s here)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1)]
     ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     cluster.wait_for_nodes()
     yield cluster, workers
@@ -32,13 +33,13 @@ def test_losing_a_worker_node_loses_no_frame(cluster, tmp_path):
     cluster_, workers = cluster
     removed = []
 
-    def remove_a_node(session):
-        if removed or not session.completed:
+    worker = workers[0]
+
+    def remove_a_node(session):  # once the worker node has finished a frame
+        if removed or not any(session.actor_nodes.get(label) == worker.node_id for _, _, label in session.completed):
             return
-        node_id = session.actor_nodes[session.completed[0][2]]
-        node = next(w for w in workers if w.node_id == node_id)
-        cluster_.remove_node(node)
-        removed.append((node_id, len(session.completed)))
+        cluster_.remove_node(worker)
+        removed.append((worker.node_id, len(session.completed)))
 
     plan = resolve(parse_scene(STILLS.replace("n_batches: 4", "n_batches: 6")))
     session = RenderSession(actors=2, gpus_per_actor=1, cpus_per_actor=1, threads=1, poll_seconds=0.05,
@@ -53,6 +54,6 @@ def test_losing_a_worker_node_loses_no_frame(cluster, tmp_path):
     assert len(set(session.actor_nodes.values())) == 2  # both GPUs' nodes rendered
     manifest = OutputFolder(tmp_path).manifest()
     assert sorted(e.index for e in manifest) == list(range(6))
-    survivor = next(w.node_id for w in workers if w.node_id != removed[0][0])
+    survivor = cluster_.head_node.node_id
     late = [label for _, _, label in session.completed[removed[0][1] + 1:]]
     assert all(session.actor_nodes[label] == survivor for label in late if label in session.actor_nodes) or late == []
