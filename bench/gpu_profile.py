@@ -47,23 +47,6 @@ VARIANTS = (
 )
 
 
-def set_variant(model_set, channels_last: bool, half_norms: bool, compiled: bool) -> None:
-    """Switch a loaded CUDA ModelSet's UNet between the layouts/norms/compilation compared here."""
-    import functools
-
-    import torch
-
-    from engine.unet import set_group_norm_precision, unet_forward
-
-    unet = model_set.unet
-    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    model_set.channels_last = channels_last
-    set_group_norm_precision(unet, half_norms)
-    model_set.half_group_norms = half_norms
-    model_set.compiled_unet_forward = (
-        torch.compile(functools.partial(unet_forward, unet), dynamic=False) if compiled else None)
-
-
 def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device: str = "cuda",
                    tables: bool = True, variants: bool = True, on_result=lambda rows: None) -> list[dict]:
     import torch
@@ -106,7 +89,8 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
         for name, channels_last, half_norms, compiled in VARIANTS:
             if device != "cuda" and compiled:
                 continue
-            set_variant(renderer.models, channels_last and device == "cuda", half_norms, compiled)
+            renderer.models.configure_unet(channels_last=channels_last and device == "cuda",
+                                           half_group_norms=half_norms, compile_unet=compiled)
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)
             sync()
@@ -121,7 +105,6 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
             on_result(results)  # written as measured: a time limit keeps what was done
             log(f"  {label} | {name:48s}: {seconds:.3f} s/step (warm-up {warm_up:.1f} s"
                 + (f", peak {peak:.2f} GiB)" if peak is not None else ")"))
-        set_variant(renderer.models, device == "cuda", device == "cuda", False)
     del renderer
     if device == "cuda":
         torch.cuda.empty_cache()

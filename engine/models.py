@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from engine import tiny
+from engine.catalogue import VGG16
 from engine.errors import EngineError, EngineOutOfMemory, ModelFileMissing, UnknownModelName
 from engine.spec import ModelSetSpec
 
@@ -30,7 +31,7 @@ from engine.unet import set_group_norm_precision, unet_forward  # noqa: E402  (a
 
 log = logging.getLogger(__name__)
 
-VGG16_FILENAME = "vgg16-397923af.pth"
+VGG16_FILENAME = VGG16.filename
 """torchvision's VGG16 ImageNet weights, LPIPS' backbone (looked up locally only)."""
 
 CLIP_MEAN_DEFAULT = (0.48145466, 0.4578275, 0.40821073)
@@ -187,6 +188,8 @@ class ModelSet:
         self.clips: dict[str, LoadedClip] = {}
         try:
             self.unet = self._load_unet()
+            self.configure_unet(channels_last=self.channels_last, half_group_norms=self.half_group_norms,
+                                compile_unet=self.compile_unet)
             self.secondary = self._load_secondary() if spec.use_secondary_model else None
             for name in spec.clip_models:
                 if name in self.clips:
@@ -277,13 +280,16 @@ class ModelSet:
         unet.requires_grad_(False).eval().to(self.device)
         if self.half_precision:
             unet.convert_to_fp16()
-        if self.channels_last:
-            unet.to(memory_format=torch.channels_last)
-        if self.half_group_norms:
-            set_group_norm_precision(unet, True)
-        self.compiled_unet_forward = (
-            torch.compile(functools.partial(unet_forward, unet), dynamic=False) if self.compile_unet else None)
         return unet
+
+    def configure_unet(self, *, channels_last: bool, half_group_norms: bool, compile_unet: bool) -> None:
+        """The loaded UNet's memory layout, group-norm precision and compilation (CUDA
+        speed options; benchmarks switch them on one loaded set to compare)."""
+        self.channels_last, self.half_group_norms, self.compile_unet = channels_last, half_group_norms, compile_unet
+        self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        set_group_norm_precision(self.unet, half_group_norms)
+        self.compiled_unet_forward = (
+            torch.compile(functools.partial(unet_forward, self.unet), dynamic=False) if compile_unet else None)
 
     def schedule(self, steps: int) -> DiffusionSchedule:
         """The sampler coefficients for ``steps`` (cached per steps value)."""

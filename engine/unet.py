@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 from guided_diffusion.nn import GroupNorm32
-from guided_diffusion.unet import AttentionBlock, TimestepBlock
+from guided_diffusion.unet import AttentionBlock, QKVAttention, TimestepBlock
 from torch.utils.checkpoint import checkpoint
 
 
@@ -70,7 +70,7 @@ def _attention_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     batch, channels, *spatial = x.shape
     flat = x.reshape(batch, channels, -1)
     qkv = block.qkv(block.norm(flat))
-    new_order = type(block.attention).__name__ == "QKVAttention"
+    new_order = isinstance(block.attention, QKVAttention)
     h = block.proj_out(fused_attention(qkv, block.attention.n_heads, new_order))
     return (flat + h).reshape(batch, channels, *spatial)
 
@@ -111,21 +111,26 @@ def unet_forward(model: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tenso
     return model.out(h)
 
 
-def group_norm_in_input_dtype(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """``GroupNorm32(x)`` without the fp32 round trip (statistics still accumulate in fp32)."""
-    weight = norm.weight.to(x.dtype) if norm.weight is not None else None
-    bias = norm.bias.to(x.dtype) if norm.bias is not None else None
-    return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
+def group_norm_in_input_dtype(norm: torch.nn.GroupNorm, x: torch.Tensor,
+                              params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``GroupNorm32(x)`` without the fp32 round trip (statistics still accumulate in fp32).
+    ``params``: the norm's (weight, bias) already cast to x's dtype (done once, at set-up)."""
+    if params is None or params[0].dtype != x.dtype:
+        params = (norm.weight.to(x.dtype), norm.bias.to(x.dtype))
+    return F.group_norm(x, norm.num_groups, *params, norm.eps)
 
 
 def set_group_norm_precision(unet: torch.nn.Module, in_input_dtype: bool) -> int:
     """Make the UNet's GroupNorm32 layers normalise in their input's dtype (True) or as the
-    library does, through fp32 (False). Returns how many layers were set."""
+    library does, through fp32 (False). Their weights are cast to the UNet's dtype here,
+    once, not per call. Returns how many layers were set."""
     count = 0
     for module in unet.modules():
         if isinstance(module, GroupNorm32):
             if in_input_dtype:
-                module.forward = functools.partial(group_norm_in_input_dtype, module)
+                dtype = getattr(unet, "dtype", module.weight.dtype)
+                params = (module.weight.detach().to(dtype), module.bias.detach().to(dtype))
+                module.forward = functools.partial(group_norm_in_input_dtype, module, params=params)
             else:
                 module.__dict__.pop("forward", None)
             count += 1
