@@ -77,16 +77,9 @@ class RenderSession:
         `pool`: lease actors from the cluster's shared pool of that name (farm.pool,
         for separately submitted jobs) instead of starting our own; the actor settings
         (or `pool_config`) apply if this session is the one that creates it."""
-        self.actor_count = actors
-        self.gpus_per_actor = gpus_per_actor
-        self.cpus_per_actor = cpus_per_actor
-        self.device = device
-        self.threads = threads
         self.stall_seconds = stall_seconds
         self.poll_seconds = poll_seconds
-        self.max_restarts = max_restarts
         self.on_update = on_update
-        self.renderer_class = renderer_class
         self.scheduler = Scheduler()
         self.jobs: dict[str, RenderJob] = {}
         self.slots: dict[str, Slot] = {}  # actors we may start frames on (own ones, or leased)
@@ -106,15 +99,11 @@ class RenderSession:
         self._board = ProgressBoard.options(
             name=self._board_name, max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
-        if pool is None:
-            self.source = OwnedActors(self, actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                                      device=device, threads=threads, max_restarts=max_restarts,
-                                      renderer_class=renderer_class, board_name=self._board_name)
-        else:
-            config = pool_config or PoolConfig(size=actors, gpus_per_actor=gpus_per_actor,
-                                               cpus_per_actor=cpus_per_actor, device=device, threads=threads,
-                                               max_restarts=max_restarts, renderer_class=renderer_class)
-            self.source = PooledActors(self, config, name=pool)
+        config = pool_config or PoolConfig(size=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                                           device=device, threads=threads, max_restarts=max_restarts,
+                                           renderer_class=renderer_class)
+        self.source = (OwnedActors(self, config, self._board_name) if pool is None
+                       else PooledActors(self, config, name=pool))
 
     # ------------------------------------------------------------------ jobs
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:

@@ -11,7 +11,6 @@ manifest.jsonl whole and only then remove the manifest.d/ objects it took in.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -147,18 +146,15 @@ class OutputFolder:
         with self.store.local_target(f"depth/{index:06d}.png") as temporary:
             save_depth_png(depth, temporary)
 
-    @contextlib.contextmanager
     def local_files(self, relatives: list[str]):
-        """Local paths of these files for tools that need files (ffmpeg): the files
-        themselves in a local folder, temporary copies for a URI."""
-        with self.store.local_files(relatives) as paths:
-            yield paths
+        """(context) Local paths of these files for tools that need files (ffmpeg): the
+        files themselves in a local folder, temporary copies for a URI."""
+        return self.store.local_files(relatives)
 
-    @contextlib.contextmanager
     def local_target(self, relative: str):
-        """A local path to write `relative` through (renamed into place, or uploaded whole)."""
-        with self.store.local_target(relative) as path:
-            yield path
+        """(context) A local path to write `relative` through (renamed into place, or
+        uploaded whole)."""
+        return self.store.local_target(relative)
 
     # -- manifest
     def append_manifest(self, entry: ManifestEntry) -> None:

@@ -58,7 +58,8 @@ class Slot:
 # ---------------------------------------------------------------------------- pure bookkeeping
 @dataclass(frozen=True)
 class PoolConfig:
-    """How the shared pool's actors are made (the first job to find the pool empty decides)."""
+    """How RenderActors are made: a session's own (`OwnedActors`), or the shared pool's
+    (the first job to find the pool empty decides; the last three fields are the pool's)."""
 
     size: int = 1
     gpus_per_actor: float = 0.0
@@ -70,6 +71,11 @@ class PoolConfig:
     check_seconds: float = 1.0  # how often drivers are checked for life and idle actors stopped
     idle_seconds: float = 600.0  # an actor unused this long is stopped (its GPU freed)
     drain_seconds: float = 600.0  # an actor that does not answer this long after a reclaim is restarted
+
+
+def driver_token(job: str) -> str:
+    """The driver part of a pool-wide job key "<driver token>/<job id>"."""
+    return job.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,14 @@ class PoolBook:
         return actions
 
 
+def _start_actor(config: PoolConfig, models, board_name: str | None, label: str):
+    """A RenderActor for `models` (`board_name`: its driver's board; None in the shared pool)."""
+    return RenderActor.options(
+        num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor, max_restarts=config.max_restarts,
+        max_task_retries=0,
+    ).remote(models, config.device, config.threads, board_name, label, config.renderer_class)
+
+
 # ---------------------------------------------------------------------------- the pool actor
 class _FarmPool:
     """The cluster's shared actor pool (detached, named); see the module docstring."""
@@ -289,7 +303,7 @@ class _FarmPool:
     async def join(self, job: str, priority: int, board) -> None:
         """Register a job; `board` (the driver's ProgressBoard) tells the pool its driver lives."""
         self._start_watchdog()
-        self.boards.setdefault(job.split("/", 1)[0], board)
+        self.boards.setdefault(driver_token(job), board)
         self.book.join(job, priority)
 
     async def acquire(self, request: SlotRequest, models, releases=()) -> dict:
@@ -353,14 +367,14 @@ class _FarmPool:
                 self._check_later(label)
 
     def _leave(self, token: str) -> None:
-        for job in [j for j in self.book.jobs if j.split("/", 1)[0] == token]:
+        for job in [j for j in self.book.jobs if driver_token(j) == token]:
             withdrawn, reclaimed = self.book.leave(job)
             for rid in withdrawn:
                 self._answer(rid, {"withdrawn": True})
             for label in reclaimed:
                 self._check_later(label)
         for rid, request in list(self.book.pending.items()):  # requests of jobs never joined
-            if request.job.split("/", 1)[0] == token:
+            if driver_token(request.job) == token:
                 self.book.withdraw([rid])
                 self._answer(rid, {"withdrawn": True})
         self.boards.pop(token, None)
@@ -381,10 +395,7 @@ class _FarmPool:
         old = self.handles.pop(label, None)
         if old is not None:
             ray.kill(old)
-        c = self.config
-        self.handles[label] = RenderActor.options(
-            num_gpus=c.gpus_per_actor, num_cpus=c.cpus_per_actor, max_restarts=c.max_restarts, max_task_retries=0,
-        ).remote(self.specs[model_key], c.device, c.threads, None, label, c.renderer_class)
+        self.handles[label] = _start_actor(self.config, self.specs[model_key], None, label)
 
     def _check_later(self, label: str) -> None:
         asyncio.get_running_loop().create_task(self._check(label))
@@ -508,13 +519,9 @@ class OwnedActors:
 
     board_per_call = False
 
-    def __init__(self, session, count: int, *, gpus_per_actor: float, cpus_per_actor: float, device: str | None,
-                 threads: int | None, max_restarts: int, renderer_class, board_name: str):
+    def __init__(self, session, config: PoolConfig, board_name: str):
         self.session = session
-        self.count = count
-        self.options = dict(num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, max_restarts=max_restarts,
-                            max_task_retries=0)
-        self.device, self.threads, self.renderer_class = device, threads, renderer_class
+        self.config = config
         self.board_name = board_name
         self.pings: dict[object, str] = {}  # restarted actors we wait to hear from
         self._next_label = 0
@@ -523,8 +530,7 @@ class OwnedActors:
         if label is None:
             label = f"actor-{self._next_label}"
             self._next_label += 1
-        handle = RenderActor.options(**self.options).remote(
-            models, self.device, self.threads, self.board_name, label, self.renderer_class)
+        handle = _start_actor(self.config, models, self.board_name, label)
         slot = Slot(label, handle, models.key, models)
         self.session.slots[label] = slot
         return slot
@@ -536,7 +542,7 @@ class OwnedActors:
         if not wanted:
             return
         keys = sorted(wanted)
-        while len(slots) < self.count:
+        while len(slots) < self.config.size:
             self._new_slot(specs[keys[len(slots) % len(keys)]])
         held = {slot.model_key for slot in slots.values()}
         for key in keys:
@@ -624,7 +630,7 @@ class PooledActors:
         self._sequence = itertools.count()
 
     def _key(self, job_id: str) -> str:
-        return f"{self.token}/{job_id}"
+        return f"{self.token}/{job_id}"  # see driver_token
 
     def prepare(self) -> None:
         """Join new jobs; withdraw the waiting requests of jobs that ended (cancelled, failed)."""
@@ -633,8 +639,11 @@ class PooledActors:
                 self.pool.join.remote(self._key(job_id), job.priority, self.session._board)
                 self.joined.add(job_id)
         states = self.session.scheduler.jobs
-        stale = [rid for rid, task in self.requests.values()
-                 if rid not in self.withdrawn and (states[task.job].cancelled or states[task.job].error)]
+        self._withdraw(lambda task: states[task.job].cancelled or states[task.job].error)
+
+    def _withdraw(self, wanted) -> None:
+        """Withdraw the waiting requests whose task is `wanted` (each at most once)."""
+        stale = [rid for rid, task in self.requests.values() if rid not in self.withdrawn and wanted(task)]
         if stale:
             self.pool.withdraw.remote(stale)
             self.withdrawn.update(stale)
@@ -716,10 +725,7 @@ class PooledActors:
         return {}  # the pool refuses a request no actor may take (see PoolBook.schedule)
 
     def cancel(self, job_id: str) -> None:
-        stale = [rid for rid, task in self.requests.values() if task.job == job_id and rid not in self.withdrawn]
-        if stale:
-            self.pool.withdraw.remote(stale)
-            self.withdrawn.update(stale)
+        self._withdraw(lambda task: task.job == job_id)
 
     def flush(self) -> None:
         releases, self.releases = self.releases, []
