@@ -66,13 +66,14 @@ class _RenderActor:
             device = "cuda" if (gpu_ids and torch.cuda.is_available()) else "cpu"
         self.device = device
         self.renderer = (renderer_class or FrameRenderer)(models, device=device, threads=threads)
+        self.abandoned: list[dict] = []  # frames stopped because their driver died (the pool reports them)
 
     def __repr__(self) -> str:
         return f"RenderActor({self.model_key} on {self.node}, {self.label})"
 
     def info(self) -> dict:
         return {"node": self.node, "device": str(self.device), "pid": os.getpid(), "label": self.label,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(), "abandoned": list(self.abandoned)}
 
     def render(self, job: str, frame, animation, inputs: FrameInputs, board=None):
         """One frame. `board`: the calling driver's ProgressBoard (shared pool actors); the
@@ -127,6 +128,9 @@ class _RenderActor:
             if now - last_sent[0] >= PROGRESS_INTERVAL_S:
                 last_sent[0] = now
                 if watch_caller and caller_gone():
+                    self.abandoned.append({"job": job, "frame": frame.index, "step": step_count[0], "steps": steps})
+                    print(f"{self.label}: stopped frame {frame.index} of {job} at step {step_count[0]}/{steps}: "
+                          "its driver is gone")
                     return True
                 report(min(step_count[0], steps), steps, repr(self))
             return context.is_canceled()

@@ -286,6 +286,7 @@ class _FarmPool:
         self.boards: dict[str, object] = {}  # driver token -> its ProgressBoard (alive while the driver is)
         self.grants: deque = deque(maxlen=2000)  # (time, job, label, request id), for inspection
         self.reclaimed: list[str] = []  # driver tokens found dead
+        self.abandoned: dict[str, list[dict]] = {}  # per actor: frames it stopped for a dead driver
         self._watchdog: asyncio.Task | None = None
 
     def __repr__(self) -> str:
@@ -342,6 +343,7 @@ class _FarmPool:
             "pending": [(r.job, r.request_id) for r in self.book.ranked()],
             "grants": list(self.grants),
             "reclaimed": list(self.reclaimed),
+            "abandoned": [dict(entry, actor=label) for label, entries in self.abandoned.items() for entry in entries],
         }
 
     async def stop(self) -> None:
@@ -408,7 +410,8 @@ class _FarmPool:
             if handle is None:
                 return
             try:
-                await asyncio.wait_for(handle.info.remote(), timeout=self.config.drain_seconds)
+                info = await asyncio.wait_for(handle.info.remote(), timeout=self.config.drain_seconds)
+                self.abandoned[label] = info.get("abandoned", [])
                 alive = True
             except asyncio.TimeoutError:
                 ray.kill(handle, no_restart=False)

@@ -1,8 +1,9 @@
 """The safe expression evaluator: what it computes and what it refuses."""
 
+import ast
 import math
 import pickle
-import time
+import tracemalloc
 
 import pytest
 
@@ -164,12 +165,16 @@ def test_refusal_reports_position():
     assert caught.value.reason == "unknown name 'foo' (allowed: t, s, pi, e, tau)"
 
 
-def test_huge_power_is_refused_quickly():
-    start = time.perf_counter()
-    for text in ("9**9**9", "9**9**9**9", "2**100000", "pow(10, 400)"):
-        with pytest.raises(ExpressionError, match="number too large"):
-            compile_expression(text)
-    assert time.perf_counter() - start < 0.5
+def test_huge_power_is_refused_without_building_a_huge_integer():
+    tracemalloc.start()
+    try:
+        for text in ("9**9**9", "9**9**9**9", "2**100000", "pow(10, 400)"):
+            with pytest.raises(ExpressionError, match="number too large"):
+                compile_expression(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # 9**9**9 as an integer would take about 150 MB
 
 
 def test_constant_errors_are_found_at_compile_time():
@@ -215,9 +220,12 @@ def test_size_limits():
     assert compile_expression("+".join(["t"] * 40))(2, 12) == 80.0
 
 
-def test_ten_thousand_frames_well_under_a_second():
+def test_evaluation_reuses_the_compiled_expression(monkeypatch):
     expression = compile_expression("1.0025 + 0.002*sin(1.25*pi*t/30) + clamp(s, 0, 2) * abs(cos(t))")
-    start = time.perf_counter()
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("an evaluation parsed the text again")
+
+    monkeypatch.setattr(ast, "parse", parse_again)
     values = [expression(t, 12.0) for t in range(10_000)]
-    assert time.perf_counter() - start < 0.5
     assert values[30] == pytest.approx(1.0025 + 0.002 * math.sin(1.25 * math.pi) + 2 * abs(math.cos(30)))
