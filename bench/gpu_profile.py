@@ -38,12 +38,12 @@ def _stage_rows(events) -> list[tuple[str, float, float, int]]:
 
 
 VARIANTS = (
-    # name, channels_last, input-dtype group norms, torch.compile
-    ("default: channels_last, input-dtype norms", True, True, False),
-    ("channels_last, library fp32 norms", True, False, False),
-    ("contiguous, input-dtype norms", False, True, False),
-    ("contiguous, library fp32 norms", False, False, False),
-    ("torch.compile, channels_last, input-dtype norms", True, True, True),
+    # name, UNet channels_last, input-dtype group norms, torch.compile, ResNet CLIPs channels_last
+    ("default: contiguous, input-dtype norms", False, True, False, False),
+    ("ResNet CLIP channels_last", False, True, False, True),
+    ("UNet channels_last", True, True, False, False),
+    ("library fp32 norms", False, False, False, False),
+    ("torch.compile", False, True, True, False),
 )
 
 
@@ -86,11 +86,12 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
     results = []
     if variants:
         timed = eb.with_steps(spec, max(steps, 4))
-        for name, channels_last, half_norms, compiled in VARIANTS:
+        for name, channels_last, half_norms, compiled, clip_channels_last in VARIANTS:
             if device != "cuda" and compiled:
                 continue
             renderer.models.configure_unet(channels_last=channels_last and device == "cuda",
                                            half_group_norms=half_norms, compile_unet=compiled)
+            renderer.models.configure_clips(channels_last=clip_channels_last)
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)
             sync()

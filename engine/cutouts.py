@@ -21,8 +21,10 @@ bicubic instead of ResizeRight's. Crop geometry comes from a host ``random.Rando
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -113,40 +115,106 @@ def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values[:, None, None, None]
 
 
-def rotate_translate(
-    images: torch.Tensor, angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor
-) -> torch.Tensor:
-    """Rotate each image about its centre and shift it (shifts in fractions of the side)."""
+def affine_grids(angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+                 mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """[N,2,3] ``affine_grid`` matrices: rotate about the centre, shift (in fractions of
+    the side) and, where ``mirror`` is True, mirror the input first."""
     radians = angles_deg * (math.pi / 180.0)
     cos, sin = radians.cos(), radians.sin()
-    theta = torch.stack(
+    flip = torch.ones_like(cos) if mirror is None else 1.0 - 2.0 * mirror.to(cos.dtype)
+    return torch.stack(
         [
-            torch.stack([cos, -sin, 2 * shift_x], dim=1),
+            torch.stack([cos * flip, -sin * flip, 2 * shift_x * flip], dim=1),  # mirror: x of the source negated
             torch.stack([sin, cos, 2 * shift_y], dim=1),
         ],
         dim=1,
-    ).to(images.dtype)
+    )
+
+
+def rotate_translate(images: torch.Tensor, angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+                     mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image about its centre and shift it (shifts in fractions of the side),
+    mirrored first where ``mirror`` is True; one bilinear resampling, zeros outside."""
+    theta = affine_grids(angles_deg, shift_x, shift_y, mirror).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Shift hue by ``turns`` of a full circle (rotation of the YIQ chroma plane)."""
-    y = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
-    i = 0.596 * images[:, 0] - 0.274 * images[:, 1] - 0.322 * images[:, 2]
-    q = 0.211 * images[:, 0] - 0.523 * images[:, 1] + 0.312 * images[:, 2]
-    angle = turns[:, None, None] * (2 * math.pi)
+# Colour operations as per-image 3x3 matrices acting on RGB.
+RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+YIQ_TO_RGB = ((1.0, 0.956, 0.621), (1.0, -0.272, -0.647), (1.0, -1.106, 1.703))
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A constant vector or matrix made on ``device`` by fills (``torch.tensor`` would be a
+    host-to-device copy, a sync inside a sampler step); made once per device and dtype."""
+    rows = values if isinstance(values[0], tuple) else (values,)
+    out = torch.empty(len(rows), len(rows[0]), device=device, dtype=dtype)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            out[i, j] = value
+    return out if rows is values else out[0]
+
+
+def gray_matrix(device=None, dtype=torch.float32) -> torch.Tensor:
+    """[3,3]: every output channel is the luma of ``grayscale3``."""
+    return _constant(GRAY_WEIGHTS, torch.device(device or "cpu"), dtype).expand(3, 3)
+
+
+def saturation_matrices(factors: torch.Tensor) -> torch.Tensor:
+    """[N,3,3]: blend with the luma by ``factors`` (1 keeps the colour, 0 is gray)."""
+    f = factors[:, None, None]
+    eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
+    return f * eye + (1 - f) * gray_matrix(factors.device, factors.dtype)
+
+
+def hue_matrices(turns: torch.Tensor) -> torch.Tensor:
+    """[N,3,3]: hue shifted by ``turns`` of a circle (a rotation of the YIQ chroma plane)."""
+    angle = turns * (2 * math.pi)
     cos, sin = angle.cos(), angle.sin()
-    i, q = i * cos - q * sin, i * sin + q * cos
-    r = y + 0.956 * i + 0.621 * q
-    g = y - 0.272 * i - 0.647 * q
-    b = y - 1.106 * i + 1.703 * q
-    return torch.stack([r, g, b], dim=1)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    rotation = torch.stack(
+        [torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1), torch.stack([zero, sin, cos], 1)], 1
+    )
+    to_yiq = _constant(RGB_TO_YIQ, turns.device, turns.dtype)
+    to_rgb = _constant(YIQ_TO_RGB, turns.device, turns.dtype)
+    return to_rgb @ rotation @ to_yiq
 
 
-def augment(
-    cuts: torch.Tensor,
+def mix_channels(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Apply a [N,3,3] colour matrix to each of the [N,3,H,W] images (one batched matmul)."""
+    return torch.einsum("nij,njhw->nihw", matrices.to(images.dtype), images)
+
+
+def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Shift hue by ``turns`` of a full circle."""
+    return mix_channels(images, hue_matrices(turns))
+
+
+@dataclass(frozen=True)
+class CutAugmentation:
+    """The random parameters of DD's cut augmentations, one value per cut ([N] tensors),
+    and the three noise images ([3,N,3,S,S], unit variance)."""
+
+    mirror: torch.Tensor
+    angles_deg: torch.Tensor
+    shift_x: torch.Tensor
+    shift_y: torch.Tensor
+    gray: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue_turns: torch.Tensor
+    noise: torch.Tensor
+    noise_scale: float
+
+
+def draw_augmentation(
+    cuts_shape: tuple[int, ...],
     generator: torch.Generator,
+    device,
+    dtype=torch.float32,
     *,
     flip_p: float = 0.5,
     degrees: float = 10.0,
@@ -155,35 +223,52 @@ def augment(
     jitter: float = 0.1,
     hue: float = 0.1,
     noise: float = 0.01,
-) -> torch.Tensor:
-    """DD's cut augmentations with parameters drawn per cut (differentiable)."""
-    n, device = cuts.shape[0], cuts.device
-    side = cuts.shape[-1]
-
-    def add_noise(x: torch.Tensor) -> torch.Tensor:
-        return x + torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype) * noise
-
-    flip = _per_image(torch.rand(n, generator=generator, device=device) < flip_p)
-    x = torch.where(flip, cuts.flip(-1), cuts)
-    x = add_noise(x)
-    angles = _uniform(n, -degrees, degrees, generator, device)
+) -> CutAugmentation:
+    """Draw the parameters of DD's augmentations for cuts of ``cuts_shape`` (DD's
+    defaults: mirror p 0.5, rotation up to 10 degrees, shift up to 5% in whole pixels,
+    grayscale p 0.1, brightness/contrast/saturation jitter 0.1, hue 0.1, noise 0.01)."""
+    n, side = cuts_shape[0], cuts_shape[-1]
     max_shift = translate * side
-    shift_x = torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side
-    shift_y = torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side
-    x = rotate_translate(x, angles, shift_x, shift_y)
-    x = add_noise(x)
-    gray = _per_image(torch.rand(n, generator=generator, device=device) < gray_p)
-    x = torch.where(gray, grayscale3(x), x)
-    x = add_noise(x)
-    brightness = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
-    contrast = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
-    saturation = _per_image(_uniform(n, 1 - jitter, 1 + jitter, generator, device))
-    hue_turns = _uniform(n, -hue, hue, generator, device)
-    x = (x * brightness).clamp(0, 1)
-    mean_luma = grayscale3(x)[:, :1].mean(dim=(1, 2, 3), keepdim=True)
-    x = (contrast * x + (1 - contrast) * mean_luma).clamp(0, 1)
-    x = (saturation * x + (1 - saturation) * grayscale3(x)).clamp(0, 1)
-    return rotate_hue(x, hue_turns).clamp(0, 1)
+    return CutAugmentation(
+        mirror=torch.rand(n, generator=generator, device=device) < flip_p,
+        angles_deg=_uniform(n, -degrees, degrees, generator, device),
+        shift_x=torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side,
+        shift_y=torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side,
+        gray=torch.rand(n, generator=generator, device=device) < gray_p,
+        brightness=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
+        contrast=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
+        saturation=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
+        hue_turns=_uniform(n, -hue, hue, generator, device),
+        noise=torch.randn((3, *cuts_shape), generator=generator, device=device, dtype=dtype),
+        noise_scale=noise,
+    )
+
+
+def apply_augmentation(cuts: torch.Tensor, a: CutAugmentation) -> torch.Tensor:
+    """DD's order: mirror, noise, rotate+shift, noise, grayscale, noise, then the colour
+    jitter (brightness, contrast, saturation, hue; each clamped to [0, 1]). The mirror is
+    folded into the rotation's sampling grid (mirroring the noise with the image: the same
+    distribution), the colour steps are per-cut 3x3 matrices: a dozen passes over the cuts
+    instead of forty."""
+    dtype = cuts.dtype
+    x = torch.add(cuts, a.noise[0], alpha=a.noise_scale)
+    x = rotate_translate(x, a.angles_deg, a.shift_x, a.shift_y, a.mirror)
+    x = torch.add(x, a.noise[1], alpha=a.noise_scale)
+    eye = torch.eye(3, device=cuts.device, dtype=a.saturation.dtype)
+    x = mix_channels(x, torch.where(a.gray[:, None, None], gray_matrix(cuts.device, eye.dtype), eye))
+    x = torch.add(x, a.noise[2], alpha=a.noise_scale)
+    x = (x * _per_image(a.brightness).to(dtype)).clamp(0, 1)
+    mean_luma = x.mean(dim=(2, 3)) @ _constant(GRAY_WEIGHTS, cuts.device, dtype)
+    contrast = a.contrast.to(dtype)
+    x = torch.addcmul(_per_image((1 - contrast) * mean_luma), x, _per_image(contrast)).clamp(0, 1)
+    x = mix_channels(x, saturation_matrices(a.saturation)).clamp(0, 1)
+    return mix_channels(x, hue_matrices(a.hue_turns)).clamp(0, 1)
+
+
+def augment(cuts: torch.Tensor, generator: torch.Generator, **settings: float) -> torch.Tensor:
+    """DD's cut augmentations with parameters drawn per cut (differentiable)."""
+    params = draw_augmentation(tuple(cuts.shape), generator, cuts.device, cuts.dtype, **settings)
+    return apply_augmentation(cuts, params)
 
 
 def perspective_warp(images: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
@@ -252,12 +337,12 @@ def image_prompt_cutouts(
     def add_noise(x: torch.Tensor) -> torch.Tensor:
         return x + torch.randn(x.shape, generator=generator, device=device) * 0.01
 
-    flip = _per_image(torch.rand(n, generator=generator, device=device) < 0.5)
-    x = add_noise(torch.where(flip, cuts.flip(-1), cuts))
+    mirror = torch.rand(n, generator=generator, device=device) < 0.5
+    x = add_noise(cuts)
     angles = _uniform(n, -15.0, 15.0, generator, device)
     shift_x = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
     shift_y = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
-    x = add_noise(rotate_translate(x, angles, shift_x, shift_y))
+    x = add_noise(rotate_translate(x, angles, shift_x, shift_y, mirror))
     base = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
     inward = -base  # each corner moves towards the centre by up to distortion/2 of the side
     amount = torch.rand(n, 4, 2, generator=generator, device=device) * 0.4

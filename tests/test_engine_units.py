@@ -16,7 +16,9 @@ torch.set_num_threads(1)
 
 from engine import losses  # noqa: E402
 from engine.cutouts import (  # noqa: E402
+    apply_augmentation,
     augment,
+    draw_augmentation,
     grayscale3,
     image_prompt_cutouts,
     inner_cut_sizes_and_offsets,
@@ -210,6 +212,56 @@ def test_augment_is_per_cut_deterministic_differentiable_and_in_range():
     out = augment(same, torch.Generator().manual_seed(3))
     # Parameters are drawn per cut: identical inputs come out different.
     assert not torch.allclose(out[0], out[1], atol=1e-2)
+
+
+def _augment_step_by_step(cuts, a):
+    """DD's augmentations one operation at a time (as DD's torchvision transforms do them),
+    with the mirrored noise the folded mirror implies: the reference for the fast path."""
+    import torch.nn.functional as F
+
+    sigma = a.noise_scale
+    mirror = a.mirror[:, None, None, None]
+    x = cuts + a.noise[0] * sigma
+    x = torch.where(mirror, x.flip(-1), x)
+    radians = a.angles_deg * math.pi / 180
+    theta = torch.stack([torch.stack([radians.cos(), -radians.sin(), 2 * a.shift_x], 1),
+                         torch.stack([radians.sin(), radians.cos(), 2 * a.shift_y], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = x + a.noise[1] * sigma
+    x = torch.where(a.gray[:, None, None, None], grayscale3(x), x)
+    x = x + a.noise[2] * sigma
+    x = (x * a.brightness[:, None, None, None]).clamp(0, 1)
+    luma = grayscale3(x)[:, :1].mean(dim=(1, 2, 3), keepdim=True)
+    c = a.contrast[:, None, None, None]
+    x = (c * x + (1 - c) * luma).clamp(0, 1)
+    s = a.saturation[:, None, None, None]
+    x = (s * x + (1 - s) * grayscale3(x)).clamp(0, 1)
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # hue: rotate the YIQ chroma plane
+    i = 0.596 * x[:, 0] - 0.274 * x[:, 1] - 0.322 * x[:, 2]
+    q = 0.211 * x[:, 0] - 0.523 * x[:, 1] + 0.312 * x[:, 2]
+    angle = a.hue_turns[:, None, None] * 2 * math.pi
+    i, q = i * angle.cos() - q * angle.sin(), i * angle.sin() + q * angle.cos()
+    rgb = [y + 0.956 * i + 0.621 * q, y - 0.272 * i - 0.647 * q, y - 1.106 * i + 1.703 * q]
+    return torch.stack(rgb, dim=1).clamp(0, 1)
+
+
+def test_fast_augmentation_equals_the_step_by_step_one():
+    cuts = torch.rand(32, 3, 24, 24, dtype=torch.float64)
+    params = draw_augmentation(tuple(cuts.shape), torch.Generator().manual_seed(7), "cpu", torch.float64,
+                               gray_p=0.5, jitter=0.4, hue=0.3, noise=0.05)
+    params = type(params)(**{k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+                             for k, v in vars(params).items()})
+    assert params.mirror.any() and not params.mirror.all() and params.gray.any() and not params.gray.all()
+    fast, reference = apply_augmentation(cuts, params), _augment_step_by_step(cuts, params)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-9)
+    # gradients too (where no clamp is active they flow back through every step)
+    one = cuts.clone().requires_grad_()
+    two = cuts.clone().requires_grad_()
+    weights = torch.rand_like(cuts)
+    (apply_augmentation(one, params) * weights).sum().backward()
+    (_augment_step_by_step(two, params) * weights).sum().backward()
+    torch.testing.assert_close(one.grad, two.grad, rtol=0, atol=1e-9)
 
 
 def test_image_prompt_cutouts_shape_and_determinism():
