@@ -45,16 +45,21 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 
 
 def split_heads(qkv: torch.Tensor, heads: int, new_order: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as [N*heads, T, ch] from guided-diffusion's packed [N, 3*heads*ch, T] qkv.
+    """q, k, v as [N, heads, T, ch] views, each with unit stride along ch, from
+    guided-diffusion's packed [N, 3*heads*ch, T] qkv (one transposing copy).
 
+    SDPA's fused kernels (flash and memory-efficient on CUDA, flash on the CPU) need unit
+    stride on the last dimension; plain transposed views of the packed tensor silently
+    fall back to the math kernel, which materialises the [T x T] weights.
     ``new_order`` is ``QKVAttention`` (split q/k/v, then heads); otherwise
     ``QKVAttentionLegacy`` (split heads, then q/k/v), the layout of DD's checkpoints."""
     batch, width, length = qkv.shape
     ch = width // (3 * heads)
+    tokens = qkv.transpose(1, 2).contiguous()  # [N, T, 3*heads*ch]
     if new_order:
-        q, k, v = (part.reshape(batch * heads, ch, length) for part in qkv.chunk(3, dim=1))
+        q, k, v = tokens.view(batch, length, 3, heads, ch).unbind(2)
     else:
-        q, k, v = qkv.reshape(batch * heads, 3 * ch, length).split(ch, dim=1)
+        q, k, v = tokens.view(batch, length, heads, 3, ch).unbind(3)
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
@@ -62,8 +67,8 @@ def fused_attention(qkv: torch.Tensor, heads: int, new_order: bool) -> torch.Ten
     """guided-diffusion's QKV attention ([N, 3*H*C, T] -> [N, H*C, T]) through SDPA."""
     batch, _, length = qkv.shape
     q, k, v = split_heads(qkv, heads, new_order)
-    out = F.scaled_dot_product_attention(q, k, v)  # [N*H, T, C], scale C^-1/2 as the library
-    return out.transpose(1, 2).reshape(batch, -1, length)
+    out = F.scaled_dot_product_attention(q, k, v)  # [N, H, T, C], scale C^-1/2 as the library
+    return out.permute(0, 1, 3, 2).reshape(batch, -1, length)
 
 
 def _attention_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

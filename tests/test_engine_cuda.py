@@ -84,6 +84,18 @@ def test_cuda_fused_attention_matches_the_library_in_fp16(cuda_full):
     assert (ours - library).abs().max() < 2e-2 * library.abs().max()
 
 
+def test_cuda_attention_runs_fused_kernels_forward_and_backward(cuda_full):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from engine.unet import unet_forward
+
+    x = torch.randn(1, 3, 64, 64, device="cuda", requires_grad=True)
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(fused):  # no math kernel: a fall-back raises
+        unet_forward(cuda_full.models.unet, x, torch.tensor([500.0], device="cuda")).float().square().mean().backward()
+    assert x.grad.abs().sum() > 0
+
+
 def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
     from engine.unet import set_group_norm_precision, unet_forward, uses_input_dtype_group_norms
 

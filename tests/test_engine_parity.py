@@ -149,6 +149,21 @@ def test_fused_attention_matches_the_library_values_and_gradients(new_attention_
     assert ours_grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("new_attention_order", [False, True])
+def test_fused_attention_runs_a_fused_kernel_forward_and_backward(new_attention_order):
+    """Only SDPA's flash kernel allowed: a fall-back to the math kernel (which materialises
+    the attention weights, e.g. for inputs without unit stride on the channels) raises."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from engine.unet import unet_forward
+
+    unet = _small_unet(new_attention_order, use_checkpoint=False)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        unet_forward(unet, x, torch.tensor([300.0])).square().mean().backward()
+    assert x.grad.abs().sum() > 0
+
+
 def test_guidance_uses_dd_cut_slots(renderer):
     schedule = renderer.models.schedule(STEPS)
     fixed = FixedGradient(torch.zeros(1, 3, 64, 64))
