@@ -301,6 +301,14 @@ class ModelSet:
         self.compiled_unet_forward = (
             torch.compile(functools.partial(unet_forward, self.unet), dynamic=False) if compile_unet else None)
 
+    def drop_compiled_unet(self, error: Exception) -> None:
+        """Go on with the eager UNet after torch.compile failed (warned once)."""
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        warnings.warn(f"compile_unet: torch.compile failed ({type(error).__name__}: {first_line}); "
+                      "rendering on without compilation", RuntimeWarning, stacklevel=2)
+        self.compile_unet = False
+        self.compiled_unet_forward = None
+
     def configure_clips(self, *, channels_last: bool) -> None:
         """Memory layout of the convolutional (ResNet) CLIP image encoders; ViTs keep theirs."""
         self.clip_channels_last = channels_last

@@ -342,7 +342,12 @@ class Renderer:
         """The UNet's output for x at timesteps (the compiled forward when the set has one)."""
         compiled = self.models.compiled_unet_forward
         if compiled is not None:
-            return compiled(x, timesteps)
+            try:
+                return compiled(x, timesteps)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # the compiler failed: render on without it
+                self.models.drop_compiled_unet(error)
         return unet_forward(self.models.unet, x, timesteps)
 
     def _guided_prediction(

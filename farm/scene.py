@@ -140,6 +140,12 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
         if not isinstance(value, bool):
             raise _Bad(f"expected true or false, got {_describe(value)}")
         return value
+    if kind == "auto_bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        raise _Bad(f"expected true, false or auto, got {_describe(value)}")
     if kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise _Bad(f"expected a non-empty string, got {_describe(value)}")

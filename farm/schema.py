@@ -22,6 +22,8 @@ def _property(setting: S.Setting) -> dict:
         schema = {"type": "integer", **bounds}
     elif kind == "bool":
         schema = {"type": "boolean"}
+    elif kind == "auto_bool":
+        schema = {"enum": [True, False, "auto"]}
     elif kind == "str":
         schema = {"type": "string", "minLength": 1}
     elif kind == "choice":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -241,3 +242,25 @@ def test_compile_unet_is_a_cuda_only_option():
     cpu_set = ModelSet(dataclasses.replace(MODELS, compile_unet=True), "cpu")
     assert not cpu_set.compile_unet and cpu_set.compiled_unet_forward is None
     assert not cpu_set.channels_last and not cpu_set.half_group_norms  # fp32 on the CPU: library norms
+
+
+def test_a_failing_compiled_unet_falls_back_to_the_eager_one():
+    """If torch.compile fails (no compiler, an unsupported op), the render goes on uncompiled,
+    with one warning, and gives the eager render's pixels."""
+    import dataclasses
+
+    models = dataclasses.replace(MODELS, use_secondary_model=True)
+    renderer = Renderer(ModelSet(models, "cpu"))
+    spec = dataclasses.replace(spec_for("ddim", False), models=models)
+    eager = renderer.render(spec)
+    calls = []
+
+    def broken_compiler_output(x, timesteps):
+        calls.append(x.shape)
+        raise RuntimeError("backend compiler failed\ndetails")
+
+    renderer.models.compiled_unet_forward, renderer.models.compile_unet = broken_compiler_output, True
+    with pytest.warns(RuntimeWarning, match="compile_unet: torch.compile failed \\(RuntimeError: backend compiler failed\\)"):
+        fallen_back = renderer.render(spec)
+    assert len(calls) == 1 and renderer.models.compiled_unet_forward is None and not renderer.models.compile_unet
+    assert np.array_equal(fallen_back, eager)

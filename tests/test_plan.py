@@ -129,3 +129,34 @@ def test_segment_mode_limits():
         parse_scene(ANIM + "parallel_segments: 3\nsegment_overlap: 4\n")
     with pytest.raises(SceneInvalid, match="cannot be combined with turbo_mode"):
         parse_scene(ANIM + "parallel_segments: 2\nturbo_mode: true\n")
+
+
+def _compiles(text):
+    plan = resolve(parse_scene(text))
+    assert len({f.render.models for f in plan.frames}) == 1
+    return plan.frames[0].render.models.compile_unet
+
+
+def test_compile_unet_auto_compiles_long_secondary_model_scenes_only():
+    from farm.plan import AUTO_COMPILE_MIN_STEPS, sampler_steps
+
+    long_stills = BASE + f"steps: 250\nskip_steps: 10\nn_batches: {AUTO_COMPILE_MIN_STEPS // 240 + 1}\n"
+    assert _compiles(long_stills)  # auto is the default
+    assert not _compiles(long_stills.replace("n_batches: 9", "n_batches: 8"))  # 1920 steps
+    assert not _compiles(long_stills + "use_secondary_model: false\n")  # compiled backward: opt-in only
+    assert not _compiles(long_stills + "compile_unet: false\n")
+    assert _compiles(BASE + "n_batches: 1\ncompile_unet: true\n")
+    assert _compiles(long_stills + "compile_unet: Auto\n")
+    # animations count the steps each frame runs; turbo in-betweens run none
+    animation = ANIM.replace("max_frames: 12", "max_frames: 300")
+    plan = resolve(parse_scene(animation))
+    assert sampler_steps(plan.frames) == 20 - 4 + 299 * (20 - 12) and _compiles(animation)
+    turbo = resolve(parse_scene(animation + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
+    assert sampler_steps(turbo.frames) < 0.5 * sampler_steps(plan.frames)
+
+
+def test_compile_unet_takes_true_false_or_auto():
+    from farm.scene import SceneInvalid
+
+    with pytest.raises(SceneInvalid, match="compile_unet.*expected true, false or auto, got"):
+        parse_scene(BASE + "compile_unet: sometimes\n")
