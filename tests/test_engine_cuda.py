@@ -113,12 +113,16 @@ def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
     assert (fast - library).abs().max() < 2e-2 * library.abs().max()
 
 
-def test_cuda_compiled_unet_renders_like_the_eager_one(cuda_full):
-    compiled = Renderer(ModelSet(dataclasses.replace(FULL_UNET, compile_unet=True), "cuda"))
+@pytest.mark.parametrize("secondary", [True, False], ids=["secondary model (auto)", "full UNet (opt-in)"])
+def test_cuda_compiled_unet_renders_like_the_eager_one(cuda_full, cuda_secondary, secondary):
+    models = WITH_SECONDARY if secondary else FULL_UNET
+    eager = cuda_secondary if secondary else cuda_full
+    compiled = Renderer(ModelSet(dataclasses.replace(models, compile_unet=True), "cuda"))
     assert compiled.models.compiled_unet_forward is not None
-    spec = make_spec(seed=9)
-    eager_image = cuda_full.render(spec).astype(np.int16)
+    spec = make_spec(seed=9, models=models)
+    eager_image = eager.render(spec).astype(np.int16)
     compiled_image = compiled.render(spec).astype(np.int16)
-    other_seed = cuda_full.render(dataclasses.replace(spec, seed=10)).astype(np.int16)
+    assert compiled.models.compiled_unet_forward is not None  # it compiled: no fall-back to eager
+    other_seed = eager.render(dataclasses.replace(spec, seed=10)).astype(np.int16)
     # fp16 kernels differ in rounding; the picture must stay far closer than another seed's
     assert np.abs(eager_image - compiled_image).mean() < 0.25 * np.abs(eager_image - other_seed).mean()
