@@ -73,7 +73,8 @@ class _RenderActor:
 
     def info(self) -> dict:
         return {"node": self.node, "device": str(self.device), "pid": os.getpid(), "label": self.label,
-                "node_id": ray.get_runtime_context().get_node_id(), "abandoned": list(self.abandoned)}
+                "node_id": ray.get_runtime_context().get_node_id(), "abandoned": list(self.abandoned),
+                "niceness": os.nice(0)}
 
     def render(self, job: str, frame, animation, inputs: FrameInputs, board=None):
         """One frame. `board`: the calling driver's ProgressBoard (shared pool actors); the

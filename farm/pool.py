@@ -265,11 +265,17 @@ class PoolBook:
         return actions
 
 
+RENDER_ACTOR_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+"""Ray lowers its worker processes' priority (nice 15); a render actor is the node's main
+work, so it keeps normal priority (on a 2-core VM, 2-7% faster frames; merged with the job's
+runtime_env)."""
+
+
 def _start_actor(config: PoolConfig, models, board_name: str | None, label: str):
     """A RenderActor for `models` (`board_name`: its driver's board; None in the shared pool)."""
     return RenderActor.options(
         num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor, max_restarts=config.max_restarts,
-        max_task_retries=0,
+        max_task_retries=0, runtime_env=RENDER_ACTOR_RUNTIME_ENV,
     ).remote(models, config.device, config.threads, board_name, label, config.renderer_class)
 
 

@@ -70,6 +70,19 @@ def test_stills_spread_over_two_actors_with_identical_images(tmp_path, reference
     assert status["state"] == "succeeded" and status["done"] == 4
 
 
+def test_render_actors_run_at_the_drivers_priority_not_rays_worker_niceness(tmp_path):
+    import os
+
+    session = RenderSession(actors=1, threads=1)
+    try:
+        session.add(RenderJob("t", resolve(parse_scene(STILLS)), OutputFolder(tmp_path)))
+        session.start_actors()
+        [info] = ray.get([slot.handle.info.remote() for slot in session.slots.values()])
+    finally:
+        session.shutdown()
+    assert info["niceness"] == os.nice(0)  # Ray's other workers run at nice 15
+
+
 def test_animation_chain_renders_in_order_and_makes_a_video(tmp_path, reference_anim):
     session, results = render(ANIM, tmp_path, actors=2)
     assert results == {"t": "succeeded"}
