@@ -152,6 +152,17 @@ def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
     assert {t["target"] for t in section["targets"]} >= {"full UNet: speed-up over DD-equivalent"}
 
 
+def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
+    from bench import gpu_profile
+
+    assert gpu_profile.main(["--cpu-check", "--no-tables", "--steps", "2", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "gpu-variants.json").read_text())["variants"]
+    cpu_variants = [name for name, *_, compiled, _ in gpu_profile.VARIANTS if not compiled]
+    assert [r["variant"] for r in rows] == cpu_variants * 2  # both paths; torch.compile is CUDA only
+    assert {r["path"] for r in rows} == {"secondary model", "full UNet"}
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+
+
 def test_gpu_peaks_memory_fit_and_sizes():
     assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks, unattended, in one go (about 8 minutes on an H100/H200):
-#   1. the CUDA tests (fp16, no syncs in a step, fused attention, group norms, compile_unet),
-#   2. bench.gpu at DD's defaults with today's engine defaults (both paths, memory fit),
-#   3. bench.gpu with compile_unet.
-# Results and logs go to ${OUT:-bench/results} (the results JSON is named after --machine).
-#   bash bench/device/check.sh h100          # machine name for the results file
+# The GPU checks, unattended. Stages (default: tests gpu compiled, about 9 minutes, under the
+# device tool's 600 s per command):
+#   tests     the CUDA tests: fp16, no syncs in a step, attention in fused SDPA kernels only,
+#             group norms, compile_unet on both paths (no silent fall-back to eager);
+#   gpu       bench.gpu at DD's defaults with today's engine defaults (both paths, memory fit);
+#   compiled  bench.gpu with compile_unet;
+#   variants  bench.gpu_profile --no-tables: layout / norm / ResNet-CLIP layout / compile
+#             variants on one loaded model set (a second call: about 6 minutes).
+# Results and logs go to ${OUT:-bench/results} (the results JSON is named after NAME).
+#   bash bench/device/check.sh h100                 # tests, gpu, compiled
+#   bash bench/device/check.sh h100 variants        # one or more stages
 # Installs the wheels in .whl/ first when the machine lacks open_clip (bench/device/wheels.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 machine="${1:-gpu}"
+shift || true
+stages="${*:-tests gpu compiled}"
 out="${OUT:-bench/results}"
 mkdir -p "$out"
 if ! python3 -c "import open_clip, guided_diffusion" 2>/dev/null; then
@@ -17,7 +24,22 @@ if ! python3 -c "import open_clip, guided_diffusion" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py 2>&1 | tee "$out/cuda-tests.log" | tail -20
-timeout 200 python3 -m bench.gpu --machine "$machine" --out-dir "$out" --budget-seconds 170 2>&1 | tee "$out/gpu.log"
-timeout 200 python3 -m bench.gpu --machine "$machine-compiled" --out-dir "$out" --budget-seconds 170 --compile-unet \
-    2>&1 | tee "$out/gpu-compiled.log"
+for stage in $stages; do
+    case "$stage" in
+        tests)
+            timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py 2>&1 \
+                | tee "$out/cuda-tests.log" | tail -20 ;;
+        gpu)
+            timeout 170 python3 -m bench.gpu --machine "$machine" --out-dir "$out" --budget-seconds 150 2>&1 \
+                | tee "$out/gpu.log" ;;
+        compiled)
+            timeout 170 python3 -m bench.gpu --machine "$machine-compiled" --out-dir "$out" --budget-seconds 150 \
+                --compile-unet 2>&1 | tee "$out/gpu-compiled.log" ;;
+        variants)
+            timeout 500 python3 -m bench.gpu_profile --no-tables --steps 4 --out-dir "$out" 2>&1 \
+                | tee "$out/gpu-variants.log" ;;
+        *)
+            echo "check.sh: unknown stage '$stage' (tests, gpu, compiled, variants)" >&2
+            exit 2 ;;
+    esac
+done
