@@ -67,8 +67,12 @@ class FrameSpec:
 
     @property
     def settings_hash(self) -> str:
-        """Stable hash of everything that decides this frame's pixels."""
-        return hashlib.sha256(_canonical_json(self).encode()).hexdigest()
+        """Stable hash of everything that decides this frame's pixels. ``compile_unet`` is
+        left out: it says how the UNet runs, and with ``auto`` it follows the scene's length,
+        so adding images to a scene must not make its finished ones stale."""
+        models = dataclasses.replace(self.render.models, compile_unet=False)
+        hashed = dataclasses.replace(self, render=dataclasses.replace(self.render, models=models))
+        return hashlib.sha256(_canonical_json(hashed).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,12 @@ def test_compile_unet_auto_compiles_long_secondary_model_scenes_only():
     assert sampler_steps(turbo.frames) < 0.5 * sampler_steps(plan.frames)
 
 
+def test_adding_images_past_the_compile_threshold_keeps_finished_ones_current():
+    short, long = (resolve(parse_scene(BASE + f"steps: 250\nskip_steps: 10\nn_batches: {n}\n")) for n in (8, 9))
+    assert not short.frames[0].render.models.compile_unet and long.frames[0].render.models.compile_unet
+    assert [f.settings_hash for f in long.frames[:8]] == [f.settings_hash for f in short.frames]
+
+
 def test_compile_unet_takes_true_false_or_auto():
     from farm.scene import SceneInvalid
 
