@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -143,6 +144,10 @@ def _plan_table(plan, frames) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     mode = plan.animation.mode
     title = f"# {plan.name}: {'stills' if mode == 'None' else mode}, seed {plan.seed}, {len(plan.frames)} {'frames' if plan.is_animation else 'images'}"
+    from farm.plan import sampler_steps
+
+    compiled = plan.frames and plan.frames[0].render.models.compile_unet
+    title += f", {sampler_steps(plan.frames)} sampler steps" + (", UNet compiled on CUDA GPUs" if compiled else "")
     return "\n".join([title, *lines])
 
 
@@ -351,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("farm: interrupted; finished outputs are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`farm plan ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except (UsageError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"farm: error: {message}", file=sys.stderr)

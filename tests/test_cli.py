@@ -112,3 +112,16 @@ def test_import_dd_bad_input(capsys, tmp_path):
     assert code == 2 and "not DD settings JSON" in err and not (tmp_path / "x.yaml").exists()
     code, _, err = run(capsys, "import-dd", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.yaml"))
     assert code == 2 and "file not found" in err
+
+
+def test_plan_piped_into_head_stops_quietly(tmp_path):
+    scene = tmp_path / "many.yaml"
+    long_scene = TINY_SCENE.replace("steps: 10\nskip_steps: 0\n", "steps: 250\nskip_steps: 10\n")
+    scene.write_text(long_scene + "n_batches: 5000\n")  # a table far larger than a pipe holds
+    process = subprocess.Popen([sys.executable, "-m", "farm.cli", "plan", str(scene)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+    first = process.stdout.readline()
+    process.stdout.close()  # what `| head -1` does
+    error = process.stderr.read()
+    assert process.wait() == 141 and error == b""
+    assert first.startswith(b"# t: stills, seed 5, 5000 images, 1200000 sampler steps, UNet compiled on CUDA GPUs")
