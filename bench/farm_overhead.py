@@ -9,9 +9,10 @@ thread count and are warmed up with one frame first (a farm session renders a on
 job before the timed job; its actor keeps its models). Fresh processes on both sides
 matter on the CPU: a process whose heap is already large (say, after other benchmarks)
 renders measurably faster than a new one, which pays page faults for its first large
-tensors. Runs alternate (direct, farm, direct, farm...) with
-Ray up throughout, so background load hits both; the overhead is the median of the
-per-pair ratios (the ratio of the two medians is reported too). Cluster start-up
+tensors. Runs come in pairs, direct first in one pair and farm first in the next (the
+VM's speed drifts by several percent over minutes, so a fixed order would bias the
+ratio), with Ray up throughout, so background load hits both; the overhead is the median
+of the per-pair ratios (the ratio of the two medians is reported too). Cluster start-up
 (``ray.init`` to the first actor ready) and actor start-up are reported apart.
 """
 
@@ -54,7 +55,7 @@ class OverheadCase:
     width: int = 128
     height: int = 128
     cutn_batches: int = 2
-    repeats: int = 3
+    repeats: int = 4  # an even number: as many pairs direct-first as farm-first
     threads: int = 1
 
 
@@ -164,14 +165,20 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
         ray_ready = time.perf_counter()
         direct_runs, direct_loads, farm_runs = [], [], []
         for k in range(case.repeats):
-            direct = direct_run(case)
-            direct_runs.append(sum(direct["frame_seconds"]) / frames)
-            direct_loads.append(direct["load_seconds"])
-            log(f"   direct: {direct_runs[-1]:.3f} s/frame")
-            farm = farm_run(plan, work / f"farm-{k}", case)
-            farm["seconds_per_frame"] = farm["run_seconds"] / frames
-            farm_runs.append(farm)
-            log(f"   farm:   {farm['seconds_per_frame']:.3f} s/frame (actor start {farm['actor_start_seconds']:.1f} s)")
+            # pairs alternate their order (direct first, then farm first, ...): the machine's
+            # speed drifts over minutes, and a fixed order would charge the drift to one side
+            for side in (("direct", "farm") if k % 2 == 0 else ("farm", "direct")):
+                if side == "direct":
+                    direct = direct_run(case)
+                    direct_runs.append(sum(direct["frame_seconds"]) / frames)
+                    direct_loads.append(direct["load_seconds"])
+                    log(f"   direct: {direct_runs[-1]:.3f} s/frame")
+                else:
+                    farm = farm_run(plan, work / f"farm-{k}", case)
+                    farm["seconds_per_frame"] = farm["run_seconds"] / frames
+                    farm_runs.append(farm)
+                    log(f"   farm:   {farm['seconds_per_frame']:.3f} s/frame "
+                        f"(actor start {farm['actor_start_seconds']:.1f} s)")
         startup = {"ray_init_seconds": ray_ready - cluster_started,
                    "ray_init_to_first_actor_ready_seconds": ray_ready - cluster_started
                    + farm_runs[0]["actor_start_seconds"]}
@@ -181,8 +188,8 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     direct_median = median(direct_runs)
     farm_median = median(f["seconds_per_frame"] for f in farm_runs)
-    # each farm run follows its direct run (about a minute apart): the median of the
-    # paired ratios is robust to load drifting over the benchmark
+    # each pair's two runs are about a minute apart, in alternating order: the median of
+    # the paired ratios is robust to load and speed drifting over the benchmark
     paired = [f["seconds_per_frame"] / d - 1 for f, d in zip(farm_runs, direct_runs)]
     overhead = median(paired)
     actor_render = median(sum(f["actor_render_seconds"]) / frames for f in farm_runs)

@@ -450,7 +450,8 @@ def warm_mean(step_seconds: list[float]) -> float:
 def compare(renderer: Renderer, spec: RenderSpec, *, repeats: int = 3, count: bool = True,
             count_spec: RenderSpec | None = None, flops: bool = False,
             on_run: Callable[[str, float], None] | None = None) -> dict[str, Any]:
-    """Engine and DD-equivalent mode on the same models, spec and seed, runs interleaved.
+    """Engine and DD-equivalent mode on the same models, spec and seed, runs interleaved
+    (engine first, then DD-equivalent first, and so on).
 
     Each run renders ``spec`` once; its figure is the mean step time without the first
     step; the result holds the medians over ``repeats`` runs, the per-run ratios and,
@@ -465,9 +466,10 @@ def compare(renderer: Renderer, spec: RenderSpec, *, repeats: int = 3, count: bo
     run_dd(warm_up)
     engine_runs, dd_runs = [], []
     peaks = {"engine": 0, "dd_equivalent": 0}
-    for _ in range(repeats):
-        for name, runs, timer in (("engine", engine_runs, engine_step_seconds),
-                                  ("dd_equivalent", dd_runs, dd_style_step_seconds)):
+    modes = (("engine", engine_runs, engine_step_seconds), ("dd_equivalent", dd_runs, dd_style_step_seconds))
+    for k in range(repeats):
+        # alternate which mode runs first, so that a drift in machine speed favours neither
+        for name, runs, timer in (modes if k % 2 == 0 else modes[::-1]):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             runs.append(warm_mean(timer(renderer, spec)))
