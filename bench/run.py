@@ -1,6 +1,6 @@
 """`make bench`: the CPU benchmarks (engine, farm overhead, scheduler) in one run.
 
-    python -m bench.run                      # all three, ~10 minutes on 2 cores
+    python -m bench.run                      # all three, ~11 minutes on 2 cores
     python -m bench.run --only engine        # one or more of: engine, farm, scheduler
     python -m bench.run --quick              # a tiny configuration (seconds; for tests)
     python -m bench.run --machine ci-runner --note "nightly"
