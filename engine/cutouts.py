@@ -143,30 +143,26 @@ def rotate_translate(images: torch.Tensor, angles_deg: torch.Tensor, shift_x: to
 # Colour operations as per-image 3x3 matrices acting on RGB.
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 YIQ_TO_RGB = ((1.0, 0.956, 0.621), (1.0, -0.272, -0.647), (1.0, -1.106, 1.703))
+IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+GRAY = (GRAY_WEIGHTS,) * 3  # every output channel is grayscale3's luma
 
 
 @functools.lru_cache(maxsize=32)
-def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A constant vector or matrix made on ``device`` by fills (``torch.tensor`` would be a
+def constant_matrix(rows: tuple[tuple[float, ...], ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A constant matrix made on ``device`` by fills (``torch.tensor`` would be a
     host-to-device copy, a sync inside a sampler step); made once per device and dtype."""
-    rows = values if isinstance(values[0], tuple) else (values,)
     out = torch.empty(len(rows), len(rows[0]), device=device, dtype=dtype)
     for i, row in enumerate(rows):
         for j, value in enumerate(row):
             out[i, j] = value
-    return out if rows is values else out[0]
-
-
-def gray_matrix(device=None, dtype=torch.float32) -> torch.Tensor:
-    """[3,3]: every output channel is the luma of ``grayscale3``."""
-    return _constant(GRAY_WEIGHTS, torch.device(device or "cpu"), dtype).expand(3, 3)
+    return out
 
 
 def saturation_matrices(factors: torch.Tensor) -> torch.Tensor:
     """[N,3,3]: blend with the luma by ``factors`` (1 keeps the colour, 0 is gray)."""
     f = factors[:, None, None]
-    eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
-    return f * eye + (1 - f) * gray_matrix(factors.device, factors.dtype)
+    eye = constant_matrix(IDENTITY, factors.device, factors.dtype)
+    return f * eye + (1 - f) * constant_matrix(GRAY, factors.device, factors.dtype)
 
 
 def hue_matrices(turns: torch.Tensor) -> torch.Tensor:
@@ -177,19 +173,14 @@ def hue_matrices(turns: torch.Tensor) -> torch.Tensor:
     rotation = torch.stack(
         [torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1), torch.stack([zero, sin, cos], 1)], 1
     )
-    to_yiq = _constant(RGB_TO_YIQ, turns.device, turns.dtype)
-    to_rgb = _constant(YIQ_TO_RGB, turns.device, turns.dtype)
+    to_yiq = constant_matrix(RGB_TO_YIQ, turns.device, turns.dtype)
+    to_rgb = constant_matrix(YIQ_TO_RGB, turns.device, turns.dtype)
     return to_rgb @ rotation @ to_yiq
 
 
 def mix_channels(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Apply a [N,3,3] colour matrix to each of the [N,3,H,W] images (one batched matmul)."""
     return torch.einsum("nij,njhw->nihw", matrices.to(images.dtype), images)
-
-
-def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Shift hue by ``turns`` of a full circle."""
-    return mix_channels(images, hue_matrices(turns))
 
 
 @dataclass(frozen=True)
@@ -254,11 +245,12 @@ def apply_augmentation(cuts: torch.Tensor, a: CutAugmentation) -> torch.Tensor:
     x = torch.add(cuts, a.noise[0], alpha=a.noise_scale)
     x = rotate_translate(x, a.angles_deg, a.shift_x, a.shift_y, a.mirror)
     x = torch.add(x, a.noise[1], alpha=a.noise_scale)
-    eye = torch.eye(3, device=cuts.device, dtype=a.saturation.dtype)
-    x = mix_channels(x, torch.where(a.gray[:, None, None], gray_matrix(cuts.device, eye.dtype), eye))
+    gray = constant_matrix(GRAY, cuts.device, a.saturation.dtype)
+    eye = constant_matrix(IDENTITY, cuts.device, a.saturation.dtype)
+    x = mix_channels(x, torch.where(a.gray[:, None, None], gray, eye))
     x = torch.add(x, a.noise[2], alpha=a.noise_scale)
     x = (x * _per_image(a.brightness).to(dtype)).clamp(0, 1)
-    mean_luma = x.mean(dim=(2, 3)) @ _constant(GRAY_WEIGHTS, cuts.device, dtype)
+    mean_luma = x.mean(dim=(2, 3)) @ gray[0].to(dtype)
     contrast = a.contrast.to(dtype)
     x = torch.addcmul(_per_image((1 - contrast) * mean_luma), x, _per_image(contrast)).clamp(0, 1)
     x = mix_channels(x, saturation_matrices(a.saturation)).clamp(0, 1)
