@@ -121,12 +121,7 @@ class Scheduler:
                 self._queued.discard((job_id, index))
                 continue
             frame = job.plan.frames[index]
-            allowed = (
-                frame.render.models.key == model_key
-                and job.actor_failures.get(actor_id, 0) < self.max_actor_failures
-                and tried_as not in job.frame_failures.get(index, {})
-            )
-            if allowed:
+            if frame.render.models.key == model_key and self._may_try(job, index, actor_id, tried_as):
                 self._queued.discard((job_id, index))
                 job.running.add(index)
                 chosen = Task(job_id, frame)
@@ -156,17 +151,23 @@ class Scheduler:
 
     def allowed(self, task: Task, actor_id: str, incarnation: str | None = None) -> bool:
         """Whether this actor (this life of it) may still run the task."""
-        blocked, tried = self.exclusions(task)
-        return actor_id not in blocked and (incarnation or actor_id) not in tried
+        return self._may_try(self.jobs[task.job], task.frame.index, actor_id, incarnation or actor_id)
+
+    def _may_try(self, job: Job, index: int, actor_id: str, life: str) -> bool:
+        """The actor is not blocklisted for the job and this life of it has not failed the frame."""
+        return (job.actor_failures.get(actor_id, 0) < self.max_actor_failures
+                and life not in job.frame_failures.get(index, {}))
+
+    def _fail_untriable(self, job: Job, frame: FrameSpec, detail: str) -> None:
+        tried = "; ".join(f"{a}: {e}" for a, e in job.frame_failures.get(frame.index, {}).items())
+        self._fail_job(job, f"{frame.task_name}: no actor left to try it ({tried or detail})")
 
     def unschedulable(self, task: Task, detail: str) -> None:
         """No actor may ever take this task (a shared pool said so): fail its job."""
         job = self.jobs[task.job]
         job.running.discard(task.frame.index)
-        if job.cancelled or job.error:
-            return
-        tried = "; ".join(f"{a}: {e}" for a, e in job.frame_failures.get(task.frame.index, {}).items())
-        self._fail_job(job, f"{task.frame.task_name}: no actor left to try it ({tried or detail})")
+        if not (job.cancelled or job.error):
+            self._fail_untriable(job, task.frame, detail)
 
     def waiting_model_keys(self) -> set[str]:
         """Model sets that ready tasks need (for reloading idle actors)."""
@@ -237,14 +238,9 @@ class Scheduler:
                 frame = job.plan.frames[index]
                 if frame.sources or (frame.previous is not None and frame.previous not in job.done):
                     continue
-                eligible = [a for a, (key, life) in actors.items() if key == frame.render.models.key
-                            and job.actor_failures.get(a, 0) < self.max_actor_failures
-                            and life not in job.frame_failures.get(index, {})]
-                matching = [a for a, (key, _) in actors.items() if key == frame.render.models.key]
-                if matching and not eligible:
-                    tried = job.frame_failures.get(index, {})
-                    detail = "; ".join(f"{a}: {e}" for a, e in tried.items()) or "all actors blocklisted"
-                    self._fail_job(job, f"{frame.task_name}: no actor left to try it ({detail})")
+                matching = [(a, life) for a, (key, life) in actors.items() if key == frame.render.models.key]
+                if matching and not any(self._may_try(job, index, a, life) for a, life in matching):
+                    self._fail_untriable(job, frame, "all actors blocklisted")
                     break
 
     @property
