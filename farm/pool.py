@@ -38,6 +38,11 @@ POOL_NAMESPACE = "disco-farm"
 POOL_NAME = "farm-pool"
 
 
+def incarnation(label: str, lives: int) -> str:
+    """One life of an actor ("actor-0#2"): failures count per life, blocklisting per label."""
+    return f"{label}#{lives}"
+
+
 @dataclass
 class Slot:
     """One RenderActor as a driver sees it: its own, or leased from the shared pool."""
@@ -52,7 +57,7 @@ class Slot:
 
     @property
     def incarnation(self) -> str:
-        return f"{self.label}#{self.lives}"
+        return incarnation(self.label, self.lives)
 
 
 # ---------------------------------------------------------------------------- pure bookkeeping
@@ -102,7 +107,7 @@ class PoolActor:
 
     @property
     def incarnation(self) -> str:
-        return f"{self.label}#{self.lives}"
+        return incarnation(self.label, self.lives)
 
     @property
     def free(self) -> bool:
@@ -710,8 +715,7 @@ class PooledActors:
             return
         state = scheduler.jobs[task.job]
         label = answer["label"]
-        incarnation = f"{label}#{answer['lives']}"
-        if state.cancelled or state.error or not scheduler.allowed(task, label, incarnation):
+        if state.cancelled or state.error or not scheduler.allowed(task, label, incarnation(label, answer["lives"])):
             scheduler.abandoned(task)  # back to the queue, asked for again with today's exclusions
             self.releases.append((rid, False))
             return
