@@ -242,17 +242,17 @@ class OutputFolder:
 
         if not entries:
             return
-        images = [Image.open(io.BytesIO(self.store.read(e.file))).convert("RGB")
-                  for e in sorted(entries, key=lambda e: e.index)]
-        width, height = images[0].size
-        scale = min(1.0, max_side / max(width, height))
-        cell = (max(1, int(width * scale)), max(1, int(height * scale)))
-        columns = min(columns, len(images))
-        rows = (len(images) + columns - 1) // columns
-        sheet = Image.new("RGB", (cell[0] * columns, cell[1] * rows), (16, 16, 16))
-        for i, image in enumerate(images):
-            sheet.paste(image.resize(cell), ((i % columns) * cell[0], (i // columns) * cell[1]))
-            image.close()
+        ordered = sorted(entries, key=lambda e: e.index)
+        columns = min(columns, len(ordered))
+        rows = (len(ordered) + columns - 1) // columns
+        sheet = cell = None
+        for i, entry in enumerate(ordered):  # one decoded image in memory at a time
+            with Image.open(io.BytesIO(self.store.read(entry.file))) as image:
+                if sheet is None:
+                    scale = min(1.0, max_side / max(image.size))
+                    cell = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+                    sheet = Image.new("RGB", (cell[0] * columns, cell[1] * rows), (16, 16, 16))
+                sheet.paste(image.convert("RGB").resize(cell), ((i % columns) * cell[0], (i // columns) * cell[1]))
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
         self.store.write("contact_sheet.png", buffer.getvalue())
