@@ -164,21 +164,24 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
         start_local_ray(num_cpus=2, dashboard=False)
         ray_ready = time.perf_counter()
         direct_runs, direct_loads, farm_runs = [], [], []
+
+        def run_direct(k: int) -> None:
+            direct = direct_run(case)
+            direct_runs.append(sum(direct["frame_seconds"]) / frames)
+            direct_loads.append(direct["load_seconds"])
+            log(f"   direct: {direct_runs[-1]:.3f} s/frame")
+
+        def run_farm(k: int) -> None:
+            farm = farm_run(plan, work / f"farm-{k}", case)
+            farm["seconds_per_frame"] = farm["run_seconds"] / frames
+            farm_runs.append(farm)
+            log(f"   farm:   {farm['seconds_per_frame']:.3f} s/frame (actor start {farm['actor_start_seconds']:.1f} s)")
+
         for k in range(case.repeats):
             # pairs alternate their order (direct first, then farm first, ...): the machine's
             # speed drifts over minutes, and a fixed order would charge the drift to one side
-            for side in (("direct", "farm") if k % 2 == 0 else ("farm", "direct")):
-                if side == "direct":
-                    direct = direct_run(case)
-                    direct_runs.append(sum(direct["frame_seconds"]) / frames)
-                    direct_loads.append(direct["load_seconds"])
-                    log(f"   direct: {direct_runs[-1]:.3f} s/frame")
-                else:
-                    farm = farm_run(plan, work / f"farm-{k}", case)
-                    farm["seconds_per_frame"] = farm["run_seconds"] / frames
-                    farm_runs.append(farm)
-                    log(f"   farm:   {farm['seconds_per_frame']:.3f} s/frame "
-                        f"(actor start {farm['actor_start_seconds']:.1f} s)")
+            for run_side in ((run_direct, run_farm) if k % 2 == 0 else (run_farm, run_direct)):
+                run_side(k)
         startup = {"ray_init_seconds": ray_ready - cluster_started,
                    "ray_init_to_first_actor_ready_seconds": ray_ready - cluster_started
                    + farm_runs[0]["actor_start_seconds"]}
