@@ -74,9 +74,16 @@ class FaultInjector:
         self.kinds = kinds + ["ray.kill", "sigkill"] * 100
 
     def __call__(self, session) -> None:
+        """Inject the next fault once `every` more frames have finished; a turn with nothing
+        to hit (no busy actor, no process id yet) tries again on the next turn."""
         if len(session.completed) < self.next_at or not session.inflight:
             return
-        self.next_at = len(session.completed) + self.every
+        count = len(self.injected)
+        self._inject(session)
+        if len(self.injected) > count:
+            self.next_at = len(session.completed) + self.every
+
+    def _inject(self, session) -> None:
         busy = [label for _, label, _ in session.inflight.values() if label in session.slots]
         if not busy:
             return
