@@ -19,7 +19,8 @@ The largest size that fits in 16, 24 and 80 GiB: peak memory is measured at a fe
 sizes (5:3 like 1280x768), fitted as a + b*pixels + c*pixels^2 (attention makes memory
 grow faster than the pixel count), and each budget's predicted largest size is then
 rendered for two steps under ``torch.cuda.set_per_process_memory_fraction`` (the budget
-less the CUDA context), stepping down until it fits; budgets above the device's memory
+less the CUDA context), stepping down until one fits or up while the next one fits (so a
+size reported with "largest" true is the largest); budgets above the device's memory
 are predictions only. A time budget (``--budget-seconds``) skips later stages rather
 than overrunning; whatever was measured is written into bench/results/ (section "gpu").
 
@@ -103,6 +104,35 @@ def largest_size_within(fit: tuple[float, float, float], budget_bytes: float) ->
         if predicted_bytes(fit, width * height) <= budget_bytes:
             best = (width, height)
     return best
+
+
+def largest_fitting(fits, sizes: list, start: int, probes: int = 5) -> tuple[int | None, bool]:
+    """(index of the largest of ``sizes`` that ``fits``, whether the next size up was seen to
+    fail) searching from ``start`` (the prediction): down until one fits, or up while the next
+    one fits; at most ``probes`` calls of ``fits``, which may also answer None (out of time:
+    the search stops there)."""
+    probed, answer = 1, fits(sizes[start])
+    if answer is None:
+        return None, False
+    if answer:
+        best = start
+        while best + 1 < len(sizes) and probed < probes:
+            probed += 1
+            answer = fits(sizes[best + 1])
+            if not answer:
+                return best, answer is False
+            best += 1
+        return best, False
+    for index in range(start - 1, -1, -1):
+        if probed >= probes:
+            break
+        probed += 1
+        answer = fits(sizes[index])
+        if answer is None:
+            break
+        if answer:
+            return index, True
+    return None, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +242,8 @@ def memory_fit(renderer, spec, run: GpuRun, deadline: Deadline, log=print) -> di
         "method": ("peak reserved memory measured at the sizes below, fitted as a + b*pixels + c*pixels^2; each "
                    "budget's predicted largest 5:3 size rendered for 2 steps under "
                    "torch.cuda.set_per_process_memory_fraction((budget - CUDA context) / device memory), "
-                   "stepping down a size until it fits"),
+                   "then stepping down a size until one fits or up while the next one fits (64 px of width "
+                   "a step, at most 5 renders); 'largest' says whether the next size up was seen to fail"),
         "device_memory_gib": total / 2**30,
         "cuda_context_gib": context / 2**30,
         "measured": [{"pixels": p, "reserved_gib": b / 2**30} for p, b in points],
@@ -232,19 +263,20 @@ def memory_fit(renderer, spec, run: GpuRun, deadline: Deadline, log=print) -> di
                                      "verified": None}
             if predicted and budget * 2**30 <= total and deadline.left() > 60:
                 torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
-                position = sizes.index(predicted)
-                for attempt in range(3):
-                    width, height = sizes[max(0, position - attempt)]
-                    if peak_at(width, height) is not None:
-                        entry["verified"] = f"{width}x{height}"
-                        break
-                    if deadline.left() < 60:
-                        break
+
+                def fits(size: tuple[int, int]) -> bool | None:
+                    return None if deadline.left() < 60 else peak_at(*size) is not None
+
+                index, largest = largest_fitting(fits, sizes, sizes.index(predicted))
                 torch.cuda.set_per_process_memory_fraction(1.0, device)
+                if index is not None:
+                    entry["verified"] = "{}x{}".format(*sizes[index])
+                    entry["largest"] = largest
             elif predicted and budget * 2**30 > total:
                 entry["note"] = f"above this device's {total / 2**30:.0f} GiB: prediction only"
             budgets[f"{budget}GiB"] = entry
-            log(f"   largest size within {budget} GiB: predicted {entry['predicted']}, verified {entry['verified']}")
+            log(f"   largest size within {budget} GiB: predicted {entry['predicted']}, verified {entry['verified']}"
+                + ("" if entry.get("largest", True) else " (larger sizes not tried)"))
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
     result["largest_size"] = budgets

@@ -149,12 +149,12 @@ GRAY = (GRAY_WEIGHTS,) * 3  # every output channel is grayscale3's luma
 
 @functools.lru_cache(maxsize=32)
 def constant_matrix(rows: tuple[tuple[float, ...], ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A constant matrix made on ``device`` by fills (``torch.tensor`` would be a
-    host-to-device copy, a sync inside a sampler step); made once per device and dtype."""
+    """A constant matrix made on ``device`` by fills (``torch.tensor``, and even ``out[i, j] =
+    value``, copy from the host: a sync inside a sampler step); made once per device and dtype."""
     out = torch.empty(len(rows), len(rows[0]), device=device, dtype=dtype)
     for i, row in enumerate(rows):
         for j, value in enumerate(row):
-            out[i, j] = value
+            out[i, j].fill_(value)
     return out
 
 

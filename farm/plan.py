@@ -378,16 +378,18 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
         frames.append(build(index, shot, mode == "None" or index == shot_starts[shot]))
     if mode != "None" and scene["parallel_segments"] > 1:
         frames = split_into_segments(frames, scene["parallel_segments"], scene["segment_overlap"], build)
-    if scene["compile_unet"] == "auto" and compile_pays_off(models, frames):
+    if scene["compile_unet"] == "auto" and compile_pays_off(frames):
         compiled = dataclasses.replace(models, compile_unet=True)
         frames = [dataclasses.replace(f, render=dataclasses.replace(f.render, models=compiled)) for f in frames]
     return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames))
 
 
 AUTO_COMPILE_MIN_STEPS = 2000
-"""`compile_unet: auto` compiles from this many sampler steps on. H200, DD defaults with the
-secondary model: compilation 95 s, then 0.163 instead of 0.292 s/step, so one actor breaks
-even after about 740 steps (3 images of 250 steps); 2000 leaves room for a few actors."""
+"""`compile_unet: auto` compiles from this many sampler steps on. H200, DD defaults
+(bench/results/2026-11-26-h200*.json): with the secondary model 0.273 s/step eager, 0.160
+compiled, about 95 s of compilation; on the full-UNet path (forward and backward compiled)
+0.337 against 0.208 s/step after 119 s. One actor breaks even after 840-920 steps (about 4
+images of 250 steps); 2000 leaves room for a few actors each compiling once."""
 
 
 def sampler_steps(frames) -> int:
@@ -395,10 +397,9 @@ def sampler_steps(frames) -> int:
     return sum(f.render.sampler.steps - f.render.sampler.skip_steps for f in frames if f.diffuse and not f.sources)
 
 
-def compile_pays_off(models: ModelSetSpec, frames) -> bool:
-    """`compile_unet: auto`: on the secondary-model path (the compiled UNet runs forward
-    only; the full-UNet path's compiled backward is not measured yet) and a long scene."""
-    return models.use_secondary_model and sampler_steps(frames) >= AUTO_COMPILE_MIN_STEPS
+def compile_pays_off(frames) -> bool:
+    """`compile_unet: auto`: a scene long enough to repay each actor's compilation."""
+    return sampler_steps(frames) >= AUTO_COMPILE_MIN_STEPS
 
 
 def segment_bounds(start: int, stop: int, segments: int) -> list[int]:

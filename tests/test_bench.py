@@ -183,6 +183,33 @@ def test_gpu_peaks_memory_fit_and_sizes():
         gpu.fit_memory(points[:1])
 
 
+def test_gpu_largest_size_search_walks_from_the_prediction():
+    sizes = list(range(20))
+    probed = []
+
+    def fits_below(limit, out_of_time_after=99):
+        def fits(size):
+            probed.append(size)
+            return None if len(probed) > out_of_time_after else size <= limit
+        return fits
+
+    assert gpu.largest_fitting(fits_below(12), sizes, 10) == (12, True)  # up while the next fits
+    assert probed == [10, 11, 12, 13]
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(7), sizes, 10) == (7, True)  # down until one fits
+    assert probed == [10, 9, 8, 7]
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(19), sizes, 10, probes=3) == (12, False)  # probes used up
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(19), sizes, 17) == (19, False)  # the last size fits
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(-1), sizes, 2) == (None, False)  # nothing fits
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(19, out_of_time_after=2), sizes, 10) == (11, False)  # out of time
+    probed.clear()
+    assert gpu.largest_fitting(fits_below(19, out_of_time_after=0), sizes, 10) == (None, False)
+
+
 def test_results_file_sections_and_names(tmp_path):
     path = results_path("box", "2026-01-02", tmp_path)
     assert path.name == "2026-01-02-box.json"

@@ -137,13 +137,14 @@ def _compiles(text):
     return plan.frames[0].render.models.compile_unet
 
 
-def test_compile_unet_auto_compiles_long_secondary_model_scenes_only():
+def test_compile_unet_auto_compiles_long_scenes_only():
     from farm.plan import AUTO_COMPILE_MIN_STEPS, sampler_steps
 
     long_stills = BASE + f"steps: 250\nskip_steps: 10\nn_batches: {AUTO_COMPILE_MIN_STEPS // 240 + 1}\n"
     assert _compiles(long_stills)  # auto is the default
     assert not _compiles(long_stills.replace("n_batches: 9", "n_batches: 8"))  # 1920 steps
-    assert not _compiles(long_stills + "use_secondary_model: false\n")  # compiled backward: opt-in only
+    assert _compiles(long_stills + "use_secondary_model: false\n")  # the full-UNet path too
+    assert not _compiles(long_stills.replace("n_batches: 9", "n_batches: 8") + "use_secondary_model: false\n")
     assert not _compiles(long_stills + "compile_unet: false\n")
     assert _compiles(BASE + "n_batches: 1\ncompile_unet: true\n")
     assert _compiles(long_stills + "compile_unet: Auto\n")
