@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 
 def _stage_rows(events) -> list[tuple[str, float, float, int]]:
@@ -37,13 +38,22 @@ def _stage_rows(events) -> list[tuple[str, float, float, int]]:
     return sorted(rows, key=lambda row: -row[1])
 
 
+class Variant(NamedTuple):
+    name: str
+    unet_channels_last: bool = False
+    half_group_norms: bool = True  # group norms in the input dtype (engine.unet)
+    compile_unet: bool = False
+    clip_channels_last: bool = False  # ResNet CLIPs
+    fuse_clip_layers: bool = False  # engine.clip_layers
+
+
 VARIANTS = (
-    # name, UNet channels_last, input-dtype group norms, torch.compile, ResNet CLIPs channels_last
-    ("default: contiguous, input-dtype norms", False, True, False, False),
-    ("ResNet CLIP channels_last", False, True, False, True),
-    ("UNet channels_last", True, True, False, False),
-    ("library fp32 norms", False, False, False, False),
-    ("torch.compile", False, True, True, False),
+    Variant("default: contiguous, input-dtype norms"),
+    Variant("CLIP layers fused (folded norms, patch matmul)", fuse_clip_layers=True),
+    Variant("ResNet CLIP channels_last", clip_channels_last=True),
+    Variant("UNet channels_last", unet_channels_last=True),
+    Variant("library fp32 norms", half_group_norms=False),
+    Variant("torch.compile", compile_unet=True),
 )
 
 
@@ -86,12 +96,15 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
     results = []
     if variants:
         timed = eb.with_steps(spec, max(steps, 4))
-        for name, channels_last, half_norms, compiled, clip_channels_last in VARIANTS:
-            if device != "cuda" and compiled:
+        for variant in VARIANTS:
+            if device != "cuda" and variant.compile_unet:
                 continue
-            renderer.models.configure_unet(channels_last=channels_last and device == "cuda",
-                                           half_group_norms=half_norms, compile_unet=compiled)
-            renderer.models.configure_clips(channels_last=clip_channels_last)
+            name = variant.name
+            renderer.models.configure_unet(channels_last=variant.unet_channels_last and device == "cuda",
+                                           half_group_norms=variant.half_group_norms,
+                                           compile_unet=variant.compile_unet)
+            renderer.models.configure_clips(channels_last=variant.clip_channels_last,
+                                            fused=variant.fuse_clip_layers)
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)
             sync()

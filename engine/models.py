@@ -13,13 +13,14 @@ import logging
 import os
 import pathlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from engine import tiny
 from engine.catalogue import VGG16
+from engine.clip_layers import Swap, fuse_inference_layers, unfuse
 from engine.errors import EngineError, EngineOutOfMemory, ModelFileMissing, UnknownModelName
 from engine.spec import ModelSetSpec
 
@@ -56,6 +57,8 @@ class LoadedClip:
     mean: torch.Tensor
     std: torch.Tensor
     dtype: torch.dtype
+    fused_layers: list[Swap] = field(default_factory=list)
+    """The module swaps of ``engine.clip_layers`` in effect (empty: the library's layers)."""
 
     @property
     def is_convolutional(self) -> bool:
@@ -171,6 +174,7 @@ class ModelSet:
         half_group_norms: bool | None = None,
         compile_unet: bool | None = None,
         clip_channels_last: bool | None = None,
+        fuse_clip_layers: bool | None = None,
     ) -> None:
         self.spec = spec
         # random_weights: the real architectures with random weights and no files
@@ -190,6 +194,10 @@ class ModelSet:
         # ResNet CLIPs in channels_last: on the CPU 14% faster for RN50 (forward + backward
         # to the cuts), 30% for the tiny RN; on CUDA not yet measured (bench.gpu_profile)
         self.clip_channels_last = (not on_cuda) if clip_channels_last is None else clip_channels_last
+        # batch norms folded into ResNet CLIPs' convolutions, ViTs' patch convolution as a
+        # matrix product (engine.clip_layers): on the CPU the ViT-B/32 patch embedding's
+        # forward + backward is 5x faster; on CUDA not yet measured (bench.gpu_profile)
+        self.fuse_clip_layers = (not on_cuda) if fuse_clip_layers is None else fuse_clip_layers
         if not spec.clip_models:
             raise EngineError("clip_models is empty: name at least one CLIP model")
         self.is_tiny = tiny.is_tiny_diffusion(spec.diffusion_model)
@@ -204,7 +212,7 @@ class ModelSet:
                 if name in self.clips:
                     raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
                 self.clips[name] = self._load_clip(name)
-            self.configure_clips(channels_last=self.clip_channels_last)
+            self.configure_clips(channels_last=self.clip_channels_last, fused=self.fuse_clip_layers)
         except torch.OutOfMemoryError:
             raise EngineOutOfMemory(
                 f"out of GPU memory loading {spec.key}: use fewer/smaller CLIP models"
@@ -309,11 +317,20 @@ class ModelSet:
         self.compile_unet = False
         self.compiled_unet_forward = None
 
-    def configure_clips(self, *, channels_last: bool) -> None:
-        """Memory layout of the convolutional (ResNet) CLIP image encoders; ViTs keep theirs."""
+    def configure_clips(self, *, channels_last: bool, fused: bool | None = None) -> None:
+        """Memory layout of the convolutional (ResNet) CLIP image encoders (ViTs keep
+        theirs) and whether their layers are fused for inference (``engine.clip_layers``;
+        None keeps the current state)."""
         self.clip_channels_last = channels_last
+        if fused is not None:
+            self.fuse_clip_layers = fused
         layout = torch.channels_last if channels_last else torch.contiguous_format
         for clip in self.clips.values():
+            if self.fuse_clip_layers and not clip.fused_layers:
+                clip.fused_layers = fuse_inference_layers(clip.model.visual)
+            elif not self.fuse_clip_layers and clip.fused_layers:
+                unfuse(clip.fused_layers)
+                clip.fused_layers = []
             if clip.is_convolutional:
                 clip.model.visual.to(memory_format=layout)
 

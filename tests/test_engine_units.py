@@ -16,13 +16,17 @@ torch.set_num_threads(1)
 
 from engine import losses  # noqa: E402
 from engine.cutouts import (  # noqa: E402
+    GRAY,
     apply_augmentation,
     augment,
+    clamp01,
     draw_augmentation,
     grayscale3,
     image_prompt_cutouts,
     inner_cut_sizes_and_offsets,
     make_cutouts,
+    merged_noise_matrices,
+    mix_channels,
     overview_cuts,
     pad_to_square,
 )
@@ -214,23 +218,24 @@ def test_augment_is_per_cut_deterministic_differentiable_and_in_range():
     assert not torch.allclose(out[0], out[1], atol=1e-2)
 
 
-def _augment_step_by_step(cuts, a):
+def _augment_step_by_step(cuts, a, noises):
     """DD's augmentations one operation at a time (as DD's torchvision transforms do them),
-    with the mirrored noise the folded mirror implies: the reference for the fast path."""
+    with the three unit ``noises``, the first mirrored as the folded mirror implies: the
+    reference for the fast path."""
     import torch.nn.functional as F
 
     sigma = a.noise_scale
     mirror = a.mirror[:, None, None, None]
-    x = cuts + a.noise[0] * sigma
+    x = cuts + noises[0] * sigma
     x = torch.where(mirror, x.flip(-1), x)
     radians = a.angles_deg * math.pi / 180
     theta = torch.stack([torch.stack([radians.cos(), -radians.sin(), 2 * a.shift_x], 1),
                          torch.stack([radians.sin(), radians.cos(), 2 * a.shift_y], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = x + a.noise[1] * sigma
+    x = x + noises[1] * sigma
     x = torch.where(a.gray[:, None, None, None], grayscale3(x), x)
-    x = x + a.noise[2] * sigma
+    x = x + noises[2] * sigma
     x = (x * a.brightness[:, None, None, None]).clamp(0, 1)
     luma = grayscale3(x)[:, :1].mean(dim=(1, 2, 3), keepdim=True)
     c = a.contrast[:, None, None, None]
@@ -253,15 +258,44 @@ def test_fast_augmentation_equals_the_step_by_step_one():
     params = type(params)(**{k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
                              for k, v in vars(params).items()})
     assert params.mirror.any() and not params.mirror.all() and params.gray.any() and not params.gray.all()
-    fast, reference = apply_augmentation(cuts, params), _augment_step_by_step(cuts, params)
+    # The fast path's second noise image, mixed per cut, stands for DD's two noises around
+    # the grayscale: as the step-by-step noises that is n1 = 0, n2 = L z.
+    merged = mix_channels(params.noise[1], merged_noise_matrices(params.gray).double())
+    noises = (params.noise[0], torch.zeros_like(cuts), merged)
+    fast, reference = apply_augmentation(cuts, params), _augment_step_by_step(cuts, params, noises)
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-9)
     # gradients too (where no clamp is active they flow back through every step)
     one = cuts.clone().requires_grad_()
     two = cuts.clone().requires_grad_()
     weights = torch.rand_like(cuts)
     (apply_augmentation(one, params) * weights).sum().backward()
-    (_augment_step_by_step(two, params) * weights).sum().backward()
+    (_augment_step_by_step(two, params, noises) * weights).sum().backward()
     torch.testing.assert_close(one.grad, two.grad, rtol=0, atol=1e-9)
+
+
+def test_merged_noise_has_the_covariance_of_dds_two_noises():
+    """M n1 + n2 (M: identity, or every channel the luma) is Gaussian with covariance
+    I + M M^T; the merged noise L z has L L^T equal to it, so the same distribution."""
+    gray = torch.tensor([False, True])
+    factors = merged_noise_matrices(gray).double()
+    for factor, m in zip(factors, (torch.eye(3, dtype=torch.float64), torch.tensor(GRAY, dtype=torch.float64))):
+        torch.testing.assert_close(factor @ factor.T, torch.eye(3, dtype=torch.float64) + m @ m.T, atol=1e-6, rtol=0)
+    # and empirically, against drawing the two noises
+    generator = torch.Generator().manual_seed(5)
+    n1, n2, z = (torch.randn(3, 200_000, generator=generator, dtype=torch.float64) for _ in range(3))
+    two_noises = torch.tensor(GRAY, dtype=torch.float64) @ n1 + n2
+    torch.testing.assert_close(torch.cov(factors[1] @ z), torch.cov(two_noises), atol=0.02, rtol=0)
+
+
+def test_clamp01_clamps_and_passes_the_gradient_strictly_inside():
+    x = torch.tensor([-0.5, -0.0, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    ours, torchs = clamp01(x), y.clamp(0, 1)
+    assert torch.equal(ours, torchs)
+    weights = torch.arange(1.0, 7.0)
+    (ours * weights).sum().backward()
+    (torchs * weights).sum().backward()
+    assert x.grad.tolist() == [0, 0, 0, 4, 0, 0] and torch.equal(x.grad, y.grad)
 
 
 def test_image_prompt_cutouts_shape_and_determinism():
