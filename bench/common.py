@@ -110,8 +110,10 @@ def rounded(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def target(name: str, measured: float, limit: float, comparison: str = "<=", unit: str = "") -> dict[str, Any]:
-    """A target verdict: measured value, the limit, met or not, and by how much."""
+def target(name: str, measured: float, limit: float, comparison: str = "<=", unit: str = "",
+           why: str = "") -> dict[str, Any]:
+    """A target verdict: measured value, the limit, met or not, by how much and, where
+    missed and known, ``why``."""
     if comparison == "<=":
         met = measured <= limit
     elif comparison == ">=":
@@ -128,6 +130,8 @@ def target(name: str, measured: float, limit: float, comparison: str = "<=", uni
         verdict["missed_by"] = round(abs(measured - limit), 4)
         if comparison != "==" and limit:
             verdict["missed_by_relative"] = f"{abs(measured - limit) / abs(limit) * 100:.1f}%"
+        if why:
+            verdict["why"] = why
     return verdict
 
 

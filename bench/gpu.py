@@ -54,6 +54,15 @@ BUDGETS_GIB = (16, 24, 80)
 MEMORY_TARGET_GIB = 16
 SPEEDUP_TARGET = 3.0
 PEAK_FRACTION_TARGET = 0.35
+WHY_BELOW_PEAK = (
+    "one image per UNet call: at batch 1 the step is bound by memory traffic, not tensor-core math "
+    "(group norms, SiLU and the elementwise work between the convolutions, the cut resampling and "
+    "augmentations; bench.gpu_profile breaks a step down), which torch.compile only partly fuses; "
+    "a larger share needs several images per UNet call")
+WHY_SECONDARY_SPEEDUP = (
+    "on the secondary-model path DD's UNet already runs one forward without gradients, as the engine's "
+    "does: the engine saves DD's per-cut-batch CLIP calls and host syncs, not UNet work; compile_unet "
+    "(on for scenes of 2000+ sampler steps) fuses the UNet's elementwise work")
 ASPECT = 768 / 1280
 
 
@@ -325,10 +334,11 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
         if "engine" not in config:
             continue
         label = "secondary model" if config["secondary_model"] else "full UNet"
-        checks = [target(f"{label}: speed-up over DD-equivalent", config["speedup"], SPEEDUP_TARGET, ">=")]
+        checks = [target(f"{label}: speed-up over DD-equivalent", config["speedup"], SPEEDUP_TARGET, ">=",
+                         why=WHY_SECONDARY_SPEEDUP if config["secondary_model"] else "")]
         if config["engine"].get("fraction_of_peak") is not None:
             checks.append(target(f"{label}: fraction of peak", config["engine"]["fraction_of_peak"],
-                                 PEAK_FRACTION_TARGET, ">="))
+                                 PEAK_FRACTION_TARGET, ">=", why=WHY_BELOW_PEAK))
         if config["secondary_model"] and "peak_memory_gib" in config["engine"]:
             checks.append(target("DD defaults peak memory (GiB)", config["engine"]["peak_memory_gib"],
                                  MEMORY_TARGET_GIB, "<="))

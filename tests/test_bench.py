@@ -220,4 +220,5 @@ def test_results_file_sections_and_names(tmp_path):
     with pytest.raises(BenchError):
         machine_name("...")
     assert target("ratio", 0.7, 0.6)["met"] is False and target("ratio", 0.5, 0.6)["met"] is True
+    assert target("ratio", 0.7, 0.6, why="cuts")["why"] == "cuts" and "why" not in target("ratio", 0.5, 0.6, why="x")
     assert bench_run.main(["--only", "nope"]) == 2
