@@ -55,7 +55,7 @@ class OverheadCase:
     width: int = 128
     height: int = 128
     cutn_batches: int = 2
-    repeats: int = 4  # an even number: as many pairs direct-first as farm-first
+    repeats: int = 6  # an even number: as many pairs direct-first as farm-first
     threads: int = 1
 
 
