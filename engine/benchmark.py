@@ -17,7 +17,8 @@ count UNet forwards, evaluations of one UNet block (forwards plus checkpoint
 recomputes), secondary forwards and image-encoder calls per CLIP model; a
 ``TorchFunctionMode`` counts the host syncs a step makes structurally: device-to-host
 reads (``.item()``, ``bool()``, ``float()``, ``.tolist()``, ``.cpu()``...) and tensors
-built from host data (``torch.tensor``, ``from_numpy``: blocking uploads on CUDA). The
+built or written from host data (``torch.tensor``, ``t[i] = 0.5``: blocking uploads on
+CUDA; ``engine.syncs``). The
 counts are per-step differences between a short and a longer render, so set-up and
 the final image read-back are not included. On CUDA the syncs torch's sync debug mode
 reports are counted as well (``cuda_syncs``), and ``FlopCounter`` counts FLOPs.
@@ -47,6 +48,7 @@ from engine.models import ModelSet, diffusion_steps_for
 from engine.render import Renderer
 from engine.secondary import alpha_sigma_to_t
 from engine.spec import GuidanceSettings, ModelSetSpec, RenderSpec, SamplerSettings, WeightedPrompt
+from engine.syncs import host_access
 from engine.unet import set_group_norm_precision, uses_input_dtype_group_norms
 
 PRESETS = {
@@ -64,13 +66,6 @@ PRESETS = {
 
 PROMPT = "a lighthouse in a storm, oil painting"
 
-HOST_READS = frozenset({
-    "item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__",
-    "__array__", "__format__", "__repr__",
-})
-"""Tensor methods that read a value back to the host (a sync on a GPU)."""
-HOST_UPLOADS = frozenset({"tensor", "as_tensor", "from_numpy"})
-"""Functions that build a tensor from host data (a blocking upload when it goes to a GPU)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -118,11 +113,9 @@ class HostSyncCounter(TorchFunctionMode):
         self.uploads: Counter[str] = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in HOST_READS:
-            self.reads[name] += 1
-        elif name in HOST_UPLOADS:
-            self.uploads[name] += 1
+        kind = host_access(func, args)
+        if kind is not None:
+            (self.reads if kind == "read" else self.uploads)[getattr(func, "__name__", "")] += 1
         return func(*args, **(kwargs or {}))
 
 

@@ -18,11 +18,10 @@ PLMS, which DD lacks).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from engine.models import DiffusionSchedule, ModelSet
 from engine.perlin import PERLIN_MODES, perlin_init_image
 from engine.secondary import alpha_sigma_to_t_float
 from engine.spec import CUT_SLOTS, RenderSpec
+from engine.syncs import sync_check
 from engine.unet import unet_forward
 
 __all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8"]
@@ -177,27 +177,14 @@ def out_of_memory_message(spec: RenderSpec) -> str:
     )
 
 
-@contextlib.contextmanager
-def sync_check(enabled: bool) -> Iterator[None]:
-    """Within the block, a CUDA host-device sync raises (when enabled)."""
-    if not enabled:
-        yield
-        return
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 class Renderer:
     """Renders RenderSpecs with one loaded ``ModelSet``.
 
     ``max_cuts_per_clip_call`` splits a CLIP model's cuts into several image-encoder
     calls (a memory budget for very large cut counts); None = one call per model per step.
-    ``check_syncs`` (CUDA only) makes any host-device synchronisation inside a sampler
-    step raise (torch's sync debug mode), for benchmarks and tests on a GPU.
+    ``check_syncs`` makes a host-device synchronisation inside a sampler step raise
+    (``engine.syncs.sync_check``: torch's sync debug mode on CUDA; on the CPU the host reads
+    and uploads that would sync on a GPU), for benchmarks and tests.
     """
 
     def __init__(
@@ -445,7 +432,7 @@ class Renderer:
         for k, i in enumerate(indices):
             if should_stop is not None and should_stop():
                 raise RenderCancelled(f"render cancelled before step {k} of {len(indices)}")
-            with sync_check(self.check_syncs and device.type == "cuda"):
+            with sync_check(self.check_syncs, device):
                 if i in mirror_at:
                     x = symmetrize(x, sampler.use_horizontal_symmetry, sampler.use_vertical_symmetry)
                 if sampler.mode == "ddim":
