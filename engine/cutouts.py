@@ -190,9 +190,8 @@ def mix_two(images: torch.Tensor, matrices: torch.Tensor, others: torch.Tensor, 
     """``mix_channels(images, matrices) + mix_channels(others, other_matrices)`` in two
     batched matmuls (the second accumulates into the first)."""
     n, channels = images.shape[:2]
-    dtype = images.dtype
-    mixed = torch.bmm(matrices.to(dtype), images.reshape(n, channels, -1))
-    both = torch.baddbmm(mixed, other_matrices.to(dtype), others.reshape(n, channels, -1))
+    mixed = mix_channels(images, matrices).view(n, channels, -1)
+    both = torch.baddbmm(mixed, other_matrices.to(images.dtype), others.reshape(n, channels, -1))
     return both.view(images.shape)
 
 
