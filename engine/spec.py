@@ -6,6 +6,7 @@ a `RenderSpec` (plus optional init pixels) and knows nothing of files, frames or
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 CUT_SLOTS = 1000
@@ -82,12 +83,18 @@ class ModelSetSpec:
 
     @property
     def key(self) -> str:
-        """A short human-readable key (used for actor names and affinity)."""
+        """A short human-readable key (actor names and affinity): different for model sets
+        that load differently, so a frame never lands on an actor holding another set."""
         sec = "+sec" if self.use_secondary_model else ""
         model = self.diffusion_model
         if self.custom_model_path:
             model = f"{model}:{self.custom_model_path.rsplit('/', 1)[-1]}"
-        return f"{model}{sec}|{','.join(self.clip_models)}"
+        if self.custom_model_settings:
+            digest = hashlib.sha1(repr(sorted(self.custom_model_settings)).encode()).hexdigest()[:8]
+            model = f"{model}@{digest}"
+        loading = "".join(flag for flag, on in (("+checkpointed", self.use_checkpoint),
+                                                ("+compiled", self.compile_unet)) if on)
+        return f"{model}{sec}{loading}|{','.join(self.clip_models)}"
 
 
 @dataclass(frozen=True)

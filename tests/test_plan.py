@@ -167,3 +167,23 @@ def test_compile_unet_takes_true_false_or_auto():
 
     with pytest.raises(SceneInvalid, match="compile_unet.*expected true, false or auto, got"):
         parse_scene(BASE + "compile_unet: sometimes\n")
+
+
+def test_model_set_key_tells_apart_sets_that_load_differently():
+    """Actors are routed and shared by key: sets the Renderer would refuse as another
+    model set (compiled, checkpointed, other custom settings) get other keys."""
+    import dataclasses
+
+    from engine.spec import ModelSetSpec
+
+    base = ModelSetSpec(diffusion_model="tiny", clip_models=("tiny-vit::random",))
+    variants = [dataclasses.replace(base, compile_unet=True), dataclasses.replace(base, use_checkpoint=True),
+                dataclasses.replace(base, custom_model_settings=(("num_channels", 32),)),
+                dataclasses.replace(base, custom_model_settings=(("num_channels", 64),))]
+    keys = [base.key] + [v.key for v in variants]
+    assert len(set(keys)) == len(keys)
+    assert base.key == "tiny+sec|tiny-vit::random" and variants[0].key == "tiny+sec+compiled|tiny-vit::random"
+    assert dataclasses.replace(base).key == base.key
+    long = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 9\n"))
+    short = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 8\n"))
+    assert long.frames[0].render.models.key != short.frames[0].render.models.key
