@@ -9,8 +9,11 @@ engine's labelled stages (``unet_forward``, ``secondary_forward``, ``cutouts``,
 ``augment``, ``clip_image:*``, ``clip_backward:*``, ``backward_to_x``: the
 ``record_function`` ranges in engine/render.py and engine/guidance.py), the busiest
 kernels, and how much of the step's wall time the GPU was busy. Then it times the step
-under a few switches (cuDNN autotuning; non-antialiased cut resizing) so their effect
-is measured on the same machine in the same run. No figures are targets here.
+under a few switches (``VARIANTS``: layouts, norm precision, fused CLIP layers, cuDNN
+autotuning, torch.compile) so their effect is measured on the same machine in the same
+run, and measures the batching headroom: the UNet's time per image when it runs 1, 2 or
+4 images per call (forward only, and forward + backward), which says what rendering
+several images per UNet call could gain. No figures are targets here.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Variant(NamedTuple):
     compile_unet: bool = False
     clip_channels_last: bool = False  # ResNet CLIPs
     fuse_clip_layers: bool = False  # engine.clip_layers
+    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark (autotuned convolutions)
 
 
 VARIANTS = (
@@ -53,12 +57,68 @@ VARIANTS = (
     Variant("ResNet CLIP channels_last", clip_channels_last=True),
     Variant("UNet channels_last", unet_channels_last=True),
     Variant("library fp32 norms", half_group_norms=False),
+    Variant("cuDNN autotuning (cudnn.benchmark)", cudnn_benchmark=True),
     Variant("torch.compile", compile_unet=True),
 )
 
 
+def batching_headroom(unet, height: int, width: int, log, batches: tuple[int, ...] = (1, 2, 4),
+                      repeats: int = 3) -> list[dict]:
+    """The UNet's seconds per image at ``batches`` images per call (median of ``repeats``
+    after a warm-up), forward without gradients and forward + backward to the input (the
+    full-UNet path's work). A batch that runs out of memory ends that mode's rows."""
+    import torch
+
+    from engine.unet import unet_forward
+
+    device = next(unet.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def forward(x, t):
+        with torch.no_grad():
+            unet_forward(unet, x, t)
+
+    def forward_backward(x, t):
+        with torch.enable_grad():
+            x = x.requires_grad_()
+            out = unet_forward(unet, x, t)
+            torch.autograd.grad(out[:, :3].float().sum(), x)
+
+    rows = []
+    for mode, work in (("forward", forward), ("forward+backward", forward_backward)):
+        for batch in batches:
+            x = torch.randn(batch, 3, height, width, device=device)
+            t = torch.full((batch,), 500.0, device=device)
+            try:
+                work(x, t)  # warm-up
+                sync()
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    work(x, t)
+                    sync()
+                    times.append(time.perf_counter() - started)
+            except torch.OutOfMemoryError:
+                log(f"  UNet {mode} x{batch}: out of memory")
+                rows.append({"mode": mode, "images_per_call": batch, "out_of_memory": True})
+                break
+            finally:
+                del x
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            per_image = statistics.median(times) / batch
+            rows.append({"mode": mode, "images_per_call": batch, "seconds_per_image": round(per_image, 4)})
+            log(f"  UNet {mode} x{batch}: {per_image:.4f} s per image")
+    for row in rows:
+        base = next((r for r in rows if r["mode"] == row["mode"] and r["images_per_call"] == 1), None)
+        if base and "seconds_per_image" in row and "seconds_per_image" in base:
+            row["per_image_vs_one"] = round(row["seconds_per_image"] / base["seconds_per_image"], 3)
+    return rows
+
+
 def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device: str = "cuda",
-                   tables: bool = True, variants: bool = True, on_result=lambda rows: None) -> list[dict]:
+                   tables: bool = True, variants: bool = True, on_result=lambda rows: None,
+                   on_headroom=None, skip_compile: bool = False) -> list[dict]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -93,11 +153,14 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
             log(f"  {key:40s} device {ms:9.1f} ms  cpu {cpu_ms:9.1f} ms  x{count}")
         log("busiest kernels / ops by self device time:")
         log(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+    if on_headroom is not None:
+        log(f"batching headroom at {size[0]}x{size[1]}:")
+        on_headroom(batching_headroom(renderer.models.unet, size[1], size[0], log))
     results = []
     if variants:
         timed = eb.with_steps(spec, max(steps, 4))
         for variant in VARIANTS:
-            if device != "cuda" and variant.compile_unet:
+            if variant.compile_unet and (device != "cuda" or skip_compile):
                 continue
             name = variant.name
             renderer.models.configure_unet(channels_last=variant.unet_channels_last and device == "cuda",
@@ -105,6 +168,7 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
                                            compile_unet=variant.compile_unet)
             renderer.models.configure_clips(channels_last=variant.clip_channels_last,
                                             fused=variant.fuse_clip_layers)
+            torch.backends.cudnn.benchmark = variant.cudnn_benchmark
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)
             sync()
@@ -119,6 +183,7 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
             on_result(results)  # written as measured: a time limit keeps what was done
             log(f"  {label} | {name:48s}: {seconds:.3f} s/step (warm-up {warm_up:.1f} s"
                 + (f", peak {peak:.2f} GiB)" if peak is not None else ")"))
+        torch.backends.cudnn.benchmark = False
     del renderer
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -131,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU: checks the script only")
     parser.add_argument("--no-tables", action="store_true", help="skip the profiler tables, time the variants only")
+    parser.add_argument("--skip-compile", action="store_true",
+                        help="leave out the torch.compile variant (1-2 minutes of compilation per path)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
@@ -151,15 +218,23 @@ def main(argv: list[str] | None = None) -> int:
     preset, device = ("tiny", "cpu") if args.cpu_check else ("dd", "cuda")
     log(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} torch {torch.__version__}")
     done: list[dict] = []
+    headroom: list[dict] = []
 
     def write(rows: list[dict]) -> None:
         (args.out_dir / "gpu-profile.txt").write_text("\n".join(lines) + "\n")
         (args.out_dir / "gpu-variants.json").write_text(json.dumps(
             {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-             "size": "1280x768" if device == "cuda" else "64x64", "variants": done + rows}, indent=1) + "\n")
+             "size": "1280x768" if device == "cuda" else "64x64", "variants": done + rows,
+             "batching_headroom": headroom}, indent=1) + "\n")
+
+    def record_headroom(rows: list[dict]) -> None:
+        headroom.extend(rows)
+        write([])
 
     for secondary in (True, False):
-        done += profile_config(secondary, args.steps, log, preset, device, tables=not args.no_tables, on_result=write)
+        done += profile_config(secondary, args.steps, log, preset, device, tables=not args.no_tables,
+                               on_result=write, on_headroom=record_headroom if secondary else None,
+                               skip_compile=args.skip_compile)
     write([])
     return 0
 

@@ -161,6 +161,11 @@ def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
     assert [r["variant"] for r in rows] == cpu_variants * 2  # both paths; torch.compile is CUDA only
     assert {r["path"] for r in rows} == {"secondary model", "full UNet"}
     assert all(r["seconds_per_step"] > 0 for r in rows)
+    headroom = json.loads((tmp_path / "gpu-variants.json").read_text())["batching_headroom"]
+    assert [(r["mode"], r["images_per_call"]) for r in headroom] == [
+        (mode, n) for mode in ("forward", "forward+backward") for n in (1, 2, 4)]
+    assert all(r["seconds_per_image"] > 0 for r in headroom)
+    assert [r["per_image_vs_one"] for r in headroom if r["images_per_call"] == 1] == [1.0, 1.0]
 
 
 def test_gpu_peaks_memory_fit_and_sizes():

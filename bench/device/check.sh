@@ -5,8 +5,10 @@
 #             group norms, compile_unet on both paths (no silent fall-back to eager);
 #   gpu       bench.gpu at DD's defaults with today's engine defaults (both paths, memory fit);
 #   compiled  bench.gpu with compile_unet;
-#   variants  bench.gpu_profile --no-tables: layout / norm / ResNet-CLIP layout / compile
-#             variants on one loaded model set (a second call: about 6 minutes).
+#   variants  bench.gpu_profile --no-tables: layout / norm / CLIP layer / cuDNN / compile
+#             variants on one loaded model set (a second call: about 6 minutes);
+#   profile   bench.gpu_profile with its tables (where a step's time goes), the batching
+#             headroom and the variants except torch.compile (about 3 minutes).
 # Results and logs go to ${OUT:-bench/results} (the results JSON is named after NAME).
 #   bash bench/device/check.sh h100                 # tests, gpu, compiled
 #   bash bench/device/check.sh h100 variants        # one or more stages
@@ -35,11 +37,14 @@ for stage in $stages; do
         compiled)
             timeout 170 python3 -m bench.gpu --machine "$machine-compiled" --out-dir "$out" --budget-seconds 150 \
                 --compile-unet 2>&1 | tee "$out/gpu-compiled.log" ;;
+        profile)
+            timeout 300 python3 -m bench.gpu_profile --steps 3 --skip-compile --out-dir "$out" 2>&1 \
+                | tee "$out/gpu-profile.log" | tail -40 ;;
         variants)
             timeout 500 python3 -m bench.gpu_profile --no-tables --steps 4 --out-dir "$out" 2>&1 \
                 | tee "$out/gpu-variants.log" ;;
         *)
-            echo "check.sh: unknown stage '$stage' (tests, gpu, compiled, variants)" >&2
+            echo "check.sh: unknown stage '$stage' (tests, gpu, compiled, variants, profile)" >&2
             exit 2 ;;
     esac
 done
