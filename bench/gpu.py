@@ -306,7 +306,7 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
         "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
         "peak_dense_fp16_tflops": peak, "dry_run_on_cpu": device.type != "cuda",
         "precision": ("UNet and CLIP in fp16 on CUDA (guided-diffusion's convert_to_fp16, group norms in fp16 with "
-                      "fp32 statistics, contiguous layout), secondary model fp32"),
+                      "fp32 statistics from a reduction split across the GPU, contiguous layout), secondary model fp32"),
         "compile_unet": run.compile_unet,
         "configs": [], "targets": [],
     }

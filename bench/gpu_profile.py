@@ -45,6 +45,7 @@ class Variant(NamedTuple):
     name: str
     unet_channels_last: bool = False
     half_group_norms: bool = True  # group norms in the input dtype (engine.unet)
+    split_norm_statistics: bool = True  # engine.unet.GroupNormSplitStatistics (eager UNet)
     compile_unet: bool = False
     clip_channels_last: bool = False  # ResNet CLIPs
     fuse_clip_layers: bool = False  # engine.clip_layers
@@ -52,7 +53,8 @@ class Variant(NamedTuple):
 
 
 VARIANTS = (
-    Variant("default: contiguous, input-dtype norms"),
+    Variant("default: contiguous, input-dtype norms, split statistics"),
+    Variant("native group-norm statistics", split_norm_statistics=False),
     Variant("CLIP layers fused (folded norms, patch matmul)", fuse_clip_layers=True),
     Variant("ResNet CLIP channels_last", clip_channels_last=True),
     Variant("UNet channels_last", unet_channels_last=True),
@@ -165,7 +167,8 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
             name = variant.name
             renderer.models.configure_unet(channels_last=variant.unet_channels_last and device == "cuda",
                                            half_group_norms=variant.half_group_norms,
-                                           compile_unet=variant.compile_unet)
+                                           compile_unet=variant.compile_unet,
+                                           split_norm_statistics=variant.split_norm_statistics)
             renderer.models.configure_clips(channels_last=variant.clip_channels_last,
                                             fused=variant.fuse_clip_layers)
             torch.backends.cudnn.benchmark = variant.cudnn_benchmark

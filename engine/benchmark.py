@@ -49,7 +49,7 @@ from engine.render import Renderer
 from engine.secondary import alpha_sigma_to_t
 from engine.spec import GuidanceSettings, ModelSetSpec, RenderSpec, SamplerSettings, WeightedPrompt
 from engine.syncs import host_access
-from engine.unet import set_group_norm_precision, uses_input_dtype_group_norms
+from engine.unet import set_group_norm_precision, uses_input_dtype_group_norms, uses_split_norm_statistics
 
 PRESETS = {
     "dd": dict(
@@ -306,7 +306,7 @@ def dd_model_state(model_set: ModelSet) -> Iterator[None]:
     chosen = [p for n, p in unet.named_parameters() if "qkv" in n or "norm" in n or "proj" in n]
     previous_grads = [p.requires_grad for p in chosen]
     channels_last = bool(getattr(model_set, "channels_last", False))
-    half_norms = uses_input_dtype_group_norms(unet)
+    half_norms, split_statistics = uses_input_dtype_group_norms(unet), uses_split_norm_statistics(unet)
     try:
         set_group_norm_precision(unet, False)  # the library's GroupNorm32, as DD runs it
         for module in flagged:
@@ -319,7 +319,7 @@ def dd_model_state(model_set: ModelSet) -> Iterator[None]:
                 model_set.secondary.to(memory_format=torch.contiguous_format)
         yield
     finally:
-        set_group_norm_precision(unet, half_norms)
+        set_group_norm_precision(unet, half_norms, split_statistics)
         for module, flag in zip(flagged, previous_flags):
             module.use_checkpoint = flag
         for param, flag in zip(chosen, previous_grads):

@@ -175,6 +175,7 @@ class ModelSet:
         compile_unet: bool | None = None,
         clip_channels_last: bool | None = None,
         fuse_clip_layers: bool | None = None,
+        split_norm_statistics: bool | None = None,
     ) -> None:
         self.spec = spec
         # random_weights: the real architectures with random weights and no files
@@ -189,6 +190,9 @@ class ModelSet:
         # GroupNorm32 without its fp32 round trip (engine.unet); only matters in fp16
         self.half_group_norms = self.half_precision if half_group_norms is None else (
             half_group_norms and self.half_precision)
+        # group-norm statistics from a reduction spread over the whole GPU instead of one
+        # thread block per group (engine.unet.GroupNormSplitStatistics); eager UNet only
+        self.split_norm_statistics = on_cuda if split_norm_statistics is None else split_norm_statistics
         # torch.compile only on CUDA (on the CPU its compile time outweighs a render)
         self.compile_unet = on_cuda and (spec.compile_unet if compile_unet is None else compile_unet)
         # ResNet CLIPs in channels_last: on the CPU 14% faster for RN50 (forward + backward
@@ -206,7 +210,7 @@ class ModelSet:
         try:
             self.unet = self._load_unet()
             self.configure_unet(channels_last=self.channels_last, half_group_norms=self.half_group_norms,
-                                compile_unet=self.compile_unet)
+                                compile_unet=self.compile_unet, split_norm_statistics=self.split_norm_statistics)
             self.secondary = self._load_secondary() if spec.use_secondary_model else None
             for name in spec.clip_models:
                 if name in self.clips:
@@ -300,12 +304,17 @@ class ModelSet:
             unet.convert_to_fp16()
         return unet
 
-    def configure_unet(self, *, channels_last: bool, half_group_norms: bool, compile_unet: bool) -> None:
-        """The loaded UNet's memory layout, group-norm precision and compilation (CUDA
-        speed options; benchmarks switch them on one loaded set to compare)."""
+    def configure_unet(self, *, channels_last: bool, half_group_norms: bool, compile_unet: bool,
+                       split_norm_statistics: bool | None = None) -> None:
+        """The loaded UNet's memory layout, group-norm precision and statistics, and
+        compilation (CUDA speed options; benchmarks switch them on one loaded set to
+        compare). Split statistics apply to the eager UNet in its input dtype only: a
+        compiled UNet gets torch.compile's own group-norm reductions."""
         self.channels_last, self.half_group_norms, self.compile_unet = channels_last, half_group_norms, compile_unet
+        if split_norm_statistics is not None:
+            self.split_norm_statistics = split_norm_statistics
         self.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        set_group_norm_precision(self.unet, half_group_norms)
+        set_group_norm_precision(self.unet, half_group_norms, self.split_norm_statistics and not compile_unet)
         self.compiled_unet_forward = (
             torch.compile(functools.partial(unet_forward, self.unet), dynamic=False) if compile_unet else None)
 
@@ -316,6 +325,7 @@ class ModelSet:
                       "rendering on without compilation", RuntimeWarning, stacklevel=2)
         self.compile_unet = False
         self.compiled_unet_forward = None
+        set_group_norm_precision(self.unet, self.half_group_norms, self.split_norm_statistics)
 
     def configure_clips(self, *, channels_last: bool, fused: bool | None = None) -> None:
         """Memory layout of the convolutional (ResNet) CLIP image encoders (ViTs keep

@@ -18,6 +18,15 @@ the library's ``GroupNorm32`` converts fp16 activations to fp32, normalises and 
 back, two full-size copies per norm; torch's CUDA group-norm kernel accumulates half
 inputs in fp32 anyway, so normalising in the input dtype gives the same statistics
 without the copies.
+
+``GroupNormSplitStatistics`` is the fourth (``ModelSet(split_norm_statistics=...)``, on by
+default on CUDA for the eager UNet): torch's CUDA group-norm kernel computes each group's
+moments in one thread block, so at batch 1 a norm over 32 groups runs 32 blocks on a GPU
+with 132 multiprocessors; at DD's 1280x768 that moments pass was a third of the GPU's
+time in a step (``bench.gpu_profile``). Here the moments come from ``torch.std_mean``,
+whose reduction spreads each long group over many blocks; the normalisation is one
+``addcmul`` with per-channel scale and shift, and the backward pass is torch's own
+group-norm backward given those statistics.
 """
 
 from __future__ import annotations
@@ -125,17 +134,71 @@ def group_norm_in_input_dtype(norm: torch.nn.GroupNorm, x: torch.Tensor,
     return F.group_norm(x, norm.num_groups, *params, norm.eps)
 
 
-def set_group_norm_precision(unet: torch.nn.Module, in_input_dtype: bool) -> int:
+def group_norm_scale_shift(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+                           bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) [N, C] such that group norm = x * scale + shift, from
+    per-group mean and 1/std [N, G] and the affine weight and bias [C]; computed in fp32
+    at least."""
+    dtype = torch.promote_types(rstd.dtype, torch.float32)
+    (n, groups), channels = mean.shape, weight.shape[0]
+
+    def per_channel(stat: torch.Tensor) -> torch.Tensor:
+        return stat.to(dtype)[:, :, None].expand(n, groups, channels // groups).reshape(n, channels)
+
+    scale = per_channel(rstd) * weight.to(dtype)
+    shift = bias.to(dtype) - per_channel(mean) * scale
+    return scale, shift
+
+
+class GroupNormSplitStatistics(torch.autograd.Function):
+    """``F.group_norm(x, groups, weight, bias, eps)`` with its statistics from
+    ``torch.std_mean`` (a reduction that splits each group over many thread blocks;
+    accumulated in fp32 for half inputs) and torch's group-norm backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c = x.shape[:2]
+        std, mean = torch.std_mean(x.reshape(n, groups, -1), dim=2, correction=0)
+        rstd = (std.to(torch.promote_types(std.dtype, torch.float32)).square() + eps).rsqrt()
+        scale, shift = group_norm_scale_shift(mean, rstd, weight, bias)
+        shape = (n, c) + (1,) * (x.dim() - 2)
+        out = torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
+        stats_dtype = x.dtype if weight.dtype == x.dtype else torch.float32  # as native_group_norm
+        ctx.save_for_backward(x, mean.to(stats_dtype), rstd.to(stats_dtype), weight)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, mean, rstd, weight = ctx.saved_tensors
+        n, c = x.shape[:2]
+        wanted = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
+        dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
+            grad_out.contiguous(), x.contiguous(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, wanted)
+        return dx, dweight, dbias, None, None
+
+
+def group_norm_split_statistics(norm: torch.nn.GroupNorm, x: torch.Tensor,
+                                params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``group_norm_in_input_dtype`` through ``GroupNormSplitStatistics``."""
+    if params is None or params[0].dtype != x.dtype:
+        params = (norm.weight.to(x.dtype), norm.bias.to(x.dtype))
+    return GroupNormSplitStatistics.apply(x, *params, norm.num_groups, norm.eps)
+
+
+def set_group_norm_precision(unet: torch.nn.Module, in_input_dtype: bool, split_statistics: bool = False) -> int:
     """Make the UNet's GroupNorm32 layers normalise in their input's dtype (True) or as the
-    library does, through fp32 (False). Their weights are cast to the UNet's dtype here,
-    once, not per call. Returns how many layers were set."""
+    library does, through fp32 (False); in the input's dtype, ``split_statistics`` takes
+    the statistics from ``GroupNormSplitStatistics``. Their weights are cast to the UNet's
+    dtype here, once, not per call. Returns how many layers were set."""
     count = 0
+    forward = group_norm_split_statistics if split_statistics else group_norm_in_input_dtype
     for module in unet.modules():
         if isinstance(module, GroupNorm32):
             if in_input_dtype:
                 dtype = getattr(unet, "dtype", module.weight.dtype)
                 params = (module.weight.detach().to(dtype), module.bias.detach().to(dtype))
-                module.forward = functools.partial(group_norm_in_input_dtype, module, params=params)
+                module.forward = functools.partial(forward, module, params=params)
             else:
                 module.__dict__.pop("forward", None)
             count += 1
@@ -144,3 +207,8 @@ def set_group_norm_precision(unet: torch.nn.Module, in_input_dtype: bool) -> int
 
 def uses_input_dtype_group_norms(unet: torch.nn.Module) -> bool:
     return any(isinstance(m, GroupNorm32) and "forward" in m.__dict__ for m in unet.modules())
+
+
+def uses_split_norm_statistics(unet: torch.nn.Module) -> bool:
+    return any(isinstance(m, GroupNorm32) and getattr(m.__dict__.get("forward"), "func", None)
+               is group_norm_split_statistics for m in unet.modules())

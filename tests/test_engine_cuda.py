@@ -97,10 +97,12 @@ def test_cuda_attention_runs_fused_kernels_forward_and_backward(cuda_full):
 
 
 def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
-    from engine.unet import set_group_norm_precision, unet_forward, uses_input_dtype_group_norms
+    from engine.unet import (set_group_norm_precision, unet_forward, uses_input_dtype_group_norms,
+                             uses_split_norm_statistics)
 
     unet = cuda_full.models.unet
     assert cuda_full.models.half_group_norms and uses_input_dtype_group_norms(unet)
+    assert cuda_full.models.split_norm_statistics and uses_split_norm_statistics(unet)  # the CUDA default
     x = torch.randn(1, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     t = torch.tensor([400.0], device="cuda")
     with torch.no_grad():
@@ -109,8 +111,33 @@ def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
         try:
             library = unet_forward(unet, x, t).float()
         finally:
-            set_group_norm_precision(unet, True)
+            set_group_norm_precision(unet, True, split_statistics=True)
     assert (fast - library).abs().max() < 2e-2 * library.abs().max()
+
+
+def test_cuda_split_statistics_group_norm_matches_torch_at_dd_size():
+    """fp16 [1, 128, 384, 640] (a 512 UNet norm at 1280x768, halved): values and input
+    gradients as close to an fp32 reference as torch's own fp16 group norm."""
+    import torch.nn.functional as F
+
+    from engine.unet import GroupNormSplitStatistics
+
+    gen = torch.Generator("cuda").manual_seed(4)
+    x = (torch.randn(1, 128, 384, 640, device="cuda", generator=gen) * 4 + 2).half()
+    weight = torch.randn(128, device="cuda", generator=gen).half()
+    bias = torch.randn(128, device="cuda", generator=gen).half()
+    upstream = torch.randn(x.shape, device="cuda", generator=gen).half()
+
+    def run(norm, dtype):
+        xg = x.to(dtype).requires_grad_(True)
+        out = norm(xg, weight.to(dtype), bias.to(dtype))
+        return out.detach().float(), torch.autograd.grad(out, xg, upstream.to(dtype))[0].float()
+
+    reference = run(lambda a, w, b: F.group_norm(a, 32, w, b, 1e-5), torch.float32)
+    torch_half = run(lambda a, w, b: F.group_norm(a, 32, w, b, 1e-5), torch.float16)
+    split = run(lambda a, w, b: GroupNormSplitStatistics.apply(a, w, b, 32, 1e-5), torch.float16)
+    for ours, theirs, exact in zip(split, torch_half, reference):
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-3
 
 
 @pytest.mark.parametrize("secondary", [True, False], ids=["secondary model", "full UNet"])

@@ -236,6 +236,73 @@ def test_group_norms_in_the_input_dtype_match_the_library_fp32_round_trip():
     assert torch.equal(unet(xs, t), expected)
 
 
+def test_split_statistics_group_norm_equals_torch_values_and_gradients():
+    """GroupNormSplitStatistics (std_mean statistics, torch's group-norm backward) is
+    F.group_norm: values and the gradients of input, weight and bias, in float64."""
+    import torch.nn.functional as F
+
+    from engine.unet import GroupNormSplitStatistics
+
+    gen = torch.Generator().manual_seed(8)
+    for shape, groups in (((1, 64, 8, 12), 32), ((2, 32, 5, 7), 8), ((1, 16, 40), 4)):
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3 + 1.5
+        weight = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+        bias = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+        upstream = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        results = []
+        def torch_group_norm(x, weight, bias, groups, eps):
+            return F.group_norm(x, groups, weight, bias, eps)
+
+        for norm in (torch_group_norm, GroupNormSplitStatistics.apply):
+            inputs = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+            out = norm(*inputs, groups, 1e-5)
+            results.append([out.detach(), *torch.autograd.grad((out * upstream).sum(), inputs)])
+        for ours, reference in zip(*results):
+            assert torch.allclose(ours, reference, atol=1e-12, rtol=1e-12)
+    small = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in ((1, 8, 3, 3), (8,), (8,))]
+    assert torch.autograd.gradcheck(lambda x, w, b: GroupNormSplitStatistics.apply(x, w, b, 4, 1e-5), small)
+    half = torch.randn(1, 64, 16, 16, generator=gen).bfloat16() * 40  # fp32 statistics for half inputs
+    w, b = torch.randn(64, generator=gen).bfloat16(), torch.randn(64, generator=gen).bfloat16()
+    reference = F.group_norm(half.float(), 32, w.float(), b.float(), 1e-5)
+    ours = GroupNormSplitStatistics.apply(half, w, b, 32, 1e-5)
+    assert ours.dtype == torch.bfloat16
+    torch_half_error = (F.group_norm(half, 32, w, b, 1e-5).float() - reference).abs().max()
+    assert (ours.float() - reference).abs().max() <= 2 * torch_half_error
+
+
+def test_a_unet_with_split_statistics_norms_equals_the_library():
+    from engine.unet import set_group_norm_precision, unet_forward, uses_split_norm_statistics
+
+    unet = _small_unet(new_attention_order=False, use_checkpoint=False)
+    t = torch.tensor([300.0, 40.0])
+    xs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    outputs = []
+    for split in (False, True):
+        set_group_norm_precision(unet, True, split_statistics=split)
+        assert uses_split_norm_statistics(unet) == split
+        xg = xs.clone().requires_grad_(True)
+        out = unet_forward(unet, xg, t)
+        outputs.append((out.detach(), torch.autograd.grad(out.square().mean(), xg)[0]))
+    (plain, plain_grad), (split, split_grad) = outputs
+    assert torch.allclose(split, plain, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(split_grad, plain_grad, atol=1e-7, rtol=1e-4) and split_grad.abs().sum() > 0
+
+
+def test_split_statistics_are_for_the_eager_unet_only():
+    """A compiled UNet keeps torch.compile's own group-norm reductions."""
+    from engine.unet import uses_split_norm_statistics
+
+    model_set = ModelSet(MODELS, "cpu")
+    model_set.configure_unet(channels_last=False, half_group_norms=True, compile_unet=False,
+                             split_norm_statistics=True)
+    assert uses_split_norm_statistics(model_set.unet)
+    model_set.configure_unet(channels_last=False, half_group_norms=True, compile_unet=True)
+    assert not uses_split_norm_statistics(model_set.unet) and model_set.split_norm_statistics
+    with pytest.warns(RuntimeWarning, match="compile_unet: torch.compile failed"):
+        model_set.drop_compiled_unet(RuntimeError("no compiler"))  # eager again: split statistics back
+    assert uses_split_norm_statistics(model_set.unet)
+
+
 def test_compile_unet_is_a_cuda_only_option():
     import dataclasses
 

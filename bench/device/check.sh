@@ -7,8 +7,10 @@
 #   compiled  bench.gpu with compile_unet;
 #   variants  bench.gpu_profile --no-tables: layout / norm / CLIP layer / cuDNN / compile
 #             variants on one loaded model set (a second call: about 6 minutes);
+#   smoke     the CUDA tests of the group norms only (seconds: run first after changing them);
 #   profile   bench.gpu_profile with its tables (where a step's time goes), the batching
 #             headroom and the variants except torch.compile (about 3 minutes).
+# GPU_BUDGET (seconds, default 150) is bench.gpu's time budget: 220 covers both paths.
 # Results and logs go to ${OUT:-bench/results} (the results JSON is named after NAME).
 #   bash bench/device/check.sh h100                 # tests, gpu, compiled
 #   bash bench/device/check.sh h100 variants        # one or more stages
@@ -31,8 +33,12 @@ for stage in $stages; do
         tests)
             timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py 2>&1 \
                 | tee "$out/cuda-tests.log" | tail -20 ;;
+        smoke)
+            timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py -k "group_norm" 2>&1 \
+                | tee "$out/cuda-smoke.log" | tail -5 ;;
         gpu)
-            timeout 170 python3 -m bench.gpu --machine "$machine" --out-dir "$out" --budget-seconds 150 2>&1 \
+            timeout $(( ${GPU_BUDGET:-150} + 20 )) python3 -m bench.gpu --machine "$machine" --out-dir "$out" \
+                --budget-seconds "${GPU_BUDGET:-150}" 2>&1 \
                 | tee "$out/gpu.log" ;;
         compiled)
             timeout 170 python3 -m bench.gpu --machine "$machine-compiled" --out-dir "$out" --budget-seconds 150 \
@@ -44,7 +50,7 @@ for stage in $stages; do
             timeout 500 python3 -m bench.gpu_profile --no-tables --steps 4 --out-dir "$out" 2>&1 \
                 | tee "$out/gpu-variants.log" ;;
         *)
-            echo "check.sh: unknown stage '$stage' (tests, gpu, compiled, variants, profile)" >&2
+            echo "check.sh: unknown stage '$stage' (smoke, tests, gpu, compiled, variants, profile)" >&2
             exit 2 ;;
     esac
 done
