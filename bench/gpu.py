@@ -55,10 +55,12 @@ MEMORY_TARGET_GIB = 16
 SPEEDUP_TARGET = 3.0
 PEAK_FRACTION_TARGET = 0.35
 WHY_BELOW_PEAK = (
-    "one image per UNet call: at batch 1 the step is bound by memory traffic, not tensor-core math "
-    "(group norms, SiLU and the elementwise work between the convolutions, the cut resampling and "
-    "augmentations; bench.gpu_profile breaks a step down), which torch.compile only partly fuses; "
-    "a larger share needs several images per UNet call")
+    "one image per UNet call: at batch 1 the step is bound by memory traffic and layout copies, not "
+    "tensor-core math (cuDNN's NCHW/NHWC transposes around each convolution, the elementwise work "
+    "between the convolutions, the cut resampling and augmentations; bench.gpu_profile breaks a step "
+    "down), which torch.compile only partly fuses; the UNet's time per image falls to 0.69-0.77x at "
+    "4 images per call (bench.gpu_profile's batching headroom), so a larger share needs several "
+    "images per UNet call")
 WHY_SECONDARY_SPEEDUP = (
     "on the secondary-model path DD's UNet already runs one forward without gradients, as the engine's "
     "does: the engine saves DD's per-cut-batch CLIP calls and host syncs, not UNet work; compile_unet "

@@ -196,11 +196,11 @@ class ModelSet:
         # torch.compile only on CUDA (on the CPU its compile time outweighs a render)
         self.compile_unet = on_cuda and (spec.compile_unet if compile_unet is None else compile_unet)
         # ResNet CLIPs in channels_last: on the CPU 14% faster for RN50 (forward + backward
-        # to the cuts), 30% for the tiny RN; on CUDA not yet measured (bench.gpu_profile)
+        # to the cuts), 30% for the tiny RN; on an H200 no gain (bench.gpu_profile), so CPU only
         self.clip_channels_last = (not on_cuda) if clip_channels_last is None else clip_channels_last
         # batch norms folded into ResNet CLIPs' convolutions, ViTs' patch convolution as a
         # matrix product (engine.clip_layers): on the CPU the ViT-B/32 patch embedding's
-        # forward + backward is 5x faster; on CUDA not yet measured (bench.gpu_profile)
+        # forward + backward is 5x faster; on an H200 no gain (bench.gpu_profile), so CPU only
         self.fuse_clip_layers = (not on_cuda) if fuse_clip_layers is None else fuse_clip_layers
         if not spec.clip_models:
             raise EngineError("clip_models is empty: name at least one CLIP model")
