@@ -150,15 +150,31 @@ def group_norm_scale_shift(mean: torch.Tensor, rstd: torch.Tensor, weight: torch
     return scale, shift
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def grouped_view(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A view of x [N, C, ...] and the dims to reduce over for per-group statistics,
+    without a copy for contiguous and for channels_last inputs."""
+    n, c = x.shape[:2]
+    if _is_channels_last(x):  # memory order N, H, W, C
+        return x.permute(0, 2, 3, 1).reshape(n, -1, groups, c // groups), (1, 3)
+    return x.reshape(n, groups, -1), (2,)
+
+
 class GroupNormSplitStatistics(torch.autograd.Function):
     """``F.group_norm(x, groups, weight, bias, eps)`` with its statistics from
     ``torch.std_mean`` (a reduction that splits each group over many thread blocks;
-    accumulated in fp32 for half inputs) and torch's group-norm backward."""
+    accumulated in fp32 for half inputs) and torch's group-norm backward. Keeps a
+    channels_last input's layout (output and input gradient)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
         n, c = x.shape[:2]
-        std, mean = torch.std_mean(x.reshape(n, groups, -1), dim=2, correction=0)
+        view, dims = grouped_view(x, groups)
+        std, mean = torch.std_mean(view, dim=dims, correction=0)
+        std, mean = std.reshape(n, groups), mean.reshape(n, groups)
         rstd = (std.to(torch.promote_types(std.dtype, torch.float32)).square() + eps).rsqrt()
         scale, shift = group_norm_scale_shift(mean, rstd, weight, bias)
         shape = (n, c) + (1,) * (x.dim() - 2)
@@ -175,6 +191,8 @@ class GroupNormSplitStatistics(torch.autograd.Function):
         wanted = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(), x.contiguous(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, wanted)
+        if dx is not None and _is_channels_last(x):
+            dx = dx.contiguous(memory_format=torch.channels_last)
         return dx, dweight, dbias, None, None
 
 

@@ -259,6 +259,18 @@ def test_split_statistics_group_norm_equals_torch_values_and_gradients():
             results.append([out.detach(), *torch.autograd.grad((out * upstream).sum(), inputs)])
         for ours, reference in zip(*results):
             assert torch.allclose(ours, reference, atol=1e-12, rtol=1e-12)
+    # channels_last: statistics without a copy, and the layout kept
+    x = torch.randn(1, 32, 6, 10, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(32, generator=gen, dtype=torch.float64), torch.randn(32, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    xs = [x.clone(memory_format=torch.channels_last).requires_grad_(True) for _ in range(2)]
+    ours = GroupNormSplitStatistics.apply(xs[0], weight, bias, 8, 1e-5)
+    reference = F.group_norm(xs[1].contiguous(), 8, weight, bias, 1e-5)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+    assert torch.allclose(ours, reference, atol=1e-12, rtol=1e-12)
+    ours_grad, reference_grad = (torch.autograd.grad(o, xi, upstream)[0] for o, xi in ((ours, xs[0]), (reference, xs[1])))
+    assert ours_grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ours_grad, reference_grad, atol=1e-12, rtol=1e-12)
     small = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in ((1, 8, 3, 3), (8,), (8,))]
     assert torch.autograd.gradcheck(lambda x, w, b: GroupNormSplitStatistics.apply(x, w, b, 4, 1e-5), small)
     half = torch.randn(1, 64, 16, 16, generator=gen).bfloat16() * 40  # fp32 statistics for half inputs
