@@ -276,8 +276,9 @@ def work_per_step(run: Callable[[RenderSpec], Any], model_set: ModelSet, spec: R
 # --------------------------------------------------------------------------- the engine
 
 
-def engine_step_seconds(renderer: Renderer, spec: RenderSpec) -> list[float]:
-    """Wall seconds of each sampler step of one engine render (from the per-step poll)."""
+def engine_step_seconds(renderer: Renderer, spec: RenderSpec, images: int = 1) -> list[float]:
+    """Wall seconds of each sampler step of one engine render (from the per-step poll);
+    ``images`` > 1 renders that many seeds of ``spec`` in lockstep (``render_images``)."""
     device = renderer.models.device
     marks: list[float] = []
 
@@ -286,7 +287,11 @@ def engine_step_seconds(renderer: Renderer, spec: RenderSpec) -> list[float]:
         marks.append(time.perf_counter())
         return False
 
-    renderer.render(spec, should_stop=mark)
+    if images == 1:
+        renderer.render(spec, should_stop=mark)
+    else:
+        specs = [dataclasses.replace(spec, seed=spec.seed + k) for k in range(images)]
+        renderer.render_images(specs, should_stop=mark)
     _sync(device)
     marks.append(time.perf_counter())
     return [b - a for a, b in zip(marks, marks[1:])]
@@ -383,7 +388,7 @@ def dd_style_step_seconds(renderer: Renderer, spec: RenderSpec, *, timed: bool =
             tv_losses = tv_loss(x_in)
             range_losses = range_loss(pred)
             sat_losses = saturation_loss(x_in)
-            loss = tv_losses.sum() * g.tv_scale + range_losses.sum() * g.range_scale + sat_losses * g.sat_scale
+            loss = tv_losses.sum() * g.tv_scale + range_losses.sum() * g.range_scale + sat_losses.sum() * g.sat_scale
             x_in_grad += torch.autograd.grad(loss, x_in)[0]
             if torch.isnan(x_in_grad).any() == False:  # noqa: E712 (DD's read-back, kept)
                 grad = -torch.autograd.grad(x_in, x, x_in_grad)[0]

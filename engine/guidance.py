@@ -9,6 +9,10 @@ For the guided image ``x_in`` (the predicted clean image blended with x_t as DD 
   image times ``init_scale`` (DD's range loss contributes nothing: see RANGE_LOSS_IS_INERT);
 - the gradient of all that w.r.t. x_t (one backward through the UNet or the secondary
   model), negated, zeroed if it holds NaN, and RMS-clamped to ``clamp_max``.
+Several images (a still run's images rendered in lockstep) are guided at once: each has
+its own random streams (crop geometry, augmentations) and prompt embeddings, the cuts of
+all images go through one image-encoder call per CLIP model, and every loss term is a sum
+over images of that image's loss, so each image's gradient is the one it would get alone.
 Nothing here reads a tensor back to the host.
 """
 
@@ -33,11 +37,20 @@ RANGE_LOSS_IS_INERT = True
 
 @dataclass
 class ClipTarget:
-    """One CLIP model's prompt embeddings [P, D] and normalised weights [P]."""
+    """One CLIP model's prompt embeddings [B, P, D] and normalised weights [B, P], for
+    each of the B images guided together."""
 
     clip: LoadedClip
     embeddings: torch.Tensor
     weights: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageRandomness:
+    """One image's random streams: crop geometry (host) and per-cut values (device)."""
+
+    host_rng: random.Random
+    generator: torch.Generator
 
 
 @dataclass
@@ -59,7 +72,8 @@ class EngineCounters:
 
 
 class Guidance:
-    """Computes the guidance gradient for one sampler step."""
+    """Computes the guidance gradient for one sampler step of B images (``randomness``:
+    one ``ImageRandomness`` per image)."""
 
     def __init__(
         self,
@@ -67,8 +81,7 @@ class Guidance:
         cut_schedule: CutSchedule,
         targets: list[ClipTarget],
         counters: EngineCounters,
-        host_rng: random.Random,
-        generator: torch.Generator,
+        randomness: list[ImageRandomness],
         init_image: torch.Tensor | None = None,
         perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         max_cuts_per_clip_call: int | None = None,
@@ -77,8 +90,7 @@ class Guidance:
         self.cut_schedule = cut_schedule
         self.targets = targets
         self.counters = counters
-        self.host_rng = host_rng
-        self.generator = generator
+        self.randomness = randomness
         self.init_image = init_image
         self.perceptual = perceptual if (init_image is not None and settings.init_scale) else None
         self.max_cuts_per_clip_call = max_cuts_per_clip_call
@@ -92,13 +104,23 @@ class Guidance:
         for target in self.targets:
             clip = target.clip
             image01 = x_in.add(1).div(2)
-            with record_function("cutouts"):
-                cuts = make_cutouts(
-                    image01, clip.input_size, overview, innercut, ic_pow, icgray_p, s.cutn_batches, self.host_rng
-                )
-            if not s.skip_augs:
-                with record_function("augment"):
-                    cuts = augment(cuts, self.generator)
+            per_image = []
+            for b, random_streams in enumerate(self.randomness):
+                with record_function("cutouts"):
+                    cuts = make_cutouts(image01[b : b + 1], clip.input_size, overview, innercut, ic_pow, icgray_p,
+                                        s.cutn_batches, random_streams.host_rng)
+                if not s.skip_augs:
+                    with record_function("augment"):
+                        cuts = augment(cuts, random_streams.generator)
+                per_image.append(cuts)
+            cuts_per_image = per_image[0].shape[0]
+            cuts = torch.cat(per_image) if len(per_image) > 1 else per_image[0]
+            del per_image
+            # each cut's prompts: its image's ([1, P, D] broadcasts over one image's cuts)
+            cut_targets, cut_weights = target.embeddings, target.weights[:, None, :]
+            if len(self.randomness) > 1:
+                cut_targets = target.embeddings.repeat_interleave(cuts_per_image, dim=0)
+                cut_weights = target.weights.repeat_interleave(cuts_per_image, dim=0)
             n_cuts = cuts.shape[0]
             chunk = self.max_cuts_per_clip_call or n_cuts
             starts = list(range(0, n_cuts, chunk))
@@ -108,8 +130,13 @@ class Guidance:
                     embeddings = clip.encode_image(part)
                 self.counters.clip_image_calls[clip.name] += 1
                 self.counters.cuts_encoded[clip.name] += part.shape[0]
-                dists = spherical_distance_loss(embeddings[:, None, :], target.embeddings[None, :, :])
-                loss = (dists * target.weights).sum() * (s.clip_guidance_scale / n_cuts)
+                if len(self.randomness) > 1:
+                    dists = spherical_distance_loss(embeddings[:, None, :], cut_targets[start : start + chunk])
+                    weights = cut_weights[start : start + chunk]
+                else:
+                    dists = spherical_distance_loss(embeddings[:, None, :], cut_targets)
+                    weights = cut_weights[0]
+                loss = (dists * weights).sum() * (s.clip_guidance_scale / cuts_per_image)
                 last = k == len(starts) - 1
                 with record_function(f"clip_backward:{clip.name}"):
                     grad = torch.autograd.grad(loss, x_in, retain_graph=not last)[0]
@@ -129,7 +156,7 @@ class Guidance:
         # its gradient w.r.t. x_in (all DD takes) is zero: range_scale has no effect in
         # DD. Kept that way for parity (see ``range_loss`` and RANGE_LOSS_IS_INERT).
         if s.sat_scale:
-            term = saturation_loss(x_in) * s.sat_scale
+            term = saturation_loss(x_in).sum() * s.sat_scale
             other = term if other is None else other + term
         if self.perceptual is not None:
             init = self.init_image.to(x_in.dtype)
@@ -140,7 +167,7 @@ class Guidance:
             x_in_grad = grad if x_in_grad is None else x_in_grad + grad
         if x_in_grad is None:
             return torch.zeros_like(x)
-        has_nan = torch.isnan(x_in_grad).any()
+        has_nan = torch.isnan(x_in_grad).flatten(1).any(1)[:, None, None, None]  # per image
         x_in_grad = torch.where(has_nan, torch.zeros_like(x_in_grad), x_in_grad)
         with record_function("backward_to_x"):
             grad = -torch.autograd.grad(x_in, x, x_in_grad)[0]

@@ -34,8 +34,9 @@ def range_loss(image: torch.Tensor) -> torch.Tensor:
 
 
 def saturation_loss(image: torch.Tensor) -> torch.Tensor:
-    """Mean absolute excess outside [-1, 1] over the whole batch (DD's sat loss)."""
-    return (image - image.clamp(-1, 1)).abs().mean()
+    """Mean absolute excess outside [-1, 1], per image (DD's sat loss, which DD takes over
+    its batch of one)."""
+    return (image - image.clamp(-1, 1)).abs().mean([1, 2, 3])
 
 
 def normalised_weights(weights: Sequence[float]) -> list[float]:
@@ -50,6 +51,7 @@ def normalised_weights(weights: Sequence[float]) -> list[float]:
 
 
 def clamp_gradient(grad: torch.Tensor, clamp_max: float) -> torch.Tensor:
-    """Scale ``grad`` so that its RMS is at most ``clamp_max`` (zero stays zero)."""
-    magnitude = grad.square().mean().sqrt()
+    """Scale each image's ``grad`` [N, ...] so that its RMS is at most ``clamp_max`` (zero
+    stays zero)."""
+    magnitude = grad.square().mean(list(range(1, grad.dim())), keepdim=True).sqrt()
     return grad * (magnitude.clamp(max=clamp_max) / magnitude.clamp(min=1e-30))

@@ -18,10 +18,11 @@ PLMS, which DD lacks).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from engine.errors import (
     ModelMismatch,
     RenderCancelled,
 )
-from engine.guidance import ClipTarget, EngineCounters, Guidance
+from engine.guidance import ClipTarget, EngineCounters, Guidance, ImageRandomness
 from engine.losses import normalised_weights
 from engine.models import DiffusionSchedule, ModelSet
 from engine.perlin import PERLIN_MODES, perlin_init_image
@@ -46,7 +47,7 @@ from engine.spec import CUT_SLOTS, RenderSpec
 from engine.syncs import sync_check
 from engine.unet import unet_forward
 
-__all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8"]
+__all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8", "check_renderable_together"]
 
 IMAGE_PROMPT_CUTS = 16
 """Cuts per image prompt (DD's ``cutn`` for image prompts); each gets weight/16."""
@@ -146,6 +147,25 @@ def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:32]
 
 
+def check_renderable_together(specs: Sequence[RenderSpec]) -> None:
+    """Images rendered in lockstep share every setting but the seed (InvalidSpec otherwise)."""
+    if not specs:
+        raise InvalidSpec("no images to render")
+    first = dataclasses.replace(specs[0], seed=0)
+    for spec in specs[1:]:
+        if dataclasses.replace(spec, seed=0) != first:
+            raise InvalidSpec("images rendered together must differ only in their seed")
+
+
+def stack_targets(per_image: Sequence[Sequence[ClipTarget]]) -> list[ClipTarget]:
+    """Per-image prompt targets ([P, D] embeddings, [P] weights per CLIP model) as one
+    ClipTarget per model with a leading image dimension."""
+    return [
+        ClipTarget(models[0].clip, torch.stack([t.embeddings for t in models]), torch.stack([t.weights for t in models]))
+        for models in zip(*per_image)
+    ]
+
+
 def symmetrize(x: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
     """Mirror the left half onto the right (horizontal) and/or the top onto the bottom."""
     if horizontal:
@@ -162,16 +182,20 @@ def symmetry_step_indices(steps_run: int, percents: tuple[float, ...]) -> set[in
     return {int(steps_run * (1 - p)) for p in percents}
 
 
-def out_of_memory_message(spec: RenderSpec) -> str:
-    """One line naming the settings that set the memory use of a render."""
+def out_of_memory_message(spec: RenderSpec, images: int = 1) -> str:
+    """One line naming the settings that set the memory use of a render (of ``images``
+    images rendered together)."""
     g, m = spec.guidance, spec.models
     advice = "lower width_height or cutn_batches, or use fewer/smaller CLIP models"
+    if images > 1:
+        advice = "render fewer images together, " + advice
     if not m.use_secondary_model:
         advice += ", or set use_secondary_model true"
         if not m.use_checkpoint:  # the full-UNet path keeps the UNet's activations for its backward
             advice += " or use_checkpoint true"
+    what = f"{images} images of {spec.width}x{spec.height}" if images > 1 else f"{spec.width}x{spec.height}"
     return (
-        f"out of GPU memory rendering {spec.width}x{spec.height} with cutn_batches={g.cutn_batches}, "
+        f"out of GPU memory rendering {what} with cutn_batches={g.cutn_batches}, "
         f"{len(m.clip_models)} CLIP model(s) ({', '.join(m.clip_models)}), "
         f"use_secondary_model={m.use_secondary_model}: {advice}"
     )
@@ -213,11 +237,38 @@ class Renderer:
         ``on_intermediate(step_index, image)`` at ``spec.intermediate_steps``;
         ``should_stop()`` polled before each step (True raises RenderCancelled).
         """
+        callback = None if on_intermediate is None else (lambda _image, step, pixels: on_intermediate(step, pixels))
+        return self.render_images([spec], [init], image_prompt_images, callback, should_stop)[0]
+
+    def render_images(
+        self,
+        specs: Sequence[RenderSpec],
+        inits: Sequence[ImageLike | None] | None = None,
+        image_prompt_images: Mapping[str, ImageLike] | None = None,
+        on_intermediate: Callable[[int, int, np.ndarray], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
+        """Render several images in lockstep: per step one UNet call and one image-encoder
+        call per CLIP model for all of them (a GPU runs the UNet faster per image).
+
+        The specs must differ only in their seed (a still run's images). Each image keeps
+        its own random streams and losses, so it is the picture ``render`` gives for its
+        spec, up to the rounding of kernels that ran on a batch. ``inits``: one init image
+        (or None) per image, all given or none; ``on_intermediate(image_index, step_index,
+        image)``; otherwise as ``render``.
+        """
+        check_renderable_together(specs)
+        spec = specs[0]
         validate_spec(spec)
         if spec.models != self.models.spec:
             raise ModelMismatch(
                 f"spec needs models {spec.models.key!r} but this renderer holds {self.models.spec.key!r}"
             )
+        inits = list(inits) if inits is not None else [None] * len(specs)
+        if len(inits) != len(specs):
+            raise EngineError(f"{len(specs)} images but {len(inits)} init images")
+        if any(i is None for i in inits) and not all(i is None for i in inits):
+            raise InvalidSpec("images rendered together need an init image each, or none")
         names = list(self.models.clips)
         self.counters = EngineCounters(
             clip_image_calls={n: 0 for n in names},
@@ -226,11 +277,11 @@ class Renderer:
         )
         try:
             with torch.no_grad():
-                return self._render(spec, init, image_prompt_images or {}, on_intermediate, should_stop)
+                return self._render(list(specs), inits, image_prompt_images or {}, on_intermediate, should_stop)
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise EngineOutOfMemory(out_of_memory_message(spec)) from None
+            raise EngineOutOfMemory(out_of_memory_message(spec, len(specs))) from None
 
     # -- setup -------------------------------------------------------------------------
     def _targets(
@@ -383,40 +434,44 @@ class Renderer:
 
     def _render(
         self,
-        spec: RenderSpec,
-        init: ImageLike | None,
+        specs: list[RenderSpec],
+        inits: list[ImageLike | None],
         image_prompt_images: Mapping[str, ImageLike],
-        on_intermediate: Callable[[int, np.ndarray], None] | None,
+        on_intermediate: Callable[[int, int, np.ndarray], None] | None,
         should_stop: Callable[[], bool] | None,
-    ) -> np.ndarray:
+    ) -> list[np.ndarray]:
         started = time.perf_counter()
         ms = self.models
         device = ms.device
-        seed = spec.seed % (2**63)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        host_rng = random.Random(seed)
+        spec = specs[0]
+        randomness = []
+        for image_spec in specs:
+            seed = image_spec.seed % (2**63)
+            randomness.append(ImageRandomness(random.Random(seed), torch.Generator(device=device).manual_seed(seed)))
+        generators = [r.generator for r in randomness]
         sampler = spec.sampler
         schedule = ms.schedule(sampler.steps)
-        targets = self._targets(spec, image_prompt_images, generator)
-        init_image = self._init_image(spec, init, generator)
+        targets = stack_targets(
+            [self._targets(image_spec, image_prompt_images, gen) for image_spec, gen in zip(specs, generators)])
+        init_images = [self._init_image(spec, init, gen) for init, gen in zip(inits, generators)]
+        init_image = None if init_images[0] is None else torch.cat(init_images)
         perceptual = ms.lpips() if (init_image is not None and spec.guidance.init_scale) else None
         guidance = Guidance(
             spec.guidance,
             spec.cuts,
             targets,
             self.counters,
-            host_rng,
-            generator,
+            randomness,
             init_image=init_image,
             perceptual=perceptual,
             max_cuts_per_clip_call=self.max_cuts_per_clip_call,
         )
         shape = (1, 3, spec.height, spec.width)
         indices = list(range(schedule.num_steps - sampler.skip_steps))[::-1]
-        noise = torch.randn(shape, generator=generator, device=device)
+        noise = torch.cat([torch.randn(shape, generator=gen, device=device) for gen in generators])
         start = init_image
         if start is None and sampler.skip_steps:
-            start = torch.zeros(shape, device=device)
+            start = torch.zeros_like(noise)
         if start is not None:
             i0 = indices[0]
             x = schedule.sqrt_alpha_bar(i0) * start + schedule.sqrt_one_minus_alpha_bar(i0) * noise
@@ -436,18 +491,20 @@ class Renderer:
                 if i in mirror_at:
                     x = symmetrize(x, sampler.use_horizontal_symmetry, sampler.use_vertical_symmetry)
                 if sampler.mode == "ddim":
-                    x, pred = self._ddim_step(x, i, schedule, guidance, spec, generator)
+                    x, pred = self._ddim_step(x, i, schedule, guidance, spec, generators)
                 else:
                     x, pred = self._plms_step(x, i, schedule, guidance, spec, old_eps)
             self.counters.steps += 1
             if k in wanted:
-                on_intermediate(k, to_uint8(pred))
-        image = to_uint8(pred)
+                for b in range(len(specs)):
+                    on_intermediate(b, k, to_uint8(pred[b : b + 1]))
+        images = [to_uint8(pred[b : b + 1]) for b in range(len(specs))]
         self.counters.sampling_seconds = time.perf_counter() - loop_started
-        return image
+        return images
 
-    def _ddim_step(self, x, i, schedule, guidance, spec, generator):
-        """guided-diffusion's ddim_sample with condition_score; returns (x_prev, pred_x0)."""
+    def _ddim_step(self, x, i, schedule, guidance, spec, generators: Sequence[torch.Generator]):
+        """guided-diffusion's ddim_sample with condition_score; returns (x_prev, pred_x0).
+        ``generators``: one per image, for eta's noise."""
         eps, pred_cond, pred = self._guided_prediction(x, i, schedule, guidance, spec)
         alpha_bar = schedule.alphas_cumprod[i]
         alpha_bar_prev = schedule.alphas_cumprod_prev[i]
@@ -455,7 +512,9 @@ class Renderer:
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)) ** 0.5 * (1 - alpha_bar / alpha_bar_prev) ** 0.5
         x_prev = pred_cond * alpha_bar_prev**0.5 + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
         if i > 0 and sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+            shape = (1,) + tuple(x.shape[1:])
+            noise = torch.cat([torch.randn(shape, generator=gen, device=x.device) for gen in generators])
+            x_prev = x_prev + sigma * noise
         return x_prev, pred
 
     def _plms_step(self, x, i, schedule, guidance, spec, old_eps: list[torch.Tensor]):

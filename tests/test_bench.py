@@ -139,7 +139,7 @@ def test_gpu_script_says_no_cuda_and_writes_nothing(tmp_path, monkeypatch, capsy
 
 @pytest.mark.slow
 def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
-    assert gpu.main(["--cpu-dry-run", "--machine", "t", "--out-dir", str(tmp_path)]) == 0
+    assert gpu.main(["--cpu-dry-run", "--machine", "t", "--out-dir", str(tmp_path), "--peak-tflops", "1"]) == 0
     document = json.loads(next(tmp_path.glob("*-t.json")).read_text())
     section = document["sections"]["gpu_dry_run"]
     assert section["dry_run_on_cpu"] and len(section["configs"]) == 2
@@ -147,9 +147,15 @@ def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
     for config in (secondary, full):
         assert config["engine"]["per_step"]["flops"] > 0 and config["engine"]["achieved_tflops"] > 0
         assert config["memory"] == {"skipped": "no CUDA memory statistics on the CPU"}
+        # several seeds in lockstep: the same FLOPs per image, one call per step for all
+        assert [row["images"] for row in config["lockstep"]] == list(gpu.LOCKSTEP_IMAGES)
+        for row in config["lockstep"]:
+            assert row["seconds_per_image_step"] == pytest.approx(row["seconds_per_step"] / row["images"], rel=1e-3)
+            assert row["achieved_tflops"] > 0 and row["throughput_vs_one_image"] > 0
     # DD's full path: an extra forward and the checkpoint recompute cost FLOPs
     assert full["dd_equivalent"]["per_step"]["flops"] > 1.5 * full["engine"]["per_step"]["flops"]
     assert {t["target"] for t in section["targets"]} >= {"full UNet: speed-up over DD-equivalent"}
+    assert any(t["target"].startswith("full UNet: fraction of peak, ") for t in section["targets"])
 
 
 def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):

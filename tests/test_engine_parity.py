@@ -16,7 +16,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-from engine.guidance import ClipTarget, EngineCounters, Guidance  # noqa: E402
+from engine.guidance import ClipTarget, EngineCounters, Guidance, ImageRandomness  # noqa: E402
 from engine.losses import spherical_distance_loss  # noqa: E402
 from engine.models import ModelSet, diffusion_steps_for  # noqa: E402
 from engine.render import Renderer  # noqa: E402
@@ -75,7 +75,7 @@ def test_ddim_step_matches_guided_diffusion(renderer, library_diffusion, clip_de
     schedule = renderer.models.schedule(STEPS)
     spec = spec_for("ddim", clip_denoised)
     for i in (STEPS - 1, 3, 0):
-        ours_x, ours_pred = renderer._ddim_step(x, i, schedule, FixedGradient(grad), spec, gen)
+        ours_x, ours_pred = renderer._ddim_step(x, i, schedule, FixedGradient(grad), spec, [gen])
         t = torch.tensor([i])
         lib = library_diffusion.ddim_sample(
             renderer.models.unet, x, t, clip_denoised=clip_denoised, cond_fn=lambda *a, **k: grad, eta=0.0, model_kwargs={}
@@ -169,7 +169,7 @@ def test_guidance_uses_dd_cut_slots(renderer):
     schedule = renderer.models.schedule(STEPS)
     fixed = FixedGradient(torch.zeros(1, 3, 64, 64))
     x = torch.randn(1, 3, 64, 64)
-    renderer._ddim_step(x, STEPS - 1, schedule, fixed, spec_for("ddim", False), torch.Generator())
+    renderer._ddim_step(x, STEPS - 1, schedule, fixed, spec_for("ddim", False), [torch.Generator()])
     # steps 8 -> 1000 diffusion steps, stride 125: first t = 875 -> slot 1000 - 876.
     assert fixed.slots == [124]
 
@@ -177,12 +177,13 @@ def test_guidance_uses_dd_cut_slots(renderer):
 def test_guidance_gradient_equals_dd_per_batch_accumulation(renderer):
     """One call over all cut batches == DD's per-batch gradients divided by cutn_batches."""
     clip = renderer.models.clips["tiny-vit::random"]
-    targets = [ClipTarget(clip, clip.encode_texts(["a", "b"]), torch.tensor([0.75, 0.25]))]
+    targets = [ClipTarget(clip, clip.encode_texts(["a", "b"])[None], torch.tensor([[0.75, 0.25]]))]
     settings = GuidanceSettings(cutn_batches=3, clip_guidance_scale=1000, clamp_grad=False, skip_augs=True,
                                 tv_scale=10, sat_scale=5, range_scale=0)
     cuts = CutSchedule(overview=(2,) * 1000, innercut=(3,) * 1000)
     counters = EngineCounters(clip_image_calls={clip.name: 0}, clip_text_calls={clip.name: 0}, cuts_encoded={clip.name: 0})
-    guidance = Guidance(settings, cuts, targets, counters, random.Random(4), torch.Generator().manual_seed(4))
+    guidance = Guidance(settings, cuts, targets, counters,
+                        [ImageRandomness(random.Random(4), torch.Generator().manual_seed(4))])
     x = torch.randn(1, 3, 64, 64) * 0.5
     with torch.enable_grad():
         xg = x.clone().requires_grad_()
@@ -200,10 +201,10 @@ def test_guidance_gradient_equals_dd_per_batch_accumulation(renderer):
         x_in_grad = torch.zeros_like(x_in)
         for _ in range(3):
             batch = make_cutouts(x_in.add(1).div(2), clip.input_size, 2, 3, 1.0, 0.2, 1, rng)
-            dists = spherical_distance_loss(clip.encode_image(batch)[:, None], targets[0].embeddings[None])
+            dists = spherical_distance_loss(clip.encode_image(batch)[:, None], targets[0].embeddings)
             losses = dists.view(5, 1, 2).mul(targets[0].weights).sum(2).mean(0)
             x_in_grad += torch.autograd.grad(losses.sum() * 1000, x_in)[0] / 3
-        other = tv_loss(x_in).sum() * 10 + saturation_loss(x_in) * 5
+        other = tv_loss(x_in).sum() * 10 + saturation_loss(x_in).sum() * 5
         x_in_grad += torch.autograd.grad(other, x_in)[0]
         reference = -torch.autograd.grad(x_in, xg, x_in_grad)[0]
     assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)

@@ -318,6 +318,63 @@ def test_should_stop_cancels_between_steps(full_renderer):
     assert full_renderer.counters.steps == 3
 
 
+# -- several images in lockstep ----------------------------------------------------------
+
+def _levels_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16))
+
+
+@pytest.mark.parametrize("path", ["full UNet", "secondary model"])
+def test_images_rendered_together_are_the_pictures_each_gives_alone(full_renderer, secondary_renderer, path):
+    """render_images: per step one UNet call and one CLIP call per model for all images; each
+    image keeps its own random streams (crops, augmentations, fuzzy prompts, eta noise) and
+    losses (saturation, clamp), so it is its solo picture up to batched kernels' rounding."""
+    renderer = full_renderer if path == "full UNet" else secondary_renderer
+    models = FULL_UNET if path == "full UNet" else WITH_SECONDARY
+    guidance = GuidanceSettings(cutn_batches=2, fuzzy_prompt=True, sat_scale=10, tv_scale=5, clamp_max=0.02)
+    specs = [make_spec(models, seed=seed, sampler=SamplerSettings(steps=6, skip_steps=0, eta=0.8), guidance=guidance)
+             for seed in (7, 8, 9)]
+    alone = [renderer.render(spec) for spec in specs]
+    alone_counters = dataclasses.replace(renderer.counters)
+    checked = Renderer(renderer.models, check_syncs=True)  # no host sync in a step with several images
+    seen: list[tuple[int, int]] = []
+    together = checked.render_images(specs, on_intermediate=lambda b, k, image: seen.append((b, k)))
+    for solo, batched in zip(alone, together):
+        assert _levels_apart(solo, batched).max() <= 2 and _levels_apart(solo, batched).mean() < 0.01
+    assert _levels_apart(together[0], together[1]).mean() > 30  # and the seeds still differ
+    counters = checked.counters
+    assert counters.unet_forwards == alone_counters.unet_forwards == 6  # one call per step for 3 images
+    assert counters.clip_image_calls == alone_counters.clip_image_calls == {n: 6 for n in TWO_CLIPS}
+    assert counters.cuts_encoded == {n: 3 * c for n, c in alone_counters.cuts_encoded.items()}
+    assert seen == [(b, k) for k in specs[0].intermediate_steps for b in range(3)]
+
+
+def test_images_rendered_together_each_start_from_their_own_init(full_renderer):
+    yy, xx = np.mgrid[0:64, 0:64]
+    inits = [np.stack([xx * 4, yy * 4, np.full_like(xx, 128)], axis=-1).astype(np.uint8),
+             np.stack([yy * 4, np.full_like(xx, 60), xx * 4], axis=-1).astype(np.uint8)]
+    guidance = GuidanceSettings(cutn_batches=1, init_scale=1000)  # LPIPS to each image's own init
+    specs = [make_spec(seed=seed, sampler=SamplerSettings(steps=10, skip_steps=6), guidance=guidance)
+             for seed in (3, 4)]
+    alone = [full_renderer.render(spec, init=init) for spec, init in zip(specs, inits)]
+    together = full_renderer.render_images(specs, inits)
+    for solo, batched in zip(alone, together):
+        assert _levels_apart(solo, batched).max() <= 2 and _levels_apart(solo, batched).mean() < 0.01
+    assert _levels_apart(together[0], inits[0]).mean() < _levels_apart(together[0], inits[1]).mean()
+
+
+def test_images_rendered_together_must_differ_only_in_seed(full_renderer):
+    with pytest.raises(InvalidSpec, match="differ only in their seed"):
+        full_renderer.render_images([make_spec(seed=1), make_spec(seed=2, width=128)])
+    init = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(InvalidSpec, match="an init image each, or none"):
+        full_renderer.render_images([make_spec(seed=1), make_spec(seed=2)], [init, None])
+    with pytest.raises(EngineError, match="2 images but 1 init images"):
+        full_renderer.render_images([make_spec(seed=1), make_spec(seed=2)], [init])
+    with pytest.raises(InvalidSpec, match="no images"):
+        full_renderer.render_images([])
+
+
 # -- errors ------------------------------------------------------------------------------
 
 def test_size_not_multiple_of_64_is_refused(full_renderer):

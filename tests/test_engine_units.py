@@ -111,6 +111,8 @@ def test_tv_range_and_saturation_losses():
     outside = torch.full((1, 3, 4, 4), 1.5)
     assert losses.range_loss(outside).item() == pytest.approx(0.25)
     assert losses.saturation_loss(outside).item() == pytest.approx(0.5)
+    both = torch.cat([inside, outside])  # per image, as tv and range
+    assert losses.saturation_loss(both).tolist() == pytest.approx([0.0, 0.5])
 
 
 def test_weights_are_divided_by_the_magnitude_of_their_sum():
@@ -130,6 +132,9 @@ def test_clamp_gradient_limits_rms_and_keeps_zero():
     small = torch.full((1, 3, 4, 4), 0.01)
     assert torch.allclose(losses.clamp_gradient(small, 0.05), small)
     assert torch.equal(losses.clamp_gradient(torch.zeros(1, 3, 4, 4), 0.05), torch.zeros(1, 3, 4, 4))
+    small = torch.full((1, 3, 16, 16), 0.01)
+    pair = losses.clamp_gradient(torch.cat([grad, small]), 0.05)  # each image on its own
+    assert torch.allclose(pair[:1], clamped) and torch.allclose(pair[1:], small)
 
 
 # -- schedule ----------------------------------------------------------------------------
