@@ -421,6 +421,12 @@ def test_notebook_api_returns_a_pil_image():
     image = render(renderer, spec)
     assert image.size == (64, 64) and image.mode == "RGB"
     assert np.array_equal(np.asarray(image), renderer.render(spec))
+    from engine.api import render_images
+
+    several = render_images(renderer, spec, seeds=[spec.seed, 99])
+    assert [i.size for i in several] == [(64, 64)] * 2
+    assert _levels_apart(np.asarray(several[0]), np.asarray(image)).max() <= 2
+    assert _levels_apart(np.asarray(several[1]), np.asarray(image)).mean() > 30
 
 
 def test_out_of_memory_becomes_an_engine_error_naming_the_settings(full_renderer, monkeypatch):
@@ -435,6 +441,8 @@ def test_out_of_memory_becomes_an_engine_error_naming_the_settings(full_renderer
     message = str(info.value)
     for setting in ("width_height", "cutn_batches", "CLIP", "use_secondary_model", "use_checkpoint"):
         assert setting in message
+    with pytest.raises(EngineOutOfMemory, match="rendering 2 images of 64x64 .*render fewer images together"):
+        full_renderer.render_images([make_spec(seed=1), make_spec(seed=2)])
 
 
 # -- real loading paths (files of the real architectures, random weights) ---------------
