@@ -229,6 +229,7 @@ def lockstep(renderer, spec, engine: dict[str, Any], dd_seconds: float, peak: fl
     import torch
 
     from engine import benchmark as eb
+    from engine.errors import EngineOutOfMemory
 
     rows: list[dict[str, Any]] = []
     device = renderer.models.device
@@ -242,7 +243,7 @@ def lockstep(renderer, spec, engine: dict[str, Any], dd_seconds: float, peak: fl
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             seconds = statistics.median(eb.engine_step_seconds(renderer, spec, images)[1:])
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, EngineOutOfMemory):
             _free(device)
             rows.append({"images": images, "out_of_memory": True})
             log(f"   {images} images per call: out of memory")
