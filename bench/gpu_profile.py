@@ -160,7 +160,7 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
         on_headroom(batching_headroom(renderer.models.unet, size[1], size[0], log))
     results = []
     if variants:
-        timed = eb.with_steps(spec, max(steps, 4))
+        timed = eb.with_steps(spec, max(steps, 4) if device == "cuda" else steps)  # the CPU check: fewer
         for variant in VARIANTS:
             if variant.compile_unet and (device != "cuda" or skip_compile):
                 continue
