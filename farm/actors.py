@@ -79,6 +79,14 @@ class _RenderActor:
     def render(self, job: str, frame, animation, inputs: FrameInputs, board=None):
         """One frame. `board`: the calling driver's ProgressBoard (shared pool actors); the
         frame stops at the next progress report after that board died (driver gone)."""
+        return self._render(job, frame, animation, inputs, board)
+
+    def render_group(self, job: str, frame, frames, animation, inputs: FrameInputs, board=None):
+        """Stills rendered together (``frames``: the whole group, ``frame``: the one that
+        stands for it in progress reports); returns (pixels per image, stats)."""
+        return self._render(job, frame, animation, inputs, board, group=tuple(frames))
+
+    def _render(self, job: str, frame, animation, inputs: FrameInputs, board=None, group=None):
         from farm.output import png_bytes
 
         context = ray.get_runtime_context()
@@ -137,11 +145,15 @@ class _RenderActor:
             return context.is_canceled()
 
         report(0, steps, repr(self))
-        result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
-                                      should_stop=should_stop)
+        if group is not None:
+            result = self.renderer.render_group(group, animation, inputs, on_intermediate=on_intermediate,
+                                                should_stop=should_stop, preview=group.index(frame))
+        else:
+            result = self.renderer.render(frame, animation, inputs, on_intermediate=on_intermediate,
+                                          should_stop=should_stop)
         stats = {"seconds": result.seconds, "actor": repr(self), "node": self.node,
                  "node_id": context.get_node_id(), "pid": os.getpid()}
-        if animation.save_depth_maps and result.depth is not None:
+        if animation.save_depth_maps and getattr(result, "depth", None) is not None:
             stats["depth"] = result.depth
         return result.pixels, stats
 

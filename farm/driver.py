@@ -172,8 +172,13 @@ class RenderSession:
         for task, slot in self.source.assign():
             job = self.jobs[task.job]
             inputs = self._inputs_for(job, task)
-            ref = slot.handle.render.options(name=task.name).remote(task.job, task.frame, job.plan.animation, inputs,
-                                                                    *board)
+            if task.frame.group:  # stills rendered together: the whole group, always
+                group = tuple(job.plan.frames[i] for i in task.frame.group)
+                ref = slot.handle.render_group.options(name=task.name).remote(
+                    task.job, task.frame, group, job.plan.animation, inputs, *board)
+            else:
+                ref = slot.handle.render.options(name=task.name).remote(task.job, task.frame, job.plan.animation,
+                                                                        inputs, *board)
             slot.busy = ref
             self.inflight[ref] = (task, slot.label, time.monotonic())
             self.progress[(task.job, task.frame.index)] = {"step": 0, "steps": task.frame.render.sampler.steps
@@ -207,35 +212,52 @@ class RenderSession:
             self._record_error(job, task, label, one_line(error))
             return
         self._call_ended(slot)
-        if self.scheduler.jobs[task.job].cancelled:
+        state = self.scheduler.jobs[task.job]
+        if state.cancelled:
             return
-        frame = task.frame
-        try:
-            relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
-            job.out.append_manifest(ManifestEntry(
-                index=frame.index, kind=frame.kind, file=relative, sha256=digest,
-                settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
-                node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
-        except OSError as error:  # a full disk, say: nothing half-written stays; retry the frame
-            self._write_failures += 1
-            message = f"could not write {frame.task_name}: {error.strerror or error}"
-            self.scheduler.failed(task, "output", message, f"write#{self._write_failures}")
-            self._record_error(job, task, "output", message)
-            return
-        if stats.get("depth") is not None:
-            job.out.write_depth(frame.index, stats["depth"])
-        job.frame_seconds.append(time.monotonic() - started)
-        self.completed.append((task.job, frame.index, label))
+        if task.frame.group:  # the group's images; those finished before (a resume) stay as they are
+            results = [(job.plan.frames[i], image) for i, image in zip(task.frame.group, pixels)
+                       if i in state.remaining]
+        else:
+            results = [(task.frame, pixels)]
+        elapsed = time.monotonic() - started
+        written = []
+        for frame, image in results:
+            try:
+                self._write_frame(job, frame, image, stats)
+            except OSError as error:  # a full disk, say: nothing half-written stays; retry the frame
+                self._write_failures += 1
+                message = f"could not write {frame.task_name}: {error.strerror or error}"
+                if written:
+                    self.scheduler.succeeded(task, written)
+                self.scheduler.failed(task, "output", message, f"write#{self._write_failures}")
+                self._record_error(job, task, "output", message)
+                return
+            written.append(frame.index)
+            job.frame_seconds.append(elapsed / len(results))
+            self.completed.append((task.job, frame.index, label))
+            if job.plan.is_animation:
+                self._pixels[(task.job, frame.index)] = np.array(image, copy=True)
         metrics = farm_metrics()
-        metrics["frames_done"].inc(1, {"scene": job.plan.name})
+        metrics["frames_done"].inc(len(written), {"scene": job.plan.name})
         metrics["busy_seconds"].inc(max(stats["seconds"], 0.0), {"actor": label})
         self.actor_nodes[label] = stats.get("node_id")
         self.actor_pids[label] = stats.get("pid")
         if job.plan.is_animation:
-            self._pixels[(task.job, frame.index)] = np.array(pixels, copy=True)
             self._forget_old_pixels(job)
-        self.scheduler.succeeded(task)
+        self.scheduler.succeeded(task, written if task.frame.group else None)
         self._write_status(job)
+
+    @staticmethod
+    def _write_frame(job: RenderJob, frame, pixels: np.ndarray, stats: dict) -> None:
+        """The frame's PNG (atomically) and its manifest line; its depth map when sent."""
+        relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
+        job.out.append_manifest(ManifestEntry(
+            index=frame.index, kind=frame.kind, file=relative, sha256=digest,
+            settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
+            node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+        if stats.get("depth") is not None:
+            job.out.write_depth(frame.index, stats["depth"])
 
     def _compose_seams(self) -> None:
         """Segment mode: blend each seam frame from its two renders as soon as both exist."""

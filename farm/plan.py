@@ -58,6 +58,7 @@ class FrameSpec:
     sources: tuple[int, ...] = ()  # segment seams: composed from these two renders, not rendered
     blend: float = 0.0  # segment seams: weight of the second source
     of_frame: int | None = None  # kind "segment": the real frame this render stands for
+    group: tuple[int, ...] = ()  # stills rendered together (images_per_call): fixed by index
 
     @property
     def task_name(self) -> str:
@@ -71,7 +72,9 @@ class FrameSpec:
         left out: it says how the UNet runs, and with ``auto`` it follows the scene's length,
         so adding images to a scene must not make its finished ones stale."""
         models = dataclasses.replace(self.render.models, compile_unet=False)
-        hashed = dataclasses.replace(self, render=dataclasses.replace(self.render, models=models))
+        hashed = _plain(dataclasses.replace(self, render=dataclasses.replace(self.render, models=models)))
+        if not hashed["group"]:  # rendered alone: the hash of builds before images_per_call
+            del hashed["group"]
         return hashlib.sha256(_canonical_json(hashed).encode()).hexdigest()
 
 
@@ -356,6 +359,11 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             models=models,
             intermediate_steps=intermediate_steps(scene["display_rate"], scene["intermediate_saves"], steps, skip),
         )
+        group = ()
+        per_call = scene["images_per_call"]
+        if mode == "None" and per_call > 1:
+            first = index // per_call * per_call
+            group = tuple(range(first, min(first + per_call, count)))
         diffuse = True
         if turbo and not first_of_shot:
             diffuse = is_diffused_frame(index, scene["turbo_steps"], scene["turbo_preroll"])
@@ -368,6 +376,7 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
             shot=shot,
             previous=None if first_of_shot else index - 1,
             diffuse=diffuse,
+            group=group,
         )
 
     frames = []

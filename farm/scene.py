@@ -567,6 +567,9 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
     for cut in values["cuts"]:
         if cut >= frames:
             problem(where("cuts"), f"shot start {cut} is not below max_frames {frames}")
+    if values["images_per_call"] > 1 and mode != "None":
+        problem(where("images_per_call"), "images_per_call applies to stills (animation_mode None): "
+                                          "animation frames start from each other")
     segments = values["parallel_segments"]
     if segments > 1 and mode == "None":
         problem(where("parallel_segments"), "parallel_segments applies to animations only")

@@ -7,6 +7,11 @@ sets the makespan); then submission order, then frame index. Failure policy afte
 Flamenco: an actor tries a frame at most once; a frame that failed on `max_frame_failures`
 different actors fails its job; an actor that failed `max_actor_failures` frames of a job
 gets no more of that job's work.
+
+Stills rendered together (``FrameSpec.group``, images_per_call) are one task: the group's
+lowest unfinished image stands for it (``group_lead``); the actor renders the whole group
+(so each image's pixels do not depend on which of them were still to do) and the driver
+reports the images it wrote with ``succeeded(task, indices)``.
 """
 
 from __future__ import annotations
@@ -91,11 +96,21 @@ class Scheduler:
         job.remaining.clear()
 
     # -- readiness
+    @staticmethod
+    def group_lead(job: Job, frame: FrameSpec) -> FrameSpec:
+        """The frame that stands for ``frame``'s group: its lowest unfinished image (the
+        frame itself when it renders alone or its group is done)."""
+        unfinished = [i for i in frame.group if i in job.remaining]
+        return job.plan.frames[min(unfinished)] if unfinished else frame
+
     def _maybe_ready(self, job: Job, frame: FrameSpec) -> None:
+        frame = self.group_lead(job, frame)
         index = frame.index
         if index not in job.remaining or index in job.running or (job.job_id, index) in self._queued:
             return
         if frame.sources:  # composed by the driver, see composable()
+            return
+        if frame.group and any(i in job.running for i in frame.group):  # the group is being rendered
             return
         if frame.previous is not None and frame.previous not in job.done:
             return
@@ -185,14 +200,18 @@ class Scheduler:
             for job in self.jobs.values() for i in job.remaining if job.plan.frames[i].sources)
 
     # -- outcomes
-    def succeeded(self, task: Task) -> None:
+    def succeeded(self, task: Task, indices=None) -> None:
+        """The task's frame is done, or, for a group, the images in ``indices`` (those the
+        driver wrote; a group image left unfinished is requeued)."""
         job = self.jobs[task.job]
-        index = task.frame.index
-        job.running.discard(index)
-        job.remaining.discard(index)
-        job.done.add(index)
-        for following in job.plan.successors.get(index, ()):
-            self._maybe_ready(job, job.plan.frames[following])
+        job.running.discard(task.frame.index)
+        for index in (task.frame.index,) if indices is None else indices:
+            job.remaining.discard(index)
+            job.done.add(index)
+            for following in job.plan.successors.get(index, ()):
+                self._maybe_ready(job, job.plan.frames[following])
+        if task.frame.group:
+            self._maybe_ready(job, task.frame)
 
     def composable(self) -> list[Task]:
         """Seam frames whose two source renders are done (the driver blends them itself)."""

@@ -51,6 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("prompt_crossfade", "int", 0, "Frames over which a prompt switch cross-fades (0 = DD's hard switch).", "scene", minimum=0, maximum=MAX_FRAMES),
     _s("priority", "int", 0, "Render priority when scenes share actors (higher first; `--priority` overrides).", "scene", minimum=-1000, maximum=1000),
     _s("n_batches", "int", 50, "Number of still images (stills mode).", "scene", minimum=1, maximum=MAX_BATCHES),
+    _s("images_per_call", "int", 1, "Stills: render this many images together, one UNet call per step for all (on an H200 the UNet's time per image is 0.69-0.77x at 4). Images are grouped by index (0-3, 4-7, ... for 4), so an image's pixels still depend only on the scene and its index; the group's memory grows with it.", "scene", minimum=1, maximum=64),
     _s("seed", "seed", "random", "Seed (int) or 'random' (chosen once, recorded in plan.json). Still i uses seed + i; frame f uses seed + f.", "scene", aliases=("set_seed",)),
     _s("width_height", "size", [1280, 768], "Image size [width, height], multiples of 64.", "scene"),
     _s("display_rate", "int", 20, "Save a preview every N sampler steps (0 = none).", "scene", minimum=0, maximum=MAX_STEPS),

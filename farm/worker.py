@@ -32,6 +32,15 @@ class FrameInputs:
 
 
 @dataclass(frozen=True)
+class GroupResult:
+    """Stills rendered together: pixels per image, in the group's order."""
+
+    pixels: tuple[np.ndarray, ...]
+    seconds: float
+    steps: int
+
+
+@dataclass(frozen=True)
 class FrameResult:
     pixels: np.ndarray
     seconds: float
@@ -151,3 +160,21 @@ class FrameRenderer:
                                       on_intermediate=on_intermediate, should_stop=should_stop)
         steps = frame.render.sampler.steps - frame.render.sampler.skip_steps
         return FrameResult(pixels, time.perf_counter() - started, steps, init, depth)
+
+    def render_group(self, frames: tuple[FrameSpec, ...], animation: AnimationSettings, inputs: FrameInputs,
+                     on_intermediate: Callable[[int, np.ndarray], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None, preview: int = 0) -> GroupResult:
+        """Stills of one group (``FrameSpec.group``) in lockstep (``Renderer.render_images``);
+        ``on_intermediate`` sees the previews of ``frames[preview]``."""
+        started = time.perf_counter()
+        inits = [frame_init(frame, animation, inputs) for frame in frames]
+        callback = None
+        if on_intermediate is not None:
+            def callback(image_index: int, step: int, image: np.ndarray) -> None:
+                if image_index == preview:
+                    on_intermediate(step, image)
+        pixels = self.renderer.render_images([frame.render for frame in frames],
+                                             None if inits[0] is None else inits, inputs.image_prompts,
+                                             on_intermediate=callback, should_stop=should_stop)
+        sampler = frames[0].render.sampler
+        return GroupResult(tuple(pixels), time.perf_counter() - started, sampler.steps - sampler.skip_steps)

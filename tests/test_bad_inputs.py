@@ -139,6 +139,7 @@ SCENE_CASES = [
     Case("clip-list-and-switches", "clip_models", "not both"),
     Case("near-plane-beyond-far", "near_plane", "must be below far_plane"),
     Case("parallel-segments-for-stills", "parallel_segments", "animations only"),
+    Case("images-per-call-for-animations", "images_per_call", "applies to stills"),
     Case("video-mode-without-video", "animation_mode", "Video Input needs video_init_path"),
     Case("custom-model-without-path", "diffusion_model", "needs custom_path"),
     # --- keyframe strings and expressions (never eval: no way into Python)

@@ -44,11 +44,16 @@ def frame_hashes(out_dir):
 
 
 @pytest.fixture(scope="module")
-def reference_stills(tmp_path_factory):
+def reference_stills_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("stills-1")
     _, results = render(STILLS, out, actors=1)
     assert results == {"t": "succeeded"}
-    return frame_hashes(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_stills(reference_stills_out):
+    return frame_hashes(reference_stills_out)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,33 @@ def test_stills_spread_over_two_actors_with_identical_images(tmp_path, reference
     assert (tmp_path / "contact_sheet.png").exists()
     status = OutputFolder(tmp_path).read_json("status.json")
     assert status["state"] == "succeeded" and status["done"] == 4
+
+
+def test_stills_rendered_together_are_their_solo_pictures_and_resume_by_group(tmp_path, reference_stills_out):
+    """images_per_call: 2 renders images 0-1, 2-3 and 4 each in one actor call, each image
+    its solo picture up to batched kernels' rounding; a damaged image brings its group back
+    (the whole group renders, so its pixels match the first run) and only it is rewritten."""
+    from farm.output import read_png
+
+    scene = STILLS.replace("n_batches: 4", "n_batches: 5") + "images_per_call: 2\n"
+    session, results = render(scene, tmp_path, actors=2)
+    assert results == {"t": "succeeded"}
+    by_image = {index: actor for _, index, actor in session.completed}
+    assert sorted(by_image) == [0, 1, 2, 3, 4] and by_image[0] == by_image[1] and by_image[2] == by_image[3]
+    seconds = {e.index: e.seconds for e in OutputFolder(tmp_path).manifest()}
+    assert seconds[0] == seconds[1] and seconds[2] == seconds[3]  # one render call per group
+    solo = {e.index: read_png(reference_stills_out / e.file) for e in OutputFolder(reference_stills_out).manifest()}
+    together = {e.index: read_png(tmp_path / e.file) for e in OutputFolder(tmp_path).manifest()}
+    for index in range(4):  # the same seeds as the reference run's images 0-3
+        apart = np.abs(solo[index].astype(np.int16) - together[index].astype(np.int16))
+        assert apart.max() <= 2 and apart.mean() < 0.01, index
+    first_run = frame_hashes(tmp_path)
+    damaged = tmp_path / next(e.file for e in OutputFolder(tmp_path).manifest() if e.index == 3)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    session, results = render(scene, tmp_path, actors=1)
+    assert results == {"t": "succeeded"}
+    assert [index for _, index, _ in session.completed] == [3]  # rendered with 2, written alone
+    assert frame_hashes(tmp_path) == first_run
 
 
 def test_render_actors_run_at_the_drivers_priority_not_rays_worker_niceness(tmp_path):

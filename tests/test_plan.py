@@ -187,3 +187,14 @@ def test_model_set_key_tells_apart_sets_that_load_differently():
     long = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 9\n"))
     short = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 8\n"))
     assert long.frames[0].render.models.key != short.frames[0].render.models.key
+
+
+def test_stills_rendered_together_are_grouped_by_index():
+    stills = BASE + "text_prompts: {0: ['a:1']}\nn_batches: 7\n"
+    alone, together = resolve(parse_scene(stills)), resolve(parse_scene(stills + "images_per_call: 3\n"))
+    assert [f.group for f in alone.frames] == [()] * 7
+    assert [f.group for f in together.frames] == [(0, 1, 2)] * 3 + [(3, 4, 5)] * 3 + [(6,)]
+    assert [f.render.seed for f in together.frames] == [f.render.seed for f in alone.frames]
+    # rendered in a batch, an image's pixels may round differently: a finished one is not reused
+    assert all(a.settings_hash != b.settings_hash for a, b in zip(alone.frames, together.frames))
+    assert plan_record(together)["frames"][4]["group"] == [3, 4, 5]

@@ -97,3 +97,33 @@ def test_cancel_drops_remaining_work():
     assert s.next_for("b", KEY) is None
     s.abandoned(running)
     assert s.jobs["j"].state == "cancelled"
+
+
+def test_stills_rendered_together_are_one_task_led_by_their_lowest_unfinished_image():
+    grouped = plan(STILLS.replace("n_batches: 3", "n_batches: 5") + "images_per_call: 2\n")
+    assert [f.group for f in grouped.frames] == [(0, 1), (0, 1), (2, 3), (2, 3), (4,)]
+    s = Scheduler()
+    s.add_job("j", grouped)
+    first, second = s.next_for("a", KEY), s.next_for("b", KEY)
+    assert (first.frame.index, second.frame.index) == (0, 2)  # one task per group
+    third = s.next_for("c", KEY)
+    assert third.frame.index == 4 and s.next_for("d", KEY) is None  # 1 and 3 ride with their groups
+    s.succeeded(first, [0, 1])
+    assert s.jobs["j"].done == {0, 1}
+    s.failed(second, "b", "boom")  # the group goes back as one task, to another actor
+    assert s.next_for("b", KEY) is None
+    again = s.next_for("c", KEY)
+    assert again.frame.index == 2 and s.next_for("d", KEY) is None
+    s.succeeded(again, [2])  # image 3 was not written (a full disk, say): the group comes back, led by 3
+    retry = s.next_for("d", KEY)
+    assert retry.frame.index == 3 and retry.frame.group == (2, 3)
+    s.succeeded(retry, [3])
+    s.succeeded(third, [4])
+    assert s.all_finished and s.jobs["j"].done == {0, 1, 2, 3, 4}
+
+
+def test_a_resumed_group_is_led_by_its_first_unfinished_image():
+    s = Scheduler()
+    s.add_job("j", plan(STILLS.replace("n_batches: 3", "n_batches: 4") + "images_per_call: 4\n"), finished={0, 2})
+    task = s.next_for("a", KEY)
+    assert task.frame.index == 1 and task.frame.group == (0, 1, 2, 3) and s.next_for("b", KEY) is None
