@@ -188,12 +188,12 @@ def out_of_memory_message(spec: RenderSpec, images: int = 1) -> str:
     g, m = spec.guidance, spec.models
     advice = "lower width_height or cutn_batches, or use fewer/smaller CLIP models"
     if images > 1:
-        advice = "render fewer images together, " + advice
+        advice = "lower images_per_call, " + advice
     if not m.use_secondary_model:
         advice += ", or set use_secondary_model true"
         if not m.use_checkpoint:  # the full-UNet path keeps the UNet's activations for its backward
             advice += " or use_checkpoint true"
-    what = f"{images} images of {spec.width}x{spec.height}" if images > 1 else f"{spec.width}x{spec.height}"
+    what = f"{images} images of {spec.width}x{spec.height} together" if images > 1 else f"{spec.width}x{spec.height}"
     return (
         f"out of GPU memory rendering {what} with cutn_batches={g.cutn_batches}, "
         f"{len(m.clip_models)} CLIP model(s) ({', '.join(m.clip_models)}), "

@@ -32,3 +32,22 @@ steps: 10
 skip_steps: 0
 text_prompts: {0: ["a red apple:2", "blue:1"]}
 """
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process with pytest's exit status once pytest is done, skipping the
+    interpreter's teardown: one full run in three on the development VM died there with a
+    segmentation fault after every test had passed (C extensions' threads, Ray's or torch's,
+    being finalised), which would fail CI on nothing the tests check."""
+    if _EXIT_STATUS and not os.environ.get("DISCO_FARM_TEST_TEARDOWN"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])

@@ -441,7 +441,7 @@ def test_out_of_memory_becomes_an_engine_error_naming_the_settings(full_renderer
     message = str(info.value)
     for setting in ("width_height", "cutn_batches", "CLIP", "use_secondary_model", "use_checkpoint"):
         assert setting in message
-    with pytest.raises(EngineOutOfMemory, match="rendering 2 images of 64x64 .*render fewer images together"):
+    with pytest.raises(EngineOutOfMemory, match="rendering 2 images of 64x64 together .*lower images_per_call"):
         full_renderer.render_images([make_spec(seed=1), make_spec(seed=2)])
 
 
