@@ -66,7 +66,7 @@ WHY_BELOW_PEAK = (
 WHY_SECONDARY_SPEEDUP = (
     "on the secondary-model path DD's UNet already runs one forward without gradients, as the engine's "
     "does: the engine saves DD's per-cut-batch CLIP calls and host syncs, not UNet work; compile_unet "
-    "(on for scenes of 2000+ sampler steps) fuses the UNet's elementwise work")
+    "(on for scenes of 4000+ sampler steps) fuses the UNet's elementwise work")
 ASPECT = 768 / 1280
 
 

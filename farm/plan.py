@@ -393,12 +393,13 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
     return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames))
 
 
-AUTO_COMPILE_MIN_STEPS = 2000
+AUTO_COMPILE_MIN_STEPS = 4000
 """`compile_unet: auto` compiles from this many sampler steps on. H200, DD defaults
-(bench/results/2026-11-26-h200*.json): with the secondary model 0.273 s/step eager, 0.160
-compiled, about 95 s of compilation; on the full-UNet path (forward and backward compiled)
-0.337 against 0.208 s/step after 119 s. One actor breaks even after 840-920 steps (about 4
-images of 250 steps); 2000 leaves room for a few actors each compiling once."""
+(bench/results/2026-11-26-h200*.json): with the secondary model 0.217 s/step eager (split
+group-norm statistics), 0.160 compiled after about 95 s of compilation; on the full-UNet
+path (forward and backward compiled) 0.293 against 0.208 s/step after 119 s. One actor
+breaks even after 1400-1700 steps (about 6-7 images of 250 steps; 840-920 before the eager
+UNet got the split statistics); 4000 leaves room for two or three actors each compiling once."""
 
 
 def sampler_steps(frames) -> int:

@@ -140,26 +140,32 @@ def _compiles(text):
 def test_compile_unet_auto_compiles_long_scenes_only():
     from farm.plan import AUTO_COMPILE_MIN_STEPS, sampler_steps
 
-    long_stills = BASE + f"steps: 250\nskip_steps: 10\nn_batches: {AUTO_COMPILE_MIN_STEPS // 240 + 1}\n"
+    enough = -(-AUTO_COMPILE_MIN_STEPS // 240)  # images of 240 steps that reach the threshold
+    long_stills = BASE + f"steps: 250\nskip_steps: 10\nn_batches: {enough}\n"
+    short_stills = long_stills.replace(f"n_batches: {enough}", f"n_batches: {enough - 1}")
     assert _compiles(long_stills)  # auto is the default
-    assert not _compiles(long_stills.replace("n_batches: 9", "n_batches: 8"))  # 1920 steps
+    assert not _compiles(short_stills)
     assert _compiles(long_stills + "use_secondary_model: false\n")  # the full-UNet path too
-    assert not _compiles(long_stills.replace("n_batches: 9", "n_batches: 8") + "use_secondary_model: false\n")
+    assert not _compiles(short_stills + "use_secondary_model: false\n")
     assert not _compiles(long_stills + "compile_unet: false\n")
     assert _compiles(BASE + "n_batches: 1\ncompile_unet: true\n")
     assert _compiles(long_stills + "compile_unet: Auto\n")
     # animations count the steps each frame runs; turbo in-betweens run none
-    animation = ANIM.replace("max_frames: 12", "max_frames: 300")
+    animation = ANIM.replace("max_frames: 12", "max_frames: 600")
     plan = resolve(parse_scene(animation))
-    assert sampler_steps(plan.frames) == 20 - 4 + 299 * (20 - 12) and _compiles(animation)
+    assert sampler_steps(plan.frames) == 20 - 4 + 599 * (20 - 12) and _compiles(animation)
     turbo = resolve(parse_scene(animation + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
     assert sampler_steps(turbo.frames) < 0.5 * sampler_steps(plan.frames)
 
 
 def test_adding_images_past_the_compile_threshold_keeps_finished_ones_current():
-    short, long = (resolve(parse_scene(BASE + f"steps: 250\nskip_steps: 10\nn_batches: {n}\n")) for n in (8, 9))
+    from farm.plan import AUTO_COMPILE_MIN_STEPS
+
+    enough = -(-AUTO_COMPILE_MIN_STEPS // 240)
+    short, long = (resolve(parse_scene(BASE + f"steps: 250\nskip_steps: 10\nn_batches: {n}\n"))
+                   for n in (enough - 1, enough))
     assert not short.frames[0].render.models.compile_unet and long.frames[0].render.models.compile_unet
-    assert [f.settings_hash for f in long.frames[:8]] == [f.settings_hash for f in short.frames]
+    assert [f.settings_hash for f in long.frames[:enough - 1]] == [f.settings_hash for f in short.frames]
 
 
 def test_compile_unet_takes_true_false_or_auto():
@@ -184,8 +190,11 @@ def test_model_set_key_tells_apart_sets_that_load_differently():
     assert len(set(keys)) == len(keys)
     assert base.key == "tiny+sec|tiny-vit::random" and variants[0].key == "tiny+sec+compiled|tiny-vit::random"
     assert dataclasses.replace(base).key == base.key
-    long = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 9\n"))
-    short = resolve(parse_scene(BASE + "steps: 250\nskip_steps: 10\nn_batches: 8\n"))
+    from farm.plan import AUTO_COMPILE_MIN_STEPS
+
+    enough = -(-AUTO_COMPILE_MIN_STEPS // 240)
+    long = resolve(parse_scene(BASE + f"steps: 250\nskip_steps: 10\nn_batches: {enough}\n"))
+    short = resolve(parse_scene(BASE + f"steps: 250\nskip_steps: 10\nn_batches: {enough - 1}\n"))
     assert long.frames[0].render.models.key != short.frames[0].render.models.key
 
 
