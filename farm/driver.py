@@ -268,11 +268,7 @@ class RenderSession:
             frame = task.frame
             first, second = (self._frame_pixels(job, source) for source in frame.sources)
             pixels = blend_chains(first, second, frame.blend)
-            relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
-            job.out.append_manifest(ManifestEntry(
-                index=frame.index, kind=frame.kind, file=relative, sha256=digest,
-                settings_hash=frame.settings_hash, seed=frame.render.seed, actor="driver (seam blend)",
-                node="", seconds=0.0, finished_at=utc_now()))
+            self._write_frame(job, frame, pixels, {"actor": "driver (seam blend)", "node": "", "seconds": 0.0})
             self.completed.append((task.job, frame.index, "driver"))
             self.scheduler.succeeded(task)
 
