@@ -212,13 +212,13 @@ def measure(run: GpuRun, secondary: bool, peak: float | None, deadline: Deadline
         figures["achieved_tflops"] = flops / figures["seconds_per_step"] / 1e12 if flops else None
         figures["fraction_of_peak"] = figures["achieved_tflops"] / peak if (peak and flops) else None
     result["lockstep"] = lockstep(renderer, spec, result["engine"], side["dd_equivalent"]["seconds_per_step"],
-                                  peak, run, deadline, log)
+                                  peak, deadline, log)
     result["_renderer"] = renderer
     result["_spec"] = spec
     return result
 
 
-def lockstep(renderer, spec, engine: dict[str, Any], dd_seconds: float, peak: float | None, run: GpuRun,
+def lockstep(renderer, spec, engine: dict[str, Any], dd_seconds: float, peak: float | None,
              deadline: Deadline, log=print) -> list[dict[str, Any]]:
     """The engine rendering ``LOCKSTEP_IMAGES`` seeds of the spec together (``render_images``):
     seconds per step and per image-step, throughput against one image per call, achieved

@@ -287,11 +287,7 @@ def engine_step_seconds(renderer: Renderer, spec: RenderSpec, images: int = 1) -
         marks.append(time.perf_counter())
         return False
 
-    if images == 1:
-        renderer.render(spec, should_stop=mark)
-    else:
-        specs = [dataclasses.replace(spec, seed=spec.seed + k) for k in range(images)]
-        renderer.render_images(specs, should_stop=mark)
+    renderer.render_images([dataclasses.replace(spec, seed=spec.seed + k) for k in range(images)], should_stop=mark)
     _sync(device)
     marks.append(time.perf_counter())
     return [b - a for a, b in zip(marks, marks[1:])]

@@ -116,11 +116,9 @@ class Guidance:
             cuts_per_image = per_image[0].shape[0]
             cuts = torch.cat(per_image) if len(per_image) > 1 else per_image[0]
             del per_image
-            # each cut's prompts: its image's ([1, P, D] broadcasts over one image's cuts)
-            cut_targets, cut_weights = target.embeddings, target.weights[:, None, :]
-            if len(self.randomness) > 1:
-                cut_targets = target.embeddings.repeat_interleave(cuts_per_image, dim=0)
-                cut_weights = target.weights.repeat_interleave(cuts_per_image, dim=0)
+            # each cut's prompts: its image's
+            cut_targets = target.embeddings.repeat_interleave(cuts_per_image, dim=0)
+            cut_weights = target.weights.repeat_interleave(cuts_per_image, dim=0)
             n_cuts = cuts.shape[0]
             chunk = self.max_cuts_per_clip_call or n_cuts
             starts = list(range(0, n_cuts, chunk))
@@ -130,13 +128,8 @@ class Guidance:
                     embeddings = clip.encode_image(part)
                 self.counters.clip_image_calls[clip.name] += 1
                 self.counters.cuts_encoded[clip.name] += part.shape[0]
-                if len(self.randomness) > 1:
-                    dists = spherical_distance_loss(embeddings[:, None, :], cut_targets[start : start + chunk])
-                    weights = cut_weights[start : start + chunk]
-                else:
-                    dists = spherical_distance_loss(embeddings[:, None, :], cut_targets)
-                    weights = cut_weights[0]
-                loss = (dists * weights).sum() * (s.clip_guidance_scale / cuts_per_image)
+                dists = spherical_distance_loss(embeddings[:, None, :], cut_targets[start : start + chunk])
+                loss = (dists * cut_weights[start : start + chunk]).sum() * (s.clip_guidance_scale / cuts_per_image)
                 last = k == len(starts) - 1
                 with record_function(f"clip_backward:{clip.name}"):
                     grad = torch.autograd.grad(loss, x_in, retain_graph=not last)[0]

@@ -166,6 +166,13 @@ def stack_targets(per_image: Sequence[Sequence[ClipTarget]]) -> list[ClipTarget]
     ]
 
 
+def per_image_noise(shape: tuple[int, ...], generators: Sequence[torch.Generator], device) -> torch.Tensor:
+    """Gaussian noise [len(generators), *shape[1:]], each image's from its own generator
+    (so an image's noise does not depend on the images rendered with it)."""
+    one = (1,) + tuple(shape[1:])
+    return torch.cat([torch.randn(one, generator=gen, device=device) for gen in generators])
+
+
 def symmetrize(x: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
     """Mirror the left half onto the right (horizontal) and/or the top onto the bottom."""
     if horizontal:
@@ -468,7 +475,7 @@ class Renderer:
         )
         shape = (1, 3, spec.height, spec.width)
         indices = list(range(schedule.num_steps - sampler.skip_steps))[::-1]
-        noise = torch.cat([torch.randn(shape, generator=gen, device=device) for gen in generators])
+        noise = per_image_noise(shape, generators, device)
         start = init_image
         if start is None and sampler.skip_steps:
             start = torch.zeros_like(noise)
@@ -512,9 +519,7 @@ class Renderer:
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)) ** 0.5 * (1 - alpha_bar / alpha_bar_prev) ** 0.5
         x_prev = pred_cond * alpha_bar_prev**0.5 + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
         if i > 0 and sigma > 0:
-            shape = (1,) + tuple(x.shape[1:])
-            noise = torch.cat([torch.randn(shape, generator=gen, device=x.device) for gen in generators])
-            x_prev = x_prev + sigma * noise
+            x_prev = x_prev + sigma * per_image_noise(x.shape, generators, x.device)
         return x_prev, pred
 
     def _plms_step(self, x, i, schedule, guidance, spec, old_eps: list[torch.Tensor]):

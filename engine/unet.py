@@ -126,11 +126,15 @@ def unet_forward(model: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tenso
 
 
 def group_norm_in_input_dtype(norm: torch.nn.GroupNorm, x: torch.Tensor,
-                              params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                              params: tuple[torch.Tensor, torch.Tensor] | None = None,
+                              split_statistics: bool = False) -> torch.Tensor:
     """``GroupNorm32(x)`` without the fp32 round trip (statistics still accumulate in fp32).
-    ``params``: the norm's (weight, bias) already cast to x's dtype (done once, at set-up)."""
+    ``params``: the norm's (weight, bias) already cast to x's dtype (done once, at set-up);
+    ``split_statistics``: through ``GroupNormSplitStatistics``."""
     if params is None or params[0].dtype != x.dtype:
         params = (norm.weight.to(x.dtype), norm.bias.to(x.dtype))
+    if split_statistics:
+        return GroupNormSplitStatistics.apply(x, *params, norm.num_groups, norm.eps)
     return F.group_norm(x, norm.num_groups, *params, norm.eps)
 
 
@@ -196,27 +200,19 @@ class GroupNormSplitStatistics(torch.autograd.Function):
         return dx, dweight, dbias, None, None
 
 
-def group_norm_split_statistics(norm: torch.nn.GroupNorm, x: torch.Tensor,
-                                params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """``group_norm_in_input_dtype`` through ``GroupNormSplitStatistics``."""
-    if params is None or params[0].dtype != x.dtype:
-        params = (norm.weight.to(x.dtype), norm.bias.to(x.dtype))
-    return GroupNormSplitStatistics.apply(x, *params, norm.num_groups, norm.eps)
-
-
 def set_group_norm_precision(unet: torch.nn.Module, in_input_dtype: bool, split_statistics: bool = False) -> int:
     """Make the UNet's GroupNorm32 layers normalise in their input's dtype (True) or as the
     library does, through fp32 (False); in the input's dtype, ``split_statistics`` takes
     the statistics from ``GroupNormSplitStatistics``. Their weights are cast to the UNet's
     dtype here, once, not per call. Returns how many layers were set."""
     count = 0
-    forward = group_norm_split_statistics if split_statistics else group_norm_in_input_dtype
     for module in unet.modules():
         if isinstance(module, GroupNorm32):
             if in_input_dtype:
                 dtype = getattr(unet, "dtype", module.weight.dtype)
                 params = (module.weight.detach().to(dtype), module.bias.detach().to(dtype))
-                module.forward = functools.partial(forward, module, params=params)
+                module.forward = functools.partial(group_norm_in_input_dtype, module, params=params,
+                                                   split_statistics=split_statistics)
             else:
                 module.__dict__.pop("forward", None)
             count += 1
@@ -228,5 +224,5 @@ def uses_input_dtype_group_norms(unet: torch.nn.Module) -> bool:
 
 
 def uses_split_norm_statistics(unet: torch.nn.Module) -> bool:
-    return any(isinstance(m, GroupNorm32) and getattr(m.__dict__.get("forward"), "func", None)
-               is group_norm_split_statistics for m in unet.modules())
+    return any(isinstance(m, GroupNorm32) and getattr(m.__dict__.get("forward"), "keywords", {}).get("split_statistics")
+               for m in unet.modules())

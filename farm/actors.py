@@ -153,7 +153,7 @@ class _RenderActor:
                                           should_stop=should_stop)
         stats = {"seconds": result.seconds, "actor": repr(self), "node": self.node,
                  "node_id": context.get_node_id(), "pid": os.getpid()}
-        if animation.save_depth_maps and getattr(result, "depth", None) is not None:
+        if group is None and animation.save_depth_maps and result.depth is not None:  # stills have no depth
             stats["depth"] = result.depth
         return result.pixels, stats
 

@@ -173,8 +173,7 @@ class FrameRenderer:
             def callback(image_index: int, step: int, image: np.ndarray) -> None:
                 if image_index == preview:
                     on_intermediate(step, image)
-        pixels = self.renderer.render_images([frame.render for frame in frames],
-                                             None if inits[0] is None else inits, inputs.image_prompts,
+        pixels = self.renderer.render_images([frame.render for frame in frames], inits, inputs.image_prompts,
                                              on_intermediate=callback, should_stop=should_stop)
         sampler = frames[0].render.sampler
         return GroupResult(tuple(pixels), time.perf_counter() - started, sampler.steps - sampler.skip_steps)
