@@ -50,11 +50,13 @@ class Variant(NamedTuple):
     clip_channels_last: bool = False  # ResNet CLIPs
     fuse_clip_layers: bool = False  # engine.clip_layers
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark (autotuned convolutions)
+    block_average_pools: bool = True  # engine.pooling.BlockAverage (torch's avg_pool2d backward when off)
 
 
 VARIANTS = (
-    Variant("default: contiguous, input-dtype norms, split statistics"),
+    Variant("default: contiguous, input-dtype norms, split statistics, block pools"),
     Variant("native group-norm statistics", split_norm_statistics=False),
+    Variant("torch's avg-pool backward", block_average_pools=False),
     Variant("CLIP layers fused (folded norms, patch matmul)", fuse_clip_layers=True),
     Variant("ResNet CLIP channels_last", clip_channels_last=True),
     Variant("UNet channels_last", unet_channels_last=True),
@@ -171,6 +173,7 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
                                            split_norm_statistics=variant.split_norm_statistics)
             renderer.models.configure_clips(channels_last=variant.clip_channels_last,
                                             fused=variant.fuse_clip_layers)
+            renderer.models.configure_pools(block_average=variant.block_average_pools)
             torch.backends.cudnn.benchmark = variant.cudnn_benchmark
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)

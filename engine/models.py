@@ -29,6 +29,7 @@ with warnings.catch_warnings():
     from guided_diffusion import script_util
 
 from engine.unet import set_group_norm_precision, unet_forward  # noqa: E402  (after the filtered import)
+from engine.pooling import set_block_average_pools  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class ModelSet:
                     raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
                 self.clips[name] = self._load_clip(name)
             self.configure_clips(channels_last=self.clip_channels_last, fused=self.fuse_clip_layers)
+            self.configure_pools(block_average=True)
         except torch.OutOfMemoryError:
             raise EngineOutOfMemory(
                 f"out of GPU memory loading {spec.key}: use fewer/smaller CLIP models"
@@ -343,6 +345,16 @@ class ModelSet:
                 clip.fused_layers = []
             if clip.is_convolutional:
                 clip.model.visual.to(memory_format=layout)
+
+    def configure_pools(self, *, block_average: bool) -> None:
+        """Whether the models' block-shaped average pools run through
+        ``engine.pooling.BlockAverage`` (the same values, a cheaper backward pass) or torch's
+        ``nn.AvgPool2d`` (benchmarks compare the two on one load)."""
+        self.block_average_pools = block_average
+        models = [self.unet, self.secondary, *(clip.model.visual for clip in self.clips.values())]
+        for model in models:
+            if model is not None:
+                set_block_average_pools(model, block_average)
 
     def schedule(self, steps: int) -> DiffusionSchedule:
         """The sampler coefficients for ``steps`` (cached per steps value)."""

@@ -154,7 +154,7 @@ def group_norm_scale_shift(mean: torch.Tensor, rstd: torch.Tensor, weight: torch
     return scale, shift
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -162,7 +162,7 @@ def grouped_view(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple[int,
     """A view of x [N, C, ...] and the dims to reduce over for per-group statistics,
     without a copy for contiguous and for channels_last inputs."""
     n, c = x.shape[:2]
-    if _is_channels_last(x):  # memory order N, H, W, C
+    if is_channels_last(x):  # memory order N, H, W, C
         return x.permute(0, 2, 3, 1).reshape(n, -1, groups, c // groups), (1, 3)
     return x.reshape(n, groups, -1), (2,)
 
@@ -195,7 +195,7 @@ class GroupNormSplitStatistics(torch.autograd.Function):
         wanted = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(), x.contiguous(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, wanted)
-        if dx is not None and _is_channels_last(x):
+        if dx is not None and is_channels_last(x):
             dx = dx.contiguous(memory_format=torch.channels_last)
         return dx, dweight, dbias, None, None
 

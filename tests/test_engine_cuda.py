@@ -140,6 +140,28 @@ def test_cuda_split_statistics_group_norm_matches_torch_at_dd_size():
         assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-3
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_block_average_equals_avg_pool_in_fp16_at_dd_size(channels_last):
+    """fp16 [1, 128, 768, 1280] (the 512 UNet's first down-sampling at 1280x768): the same
+    values and input gradients as torch's avg_pool2d, bit for bit."""
+    import torch.nn.functional as F
+
+    from engine.pooling import block_average
+
+    gen = torch.Generator("cuda").manual_seed(5)
+    x = torch.randn(1, 128, 768, 1280, device="cuda", generator=gen).half()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(1, 128, 384, 640, device="cuda", generator=gen).half()
+    results = []
+    for pool in (lambda t: F.avg_pool2d(t, 2), lambda t: block_average(t, 2)):
+        xg = x.clone().requires_grad_(True)
+        out = pool(xg)
+        results.append((out.detach(), torch.autograd.grad(out, xg, upstream)[0]))
+    (ref, ref_grad), (ours, ours_grad) = results
+    assert torch.equal(ours, ref) and torch.equal(ours_grad, ref_grad)
+
+
 @pytest.mark.parametrize("secondary", [True, False], ids=["secondary model", "full UNet"])
 def test_cuda_compiled_unet_renders_like_the_eager_one(cuda_full, cuda_secondary, secondary):
     models = WITH_SECONDARY if secondary else FULL_UNET

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -240,7 +241,6 @@ def test_group_norms_in_the_input_dtype_match_the_library_fp32_round_trip():
 def test_split_statistics_group_norm_equals_torch_values_and_gradients():
     """GroupNormSplitStatistics (std_mean statistics, torch's group-norm backward) is
     F.group_norm: values and the gradients of input, weight and bias, in float64."""
-    import torch.nn.functional as F
 
     from engine.unet import GroupNormSplitStatistics
 
@@ -344,3 +344,69 @@ def test_a_failing_compiled_unet_falls_back_to_the_eager_one():
         fallen_back = renderer.render(spec)
     assert len(calls) == 1 and renderer.models.compiled_unet_forward is None and not renderer.models.compile_unet
     assert np.array_equal(fallen_back, eager)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_average_equals_avg_pool_values_and_gradients_exactly(dtype, k, channels_last):
+    from engine.pooling import block_average
+
+    x = torch.randn(2, 6, 8 * k, 4 * k, generator=torch.Generator().manual_seed(k), dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 6, 8, 4, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    results = []
+    for pool in (lambda t: F.avg_pool2d(t, k), lambda t: block_average(t, k)):
+        xg = x.clone().requires_grad_(True)
+        out = pool(xg)
+        results.append((out.detach(), torch.autograd.grad(out, xg, upstream)[0]))
+    (ref, ref_grad), (ours, ours_grad) = results
+    assert torch.equal(ours, ref) and torch.equal(ours_grad, ref_grad)
+    assert ours_grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_block_average_falls_back_to_avg_pool_for_sizes_not_a_multiple_of_k():
+    from engine.pooling import BlockAverage, block_average
+
+    x = torch.randn(1, 3, 7, 6, requires_grad=True)
+    out = block_average(x, 2)
+    assert out.shape == (1, 3, 3, 3) and out.grad_fn.name() != BlockAverage.__name__ + "Backward"
+    assert torch.equal(out, F.avg_pool2d(x, 2))
+
+
+def test_block_pools_replace_only_whole_block_avg_pools_and_switch_back():
+    from engine.pooling import BlockAveragePool, block_pool_size, set_block_average_pools
+
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.AvgPool2d(3, stride=1),
+                                torch.nn.Sequential(torch.nn.AvgPool2d((2, 2), stride=(2, 2))),
+                                torch.nn.AvgPool2d(2, padding=1), torch.nn.AvgPool2d(2, ceil_mode=True))
+    assert [block_pool_size(m) for m in (model[0], model[1], model[2][0], model[3], model[4])] == [2, None, 2, None, None]
+    assert set_block_average_pools(model) == 2
+    assert isinstance(model[0], BlockAveragePool) and isinstance(model[2][0], BlockAveragePool)
+    assert type(model[1]) is torch.nn.AvgPool2d and type(model[3]) is torch.nn.AvgPool2d
+    assert set_block_average_pools(model, enabled=False) == 2
+    assert type(model[0]) is torch.nn.AvgPool2d and block_pool_size(model[2][0]) == 2
+
+
+def test_loaded_models_pool_with_block_averages_and_render_the_same_pixels():
+    """The UNet (resblock up/down), the secondary model and the ResNet CLIP all pool through
+    BlockAverage, and the pixels are those of torch's avg_pool2d (forward and backward equal)."""
+    from engine.pooling import BlockAveragePool, block_pool_size
+
+    model_set = ModelSet(ModelSetSpec(diffusion_model="tiny", use_secondary_model=True,
+                                      clip_models=("tiny-rn::random",)), "cpu")
+    models = [model_set.unet, model_set.secondary, *(c.model.visual for c in model_set.clips.values())]
+
+    def pools(ours: bool) -> list[int]:
+        """Per model, how many pools are BlockAveragePool (ours) or block-shaped nn.AvgPool2d."""
+        return [sum(isinstance(m, BlockAveragePool) if ours else block_pool_size(m) is not None
+                    for m in model.modules()) for model in models]
+
+    assert all(pools(ours=True)) and not any(pools(ours=False))
+    spec = RenderSpec(models=model_set.spec, width=64, height=64, seed=5,
+                      sampler=SamplerSettings(steps=4, skip_steps=0), guidance=GuidanceSettings(cutn_batches=1))
+    ours = Renderer(model_set).render(spec)
+    model_set.configure_pools(block_average=False)
+    assert not any(pools(ours=True)) and all(pools(ours=False))
+    assert np.array_equal(ours, Renderer(model_set).render(spec))

@@ -9,7 +9,8 @@
 #   compiled  bench.gpu with compile_unet (a second call);
 #   variants  bench.gpu_profile --no-tables: layout / norm / CLIP layer / cuDNN / compile
 #             variants on one loaded model set (a second call: about 6 minutes);
-#   smoke     the CUDA tests of the group norms only (seconds: run first after changing them);
+#   smoke     the CUDA tests of the group norms and block pools only (seconds: run first after
+#             changing them);
 #   profile   bench.gpu_profile with its tables (where a step's time goes), the batching
 #             headroom and the variants except torch.compile (about 3 minutes).
 # GPU_BUDGET (seconds, default 240) is bench.gpu's time budget (it skips what would overrun).
@@ -36,7 +37,7 @@ for stage in $stages; do
             timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py 2>&1 \
                 | tee "$out/cuda-tests.log" | tail -20 ;;
         smoke)
-            timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py -k "group_norm" 2>&1 \
+            timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py -k "group_norm or block_average" 2>&1 \
                 | tee "$out/cuda-smoke.log" | tail -5 ;;
         gpu)
             timeout $(( ${GPU_BUDGET:-240} + 20 )) python3 -m bench.gpu --machine "$machine" --out-dir "$out" \
