@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/farm submit scenes/smoke.yaml --out renders/smoke-demo
 
+# Two pytest-xdist workers, each taking whole test files (a file's Ray cluster fixture starts
+# once): 7.2 instead of 10.2 minutes on a 2-core VM, most tests waiting on Ray and subprocesses.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 chaos: $(STAMP)
 	$(PY) -m tests.chaos

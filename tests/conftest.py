@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,22 @@ def scene_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_temp_dir():
+    """Makes short directories for Ray's session files. Ray's sockets (AF_UNIX paths, at most
+    107 bytes) sit under its temp dir, and pytest's temp paths under an xdist worker
+    (``.../pytest-N/popen-gw1/ray0/session_<date>_<pid>/sockets/plasma_store``) are too long."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="ray-")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 TINY_SCENE = """\

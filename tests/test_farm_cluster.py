@@ -16,8 +16,8 @@ from tests.test_farm_local import STILLS
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("raytmp"))
+def cluster(ray_temp_dir):
+    os.environ["RAY_TMPDIR"] = str(ray_temp_dir())
     # two GPU nodes: the head and one worker (the one removed; each node start costs ~20 s here)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1)]

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, ray_temp_dir):
     home = tmp_path_factory.mktemp("home")
     (home / ".ray").mkdir()
     token = secrets.token_hex(16)
@@ -39,7 +39,7 @@ def cluster(tmp_path_factory):
            "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
-    temp = tmp_path_factory.mktemp("raytmp")
+    temp = ray_temp_dir()
     # --block keeps `ray start` in the foreground; in a session of its own, the head's
     # processes can be stopped as one group without `ray stop` (which stops every Ray
     # cluster of this user on the machine, other tests' included).

@@ -18,8 +18,8 @@ ANIM = FAST + 'animation_mode: 2D\nmax_frames: 4\nframes_skip_steps: "50%"\nzoom
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tmp_path_factory):
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+def local_ray(ray_temp_dir):
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=str(ray_temp_dir()),
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     yield
     ray.shutdown()

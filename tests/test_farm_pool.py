@@ -164,8 +164,8 @@ CONFIG = dict(size=1, gpus_per_actor=1.0, cpus_per_actor=1.0, threads=1, check_s
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+def cluster(ray_temp_dir):
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=str(ray_temp_dir()),
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     name = f"test-pool-{os.urandom(3).hex()}"
     connect_pool(PoolConfig(**CONFIG), name=name)
