@@ -185,8 +185,10 @@ class ModelSet:
         self.device = torch.device(device) if device is not None else default_device()
         on_cuda = self.device.type == "cuda"
         self.half_precision = on_cuda if half_precision is None else (half_precision and on_cuda)
-        # channels_last is off by default: guided-diffusion's GroupNorm makes every block
-        # convert layouts (0.61 vs 0.39 s/step at DD's defaults on an H200, bench.gpu_profile)
+        # channels_last is off by default: with torch's group norms every block converted
+        # layouts (H200, DD defaults: 0.28 vs 0.22 s/step with the secondary model, 0.55 vs
+        # 0.28 on the full-UNet path). The split-statistics norms now keep the layout, forward
+        # and backward; bench.gpu_profile's "UNet channels_last" variant measures it again
         self.channels_last = False if channels_last is None else (channels_last and on_cuda)
         # GroupNorm32 without its fp32 round trip (engine.unet); only matters in fp16
         self.half_group_norms = self.half_precision if half_group_norms is None else (

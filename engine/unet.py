@@ -26,7 +26,10 @@ with 132 multiprocessors; at DD's 1280x768 that moments pass was a third of the 
 time in a step (``bench.gpu_profile``). Here the moments come from ``torch.std_mean``,
 whose reduction spreads each long group over many blocks; the normalisation is one
 ``addcmul`` with per-channel scale and shift, and the backward pass is torch's own
-group-norm backward given those statistics.
+group-norm backward given those statistics. A channels_last input keeps its layout: its
+statistics come from a grouped view without a copy, and its backward pass is
+``group_norm_input_gradients`` (per-channel sums, then one fused multiply-add per term),
+where torch's backward would need NCHW copies of the input and gradient.
 """
 
 from __future__ import annotations
@@ -167,11 +170,50 @@ def grouped_view(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, tuple[int,
     return x.reshape(n, groups, -1), (2,)
 
 
+def group_norm_input_gradients(grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                               weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group norm's backward pass from per-channel sums, in any memory layout: (dx, dweight,
+    dbias) for x [N, C, ...], per-group mean and 1/std [N, G] and the affine weight [C].
+    The sums over each channel (of dy and of dy * x, accumulated in fp32 at least) are
+    reductions spread over the whole device; dx = a * dy + b * x + c, with a per channel
+    and b, c per group, keeps x's layout."""
+    n, c = x.shape[:2]
+    groups = mean.shape[1]
+    wide = torch.promote_types(x.dtype, torch.float32)
+    dims = tuple(range(2, x.dim()))
+    elements = x[0, 0].numel() * (c // groups)  # per group
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else grad_out.contiguous()
+    sum_dy = grad_out.sum(dims, dtype=wide)  # [N, C]
+    sum_dy_x = (grad_out * x).sum(dims, dtype=wide)
+    mean, rstd, w = mean.to(wide), rstd.to(wide), weight.to(wide)
+    per_channel_mean = mean.repeat_interleave(c // groups, dim=1)  # [N, C]
+    per_channel_rstd = rstd.repeat_interleave(c // groups, dim=1)
+    sum_dy_centred = sum_dy_x - per_channel_mean * sum_dy  # sum of dy * (x - mean), per channel
+    a_group = (w * sum_dy).view(n, groups, -1).sum(2)  # sum of w * dy over the group
+    b_group = (w * sum_dy_centred).view(n, groups, -1).sum(2)  # sum of w * dy * (x - mean)
+    x_coefficient = -rstd.pow(3) * b_group / elements
+    constant = -x_coefficient * mean - rstd * a_group / elements
+    shape = (n, c) + (1,) * (x.dim() - 2)
+
+    def per_channel(values: torch.Tensor) -> torch.Tensor:
+        return values.repeat_interleave(c // groups, dim=1).view(shape)
+
+    # the coefficients stay in fp32 (b * x and c nearly cancel): each addcmul computes in
+    # fp32 and writes x's dtype
+    dx = torch.empty_like(x)
+    torch.addcmul(per_channel(constant), per_channel(x_coefficient), x, out=dx)
+    torch.addcmul(dx, (per_channel_rstd * w).view(shape), grad_out, out=dx)
+    dweight = (sum_dy_centred * per_channel_rstd).sum(0).to(weight.dtype)
+    dbias = sum_dy.sum(0).to(weight.dtype)
+    return dx, dweight, dbias
+
+
 class GroupNormSplitStatistics(torch.autograd.Function):
     """``F.group_norm(x, groups, weight, bias, eps)`` with its statistics from
     ``torch.std_mean`` (a reduction that splits each group over many thread blocks;
-    accumulated in fp32 for half inputs) and torch's group-norm backward. Keeps a
-    channels_last input's layout (output and input gradient)."""
+    accumulated in fp32 for half inputs). The backward pass is torch's group-norm backward
+    given those statistics, or for a channels_last input (whose output and input gradient
+    keep the layout) ``group_norm_input_gradients``, which needs no NCHW copies."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
@@ -183,7 +225,11 @@ class GroupNormSplitStatistics(torch.autograd.Function):
         scale, shift = group_norm_scale_shift(mean, rstd, weight, bias)
         shape = (n, c) + (1,) * (x.dim() - 2)
         out = torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
-        stats_dtype = x.dtype if weight.dtype == x.dtype else torch.float32  # as native_group_norm
+        ctx.channels_last = is_channels_last(x)
+        if ctx.channels_last:  # group_norm_input_gradients: fp32 statistics
+            stats_dtype = rstd.dtype
+        else:  # as native_group_norm
+            stats_dtype = x.dtype if weight.dtype == x.dtype else torch.float32
         ctx.save_for_backward(x, mean.to(stats_dtype), rstd.to(stats_dtype), weight)
         ctx.groups = groups
         return out
@@ -191,12 +237,14 @@ class GroupNormSplitStatistics(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, mean, rstd, weight = ctx.saved_tensors
+        if ctx.channels_last:
+            dx, dweight, dbias = group_norm_input_gradients(grad_out, x, mean, rstd, weight)
+            needed = ctx.needs_input_grad
+            return (dx if needed[0] else None), (dweight if needed[1] else None), (dbias if needed[2] else None), None, None
         n, c = x.shape[:2]
         wanted = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(), x.contiguous(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, wanted)
-        if dx is not None and is_channels_last(x):
-            dx = dx.contiguous(memory_format=torch.channels_last)
         return dx, dweight, dbias, None, None
 
 

@@ -115,9 +115,11 @@ def test_cuda_input_dtype_group_norms_match_the_library_norms(cuda_full):
     assert (fast - library).abs().max() < 2e-2 * library.abs().max()
 
 
-def test_cuda_split_statistics_group_norm_matches_torch_at_dd_size():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_split_statistics_group_norm_matches_torch_at_dd_size(channels_last):
     """fp16 [1, 128, 384, 640] (a 512 UNet norm at 1280x768, halved): values and input
-    gradients as close to an fp32 reference as torch's own fp16 group norm."""
+    gradients as close to an fp32 reference as torch's own fp16 group norm; channels_last
+    through the layout-keeping backward (group_norm_input_gradients)."""
     import torch.nn.functional as F
 
     from engine.unet import GroupNormSplitStatistics
@@ -135,7 +137,9 @@ def test_cuda_split_statistics_group_norm_matches_torch_at_dd_size():
 
     reference = run(lambda a, w, b: F.group_norm(a, 32, w, b, 1e-5), torch.float32)
     torch_half = run(lambda a, w, b: F.group_norm(a, 32, w, b, 1e-5), torch.float16)
-    split = run(lambda a, w, b: GroupNormSplitStatistics.apply(a, w, b, 32, 1e-5), torch.float16)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    split = run(lambda a, w, b: GroupNormSplitStatistics.apply(a.contiguous(memory_format=layout), w, b, 32, 1e-5),
+                torch.float16)
     for ours, theirs, exact in zip(split, torch_half, reference):
         assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-3
 
