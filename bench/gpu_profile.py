@@ -13,7 +13,9 @@ under a few switches (``VARIANTS``: layouts, norm precision, fused CLIP layers, 
 autotuning, torch.compile) so their effect is measured on the same machine in the same
 run, and measures the batching headroom: the UNet's time per image when it runs 1, 2 or
 4 images per call (forward only, and forward + backward), which says what rendering
-several images per UNet call could gain. No figures are targets here.
+several images per UNet call could gain. First of all it times the backward passes the
+engine replaces (group norm, 2x2 average pooling) alone against torch's, at the UNet's
+shapes at 1280x768 (``layer_backward_timings``). No figures are targets here.
 """
 
 from __future__ import annotations
@@ -64,6 +66,82 @@ VARIANTS = (
     Variant("cuDNN autotuning (cudnn.benchmark)", cudnn_benchmark=True),
     Variant("torch.compile", compile_unet=True),
 )
+
+
+GROUP_NORM_SHAPES = ((1, 128, 768, 1280), (1, 256, 384, 640), (1, 512, 96, 160))
+"""The 512 UNet's group-norm inputs at DD's 1280x768: its largest, a middle and a small level."""
+POOL_SHAPES = ((1, 128, 768, 1280), (1, 256, 384, 640))
+"""Its first two down-sampling inputs."""
+
+
+def layer_backward_timings(device: str, log, group_norm_shapes=GROUP_NORM_SHAPES, pool_shapes=POOL_SHAPES,
+                           repeats: int = 5) -> list[dict]:
+    """The backward passes the engine replaces, timed alone against torch's (median of
+    ``repeats`` after a warm-up, fp16 on CUDA): group norm (32 groups; torch's
+    ``native_group_norm_backward`` on contiguous tensors, and with the NCHW copies a
+    channels_last input needs, against ``group_norm_input_gradients`` in both layouts) and
+    2x2 average pooling (torch's ``avg_pool2d_backward`` against ``spread_blocks``)."""
+    import torch
+
+    from engine.pooling import spread_blocks
+    from engine.unet import group_norm_input_gradients
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    channels_last = torch.channels_last
+
+    def timed(work) -> float:
+        work()
+        sync()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    rows = []
+    for shape in group_norm_shapes:
+        n, c = shape[:2]
+        x = torch.randn(shape, device=device, dtype=dtype)
+        dy = torch.randn(shape, device=device, dtype=dtype)
+        weight = torch.randn(c, device=device, dtype=dtype)
+        std, mean = torch.std_mean(x.view(n, 32, -1).float(), dim=2, correction=0)
+        rstd = (std.square() + 1e-5).rsqrt()
+        x_cl, dy_cl = x.contiguous(memory_format=channels_last), dy.contiguous(memory_format=channels_last)
+        spatial = x[0, 0].numel()
+
+        def torch_backward(x=x, dy=dy):
+            return torch.ops.aten.native_group_norm_backward(dy, x, mean.to(dtype), rstd.to(dtype), weight,
+                                                             n, c, spatial, 32, [True, True, True])
+
+        def torch_with_copies():
+            return torch_backward(x_cl.contiguous(), dy_cl.contiguous())[0].contiguous(memory_format=channels_last)
+
+        cases = (("group norm, torch, contiguous", torch_backward),
+                 ("group norm, per-channel sums, contiguous",
+                  lambda: group_norm_input_gradients(dy, x, mean, rstd, weight)),
+                 ("group norm, torch with NCHW copies, channels_last", torch_with_copies),
+                 ("group norm, per-channel sums, channels_last",
+                  lambda: group_norm_input_gradients(dy_cl, x_cl, mean, rstd, weight)))
+        for name, work in cases:
+            rows.append({"layer": name, "shape": list(shape), "seconds": round(timed(work), 6)})
+            log(f"  backward | {name:52s} {str(list(shape)):22s} {rows[-1]['seconds'] * 1000:8.3f} ms")
+        del x, dy, x_cl, dy_cl
+    for shape in pool_shapes:
+        x = torch.randn(shape, device=device, dtype=dtype)
+        grad = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2, device=device, dtype=dtype)
+        cases = (("avg pool 2x2, torch", lambda: torch.ops.aten.avg_pool2d_backward(
+                      grad, x, [2, 2], [2, 2], [0, 0], False, True, None)),
+                 ("avg pool 2x2, block copy", lambda: spread_blocks(grad, 2)))
+        for name, work in cases:
+            rows.append({"layer": name, "shape": list(shape), "seconds": round(timed(work), 6)})
+            log(f"  backward | {name:52s} {str(list(shape)):22s} {rows[-1]['seconds'] * 1000:8.3f} ms")
+        del x, grad
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 def batching_headroom(unet, height: int, width: int, log, batches: tuple[int, ...] = (1, 2, 4),
@@ -225,13 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} torch {torch.__version__}")
     done: list[dict] = []
     headroom: list[dict] = []
+    log("backward passes the engine replaces, alone:")
+    if device == "cuda":
+        layers = layer_backward_timings(device, log)
+    else:
+        layers = layer_backward_timings(device, log, ((1, 64, 24, 40),), ((1, 32, 24, 40),), repeats=2)
 
     def write(rows: list[dict]) -> None:
         (args.out_dir / "gpu-profile.txt").write_text("\n".join(lines) + "\n")
         (args.out_dir / "gpu-variants.json").write_text(json.dumps(
             {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
              "size": "1280x768" if device == "cuda" else "64x64", "variants": done + rows,
-             "batching_headroom": headroom}, indent=1) + "\n")
+             "batching_headroom": headroom, "layer_backwards": layers}, indent=1) + "\n")
 
     def record_headroom(rows: list[dict]) -> None:
         headroom.extend(rows)

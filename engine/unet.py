@@ -37,11 +37,16 @@ from __future__ import annotations
 import functools
 import math
 
+import warnings
+
 import torch
 import torch.nn.functional as F
-from guided_diffusion.nn import GroupNorm32
-from guided_diffusion.unet import AttentionBlock, QKVAttention, TimestepBlock
 from torch.utils.checkpoint import checkpoint
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # guided_diffusion uses torch.cuda.amp decorators
+    from guided_diffusion.nn import GroupNorm32
+    from guided_diffusion.unet import AttentionBlock, QKVAttention, TimestepBlock
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:

@@ -172,6 +172,12 @@ def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
         (mode, n) for mode in ("forward", "forward+backward") for n in (1, 2, 4)]
     assert all(r["seconds_per_image"] > 0 for r in headroom)
     assert [r["per_image_vs_one"] for r in headroom if r["images_per_call"] == 1] == [1.0, 1.0]
+    layers = json.loads((tmp_path / "gpu-variants.json").read_text())["layer_backwards"]
+    assert [r["layer"] for r in layers] == [
+        "group norm, torch, contiguous", "group norm, per-channel sums, contiguous",
+        "group norm, torch with NCHW copies, channels_last", "group norm, per-channel sums, channels_last",
+        "avg pool 2x2, torch", "avg pool 2x2, block copy"]
+    assert all(r["seconds"] > 0 for r in layers)
 
 
 def test_gpu_peaks_memory_fit_and_sizes():

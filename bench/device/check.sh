@@ -11,8 +11,9 @@
 #             variants on one loaded model set (a second call: about 6 minutes);
 #   smoke     the CUDA tests of the group norms and block pools only (seconds: run first after
 #             changing them);
-#   profile   bench.gpu_profile with its tables (where a step's time goes), the batching
-#             headroom and the variants except torch.compile (about 3 minutes).
+#   profile   bench.gpu_profile: the replaced backward passes (group norm, avg pool) alone
+#             against torch's, its tables (where a step's time goes), the batching headroom
+#             and the variants except torch.compile (about 3 minutes).
 # GPU_BUDGET (seconds, default 240) is bench.gpu's time budget (it skips what would overrun).
 # Results and logs go to ${OUT:-bench/results} (the results JSON is named after NAME).
 #   bash bench/device/check.sh h100                 # tests, gpu, profile
