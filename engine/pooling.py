@@ -6,7 +6,8 @@ for every input pixel, which pooling windows cover it, with integer divisions pe
 at DD's 1280x768 its 20 calls per step took 11.6 ms of an H200's 293 ms full-UNet step
 (``bench.gpu_profile``), where the gradient is just each output gradient divided by k*k and
 copied to its block. ``BlockAverage`` keeps torch's forward (the same values) and makes the
-backward that broadcasting copy (the same values: a division by a power of two is exact).
+backward that broadcasting copy (the same values: the same division, each output gradient
+by k*k, as torch's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def spread_blocks(grad: torch.Tensor, k: int, channels_last: bool = False) -> to
     """[N, C, H, W] -> [N, C, H*k, W*k]: each value divided by k*k and copied to its k x k
     block (in channels_last memory order if asked)."""
     n, c, h, w = grad.shape
-    scaled = grad * (1.0 / (k * k))
+    scaled = grad / (k * k)
     if channels_last:
         nhwc = scaled.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, k, w, k, c)
         return nhwc.reshape(n, h * k, w * k, c).permute(0, 3, 1, 2)

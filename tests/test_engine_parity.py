@@ -391,7 +391,7 @@ def test_a_failing_compiled_unet_falls_back_to_the_eager_one():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_block_average_equals_avg_pool_values_and_gradients_exactly(dtype, k, channels_last):
     from engine.pooling import block_average
