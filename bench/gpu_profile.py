@@ -53,12 +53,14 @@ class Variant(NamedTuple):
     fuse_clip_layers: bool = False  # engine.clip_layers
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark (autotuned convolutions)
     block_average_pools: bool = True  # engine.pooling.BlockAverage (torch's avg_pool2d backward when off)
+    half_secondary: bool = False  # the secondary model in fp16 (bfloat16 in the CPU check); DD runs it in fp32
 
 
 VARIANTS = (
     Variant("default: contiguous, input-dtype norms, split statistics, block pools"),
     Variant("native group-norm statistics", split_norm_statistics=False),
     Variant("torch's avg-pool backward", block_average_pools=False),
+    Variant("secondary model in fp16", half_secondary=True),
     Variant("CLIP layers fused (folded norms, patch matmul)", fuse_clip_layers=True),
     Variant("ResNet CLIP channels_last", clip_channels_last=True),
     Variant("UNet channels_last", unet_channels_last=True),
@@ -244,6 +246,8 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
         for variant in VARIANTS:
             if variant.compile_unet and (device != "cuda" or skip_compile):
                 continue
+            if variant.half_secondary and not secondary:
+                continue
             name = variant.name
             renderer.models.configure_unet(channels_last=variant.unet_channels_last and device == "cuda",
                                            half_group_norms=variant.half_group_norms,
@@ -252,6 +256,9 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
             renderer.models.configure_clips(channels_last=variant.clip_channels_last,
                                             fused=variant.fuse_clip_layers)
             renderer.models.configure_pools(block_average=variant.block_average_pools)
+            if secondary:
+                half = torch.float16 if device == "cuda" else torch.bfloat16
+                renderer.models.configure_secondary(half if variant.half_secondary else torch.float32)
             torch.backends.cudnn.benchmark = variant.cudnn_benchmark
             started = time.perf_counter()
             renderer.render(eb.with_steps(spec, 2))  # warm-up (and compilation)

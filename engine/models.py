@@ -215,6 +215,8 @@ class ModelSet:
             self.configure_unet(channels_last=self.channels_last, half_group_norms=self.half_group_norms,
                                 compile_unet=self.compile_unet, split_norm_statistics=self.split_norm_statistics)
             self.secondary = self._load_secondary() if spec.use_secondary_model else None
+            self.secondary_dtype = torch.float32
+            self._secondary_float32: dict[str, torch.Tensor] | None = None
             for name in spec.clip_models:
                 if name in self.clips:
                     raise EngineError(f"CLIP model {name!r} is listed twice in clip_models")
@@ -376,6 +378,17 @@ class ModelSet:
         return self._schedules[steps]
 
     # -- secondary ---------------------------------------------------------------------
+    def configure_secondary(self, dtype: torch.dtype) -> None:
+        """The secondary model's precision: float32 (the default, as DD runs it) or a half
+        type (a speed option on CUDA that ``bench.gpu_profile`` measures; it changes pixels)."""
+        if self.secondary is not None:
+            if dtype != torch.float32 and self._secondary_float32 is None:  # to go back without rounding
+                self._secondary_float32 = {k: v.detach().clone() for k, v in self.secondary.state_dict().items()}
+            self.secondary.to(dtype)
+            if dtype == torch.float32 and self._secondary_float32 is not None:
+                self.secondary.load_state_dict(self._secondary_float32)
+        self.secondary_dtype = dtype
+
     def _load_secondary(self) -> torch.nn.Module:
         from engine.secondary import SecondaryDiffusionModel
 

@@ -418,7 +418,7 @@ class Renderer:
                 t_sec = torch.full((n,), cosine_t, dtype=torch.float32, device=x.device)
                 sec_in = xg.contiguous(memory_format=torch.channels_last) if ms.channels_last else xg
                 with record_function("secondary_forward"):
-                    sec_pred = ms.secondary(sec_in, t_sec).pred
+                    sec_pred = ms.secondary(sec_in.to(ms.secondary_dtype), t_sec).pred.to(xg.dtype)
                 self.counters.secondary_forwards += 1
                 x_in = sec_pred * fac + xg * (1 - fac)
                 grad = guidance(xg, x_in, slot)

@@ -508,3 +508,22 @@ def test_benchmark_reports_counters_and_the_dd_style_baseline(capsys):
     assert result["clip_image_calls"] == {name: 2 for name in TWO_CLIPS}
     assert result["seconds_per_step"] > 0 and result["dd_style_seconds_per_step"] > 0
     assert '"speedup"' in capsys.readouterr().out
+
+
+def test_a_half_precision_secondary_model_renders_close_and_float32_is_back_exactly():
+    """configure_secondary: DD's float32 by default; a half type (fp16 on CUDA, a speed
+    option bench.gpu_profile measures; bfloat16 here) changes the pixels a little, and
+    float32 again gives the default pixels exactly."""
+    model_set = ModelSet(WITH_SECONDARY, "cpu")
+    assert model_set.secondary_dtype == torch.float32
+    spec = make_spec(WITH_SECONDARY)
+    renderer = Renderer(model_set)
+    default = renderer.render(spec)
+    model_set.configure_secondary(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model_set.secondary.parameters())
+    half = renderer.render(spec)
+    assert np.array_equal(half, renderer.render(spec))  # deterministic
+    difference = np.abs(half.astype(int) - default.astype(int))
+    assert 0 < difference.mean() < 2, difference.mean()
+    model_set.configure_secondary(torch.float32)
+    assert np.array_equal(renderer.render(spec), default)
