@@ -10,6 +10,8 @@ section per benchmark, written as each finishes; the GPU benchmark, ``python -m
 bench.gpu``, adds its own section to the same file on a GPU machine). Targets are
 evaluated and listed; a missed target is a result, not an error (exit status 0); a part
 that fails is recorded as an error in its section, the others still run (exit status 1).
+The process reuses freed host memory as the farm's CPU render processes do
+(``engine.host_memory``), so the direct and DD-equivalent runs get the allocator they get.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bench.common import (
     today,
     update_results,
 )
+from engine.host_memory import keep_freed_host_memory
 
 PARTS = ("engine", "farm", "scheduler")
 TIME_LIMIT_SECONDS = 15 * 60
@@ -95,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = results_path(machine, today(), args.out_dir)
+    environment_figures = {**environment(args.threads), "host_memory_reuse": keep_freed_host_memory()}
     header = {"date": today(), "machine": machine, "quick": args.quick,
-              "environment": environment(args.threads), "note": machine_note(args.note)}
+              "environment": environment_figures, "note": machine_note(args.note)}
     started = time.perf_counter()
     verdicts: list[list[Any]] = []
     failed = []

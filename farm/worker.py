@@ -120,12 +120,15 @@ class FrameRenderer:
     def __init__(self, models, device=None, threads: int | None = None):
         import torch
 
+        from engine.host_memory import keep_freed_host_memory
         from engine.models import load_model_set
         from engine.render import Renderer
 
         if threads:
             torch.set_num_threads(threads)
         self.model_set = load_model_set(models, device)
+        if self.model_set.device.type == "cpu":  # a render process: reuse freed host memory
+            keep_freed_host_memory()
         self.renderer = Renderer(self.model_set)
         self._depth = None
 
