@@ -28,15 +28,14 @@ whose reduction spreads each long group over many blocks; the normalisation is o
 ``addcmul`` with per-channel scale and shift, and the backward pass is torch's own
 group-norm backward given those statistics. A channels_last input keeps its layout: its
 statistics come from a grouped view without a copy, and its backward pass is
-``group_norm_input_gradients`` (per-channel sums, then one fused multiply-add per term),
-where torch's backward would need NCHW copies of the input and gradient.
+``group_norm_input_gradients`` (per-channel sums, then two fused multiply-adds), where
+torch's backward would need NCHW copies of the input and gradient.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-
 import warnings
 
 import torch
@@ -191,22 +190,21 @@ def group_norm_input_gradients(grad_out: torch.Tensor, x: torch.Tensor, mean: to
     sum_dy = grad_out.sum(dims, dtype=wide)  # [N, C]
     sum_dy_x = (grad_out * x).sum(dims, dtype=wide)
     mean, rstd, w = mean.to(wide), rstd.to(wide), weight.to(wide)
-    per_channel_mean = mean.repeat_interleave(c // groups, dim=1)  # [N, C]
-    per_channel_rstd = rstd.repeat_interleave(c // groups, dim=1)
-    sum_dy_centred = sum_dy_x - per_channel_mean * sum_dy  # sum of dy * (x - mean), per channel
+
+    def to_channels(values: torch.Tensor) -> torch.Tensor:  # [N, G] -> [N, C]
+        return values.repeat_interleave(c // groups, dim=1)
+
+    per_channel_rstd = to_channels(rstd)
+    sum_dy_centred = sum_dy_x - to_channels(mean) * sum_dy  # sum of dy * (x - mean), per channel
     a_group = (w * sum_dy).view(n, groups, -1).sum(2)  # sum of w * dy over the group
     b_group = (w * sum_dy_centred).view(n, groups, -1).sum(2)  # sum of w * dy * (x - mean)
     x_coefficient = -rstd.pow(3) * b_group / elements
     constant = -x_coefficient * mean - rstd * a_group / elements
     shape = (n, c) + (1,) * (x.dim() - 2)
-
-    def per_channel(values: torch.Tensor) -> torch.Tensor:
-        return values.repeat_interleave(c // groups, dim=1).view(shape)
-
     # the coefficients stay in fp32 (b * x and c nearly cancel): each addcmul computes in
     # fp32 and writes x's dtype
     dx = torch.empty_like(x)
-    torch.addcmul(per_channel(constant), per_channel(x_coefficient), x, out=dx)
+    torch.addcmul(to_channels(constant).view(shape), to_channels(x_coefficient).view(shape), x, out=dx)
     torch.addcmul(dx, (per_channel_rstd * w).view(shape), grad_out, out=dx)
     dweight = (sum_dy_centred * per_channel_rstd).sum(0).to(weight.dtype)
     dbias = sum_dy.sum(0).to(weight.dtype)
@@ -243,9 +241,8 @@ class GroupNormSplitStatistics(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, mean, rstd, weight = ctx.saved_tensors
         if ctx.channels_last:
-            dx, dweight, dbias = group_norm_input_gradients(grad_out, x, mean, rstd, weight)
-            needed = ctx.needs_input_grad
-            return (dx if needed[0] else None), (dweight if needed[1] else None), (dbias if needed[2] else None), None, None
+            grads = group_norm_input_gradients(grad_out, x, mean, rstd, weight)
+            return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
         n, c = x.shape[:2]
         wanted = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
