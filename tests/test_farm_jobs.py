@@ -38,16 +38,18 @@ def cluster(tmp_path_factory, ray_temp_dir):
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
            "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     temp = ray_temp_dir()
     # --block keeps `ray start` in the foreground; in a session of its own, the head's
     # processes can be stopped as one group without `ray stop` (which stops every Ray
-    # cluster of this user on the machine, other tests' included).
+    # cluster of this user on the machine, other tests' included). The job agent gets a free
+    # port: with the default (52365) another test's Ray, started alongside under
+    # pytest-xdist, could hold it, and job submission then finds "no available agent".
     log = open(temp / "ray-start.log", "wb")
     head = subprocess.Popen(
         [f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3", f"--temp-dir={temp}",
-         "--include-dashboard=true"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--include-dashboard=true", f"--dashboard-agent-listen-port={agent}"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_dashboard(dash, token, head, temp / "ray-start.log")
     except BaseException:
