@@ -354,7 +354,6 @@ class ModelSet:
         """Whether the models' block-shaped average pools run through
         ``engine.pooling.BlockAverage`` (the same values, a cheaper backward pass) or torch's
         ``nn.AvgPool2d`` (benchmarks compare the two on one load)."""
-        self.block_average_pools = block_average
         models = [self.unet, self.secondary, *(clip.model.visual for clip in self.clips.values())]
         for model in models:
             if model is not None:

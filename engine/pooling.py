@@ -78,6 +78,14 @@ def block_pool_size(pool: nn.Module) -> int | None:
     return kernel[0]
 
 
+def _swapped_pool(module: nn.Module, enabled: bool) -> nn.Module | None:
+    """The pool that replaces ``module`` (None: it stays)."""
+    if enabled:
+        k = block_pool_size(module)
+        return None if k is None else BlockAveragePool(k)
+    return nn.AvgPool2d(module.k) if isinstance(module, BlockAveragePool) else None
+
+
 def set_block_average_pools(model: nn.Module, enabled: bool = True) -> int:
     """Replace every block-shaped ``nn.AvgPool2d`` in ``model`` by ``BlockAveragePool``
     (``enabled``) or put ``nn.AvgPool2d`` back (benchmarks compare the two); returns how
@@ -85,11 +93,8 @@ def set_block_average_pools(model: nn.Module, enabled: bool = True) -> int:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if enabled and block_pool_size(child) is not None:
-                setattr(parent, name, BlockAveragePool(block_pool_size(child)))
-            elif not enabled and isinstance(child, BlockAveragePool):
-                setattr(parent, name, nn.AvgPool2d(child.k))
-            else:
-                continue
-            count += 1
+            replacement = _swapped_pool(child, enabled)
+            if replacement is not None:
+                setattr(parent, name, replacement)
+                count += 1
     return count
