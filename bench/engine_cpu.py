@@ -16,7 +16,7 @@ default guidance (cutn_batches 4, cut schedules 12+4 / 4+12: 64 cuts per model p
 
 Per configuration: seconds per step of both modes (median of interleaved runs, first
 step of each run left out), their ratio, the work per step (``engine.benchmark``'s
-counts: UNet forwards, CLIP calls per model, host syncs) and, on the full-UNet path,
+counts: UNet forwards, CLIP calls per model, host syncs, aten ops that run a kernel) and, on the full-UNet path,
 the cost of the parts in isolation to explain the ratio.
 """
 
@@ -221,7 +221,8 @@ def run_case(case: EngineCase, log=print) -> dict[str, Any]:
         f"DD-equivalent per step: {dd_work['unet_forwards']:g} UNet forwards, "
         f"{dd_work['unet_block_evaluations']:g} evaluations of a checkpointed block, "
         f"{', '.join(f'{v:g}' for v in dd_work['clip_image_calls'].values())} CLIP calls per model, "
-        f"{dd_work['host_syncs']:g} host syncs")
+        f"{dd_work['host_syncs']:g} host syncs, {dd_work['kernel_ops']:g} kernel ops (engine: "
+        f"{engine_work['kernel_ops']:g})")
     result["wall_seconds"] = time.perf_counter() - started
     return rounded(result)
 
@@ -249,7 +250,8 @@ def summarise(results: list[dict[str, Any]]) -> None:
         dd_calls = "/".join(f"{v:g}" for v in dd["clip_image_calls"].values())
         rows.append([r["label"], r["size"], r["engine"]["seconds_per_step"], r["dd_equivalent"]["seconds_per_step"],
                      r["ratio_engine_to_dd"], f"{work['unet_forwards']:g} / {dd['unet_forwards']:g}",
-                     f"{calls} / {dd_calls}", f"{work['host_syncs']:g} / {dd['host_syncs']:g}"])
+                     f"{calls} / {dd_calls}", f"{work['host_syncs']:g} / {dd['host_syncs']:g}",
+                     f"{work['kernel_ops']:g} / {dd['kernel_ops']:g}"])
     print_table("Engine on CPU vs DD-equivalent (engine / DD)",
                 ["case", "size", "engine s/step", "DD s/step", "ratio", "UNet fwd/step", "CLIP calls/step",
-                 "host syncs/step"], rows)
+                 "host syncs/step", "kernel ops/step"], rows)

@@ -13,7 +13,8 @@ medians of interleaved runs), FLOPs per step (counted with torch's flop formulas
 real run: matmuls, convolutions, attention, forward and backward), achieved TFLOP/s
 and the fraction of the GPU's dense fp16/bf16 peak (looked up from the device name;
 ``--peak-tflops`` overrides), peak memory, UNet forwards / CLIP calls / host syncs per
-step (including the syncs torch's CUDA sync debug mode reports).
+step (including the syncs torch's CUDA sync debug mode reports) and kernel launches per step
+(aten ops that run a kernel: each costs host time however small its tensors).
 
 The largest size that fits in 16, 24 and 80 GiB: peak memory is measured at a few
 sizes (5:3 like 1280x768), fitted as a + b*pixels + c*pixels^2 (attention makes memory
@@ -455,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         e, d = config["engine"], config["dd_equivalent"]
         rows.append([config["secondary_model"], e["seconds_per_step"], d["seconds_per_step"], config["speedup"],
-                     e["achieved_tflops"], e.get("peak_memory_gib", "-")])
+                     e["achieved_tflops"], e.get("peak_memory_gib", "-"),
+                     f"{e['per_step'].get('kernel_ops', '-')} / {d['per_step'].get('kernel_ops', '-')}"])
     print_table(f"GPU: {section['device']} (peak {section['peak_dense_fp16_tflops']} TFLOP/s)",
-                ["secondary", "engine s/step", "DD s/step", "speed-up", "engine TFLOP/s", "peak GiB"], rows)
+                ["secondary", "engine s/step", "DD s/step", "speed-up", "engine TFLOP/s", "peak GiB",
+                 "kernel ops/step (DD)"], rows)
     batched_rows = [[config["secondary_model"], row["images"], row.get("seconds_per_step", "-"),
                      row.get("seconds_per_image_step", row.get("skipped") or "out of memory"),
                      row.get("throughput_vs_one_image", "-"), row.get("achieved_tflops", "-")]

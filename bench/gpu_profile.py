@@ -8,7 +8,11 @@ spec): for the secondary-model and full-UNet paths it profiles a few engine step
 engine's labelled stages (``unet_forward``, ``secondary_forward``, ``cutouts``,
 ``augment``, ``clip_image:*``, ``clip_backward:*``, ``backward_to_x``: the
 ``record_function`` ranges in engine/render.py and engine/guidance.py), the busiest
-kernels, and how much of the step's wall time the GPU was busy. Then it times the step
+kernels, and the step's kernel time by class (``KERNEL_CLASSES``: tensor-core matrix
+math, or memory-bound layout transposes, norms, resampling, elementwise work) with what
+that allows (``peak_ceilings``): the fraction of the GPU's peak with no idle gaps, if only
+the matrix math took time, and if only the rest did; the measured target of 35% of peak
+is read against these (JSON ``step_breakdowns``). Then it times the step
 under a few switches (``VARIANTS``: layouts, norm precision, fused CLIP layers, cuDNN
 autotuning, torch.compile) so their effect is measured on the same machine in the same
 run, and measures the batching headroom: the UNet's time per image when it runs 1, 2 or
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -41,6 +46,78 @@ def _stage_rows(events) -> list[tuple[str, float, float, int]]:
                 device_us = getattr(event, "cuda_time_total", 0.0)
             rows.append((event.key, device_us / 1000.0, event.cpu_time_total / 1000.0, event.count))
     return sorted(rows, key=lambda row: -row[1])
+
+
+MATRIX_MATH = "matrix and convolution math"
+KERNEL_CLASSES = (
+    ("layout transposes", re.compile(r"nchwtonhwc|nhwctonchw|transpose", re.I)),
+    (MATRIX_MATH, re.compile(r"gemm|xmma|cutlass|wmma|tensorop|flash|fmha|conv(?!ert)|fft|cublas|cask|wgrad|dgrad|"
+                             r"fprop|sm\d\d_|aten::(b|add|baddb)?mm$|aten::linear$|scaled_dot_product", re.I)),
+    ("norms and reductions", re.compile(r"norm(?!al)|welford|moments|internalgradients|reduce|std_mean|var_mean|softmax|"
+                                        r"triton_(red|per)_|aten::(sum|mean)$", re.I)),
+    ("resampling and pooling", re.compile(r"upsample|grid_sampler|pool|interpolate", re.I)),
+    ("elementwise and copies", re.compile(r"elementwise|copy|fill|cat|index|where|memcpy|memset|triton_poi_|"
+                                          r"aten::(add|mul|sub|div|addcmul|clamp|hardtanh|relu|silu|gelu|threshold|where|normal|uniform|neg|"
+                                          r"exp|rsqrt|pow|cos|sin)\w*$", re.I)),
+)
+"""Kernel (or, on the CPU, aten op) names by what limits them: tensor-core math, or memory
+traffic of one of four kinds; the first class whose pattern matches wins, else "other"."""
+
+
+def kernel_class(name: str) -> str:
+    for label, pattern in KERNEL_CLASSES:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
+def kernel_breakdown(kernels, steps: int) -> dict[str, float]:
+    """Device milliseconds per step of each kernel class, from (name, total microseconds)
+    pairs of a profile of ``steps`` steps; largest first."""
+    per_class: dict[str, float] = {}
+    for name, micros in kernels:
+        label = kernel_class(name)
+        per_class[label] = per_class.get(label, 0.0) + micros / 1000.0 / steps
+    return {label: round(ms, 2) for label, ms in sorted(per_class.items(), key=lambda item: -item[1])}
+
+
+def peak_ceilings(flops_per_step: float, class_ms: dict[str, float], peak_tflops: float | None,
+                  step_seconds: float) -> dict[str, float | None]:
+    """What the kernel breakdown allows: the measured fraction of peak, the fraction with
+    the same kernels and no idle gaps, and two ceilings: if every kernel but the matrix
+    math took no time (the matrix kernels' own efficiency) and if the matrix math took no
+    time (the memory-bound kernels alone)."""
+    kernel_s = sum(class_ms.values()) / 1000.0
+    matrix_s = class_ms.get(MATRIX_MATH, 0.0) / 1000.0
+    peak = peak_tflops * 1e12 if peak_tflops else None
+
+    def fraction(seconds: float) -> float | None:
+        return round(flops_per_step / seconds / peak, 4) if (peak and seconds > 0) else None
+
+    return {
+        "tflop_per_step": round(flops_per_step / 1e12, 3),
+        "step_seconds": round(step_seconds, 4),
+        "kernel_seconds_per_step": round(kernel_s, 4),
+        "busy": round(kernel_s / step_seconds, 3) if step_seconds > 0 else None,
+        "fraction_of_peak": fraction(step_seconds),
+        "fraction_without_idle_gaps": fraction(kernel_s),
+        "ceiling_if_only_matrix_math_took_time": fraction(matrix_s),
+        "ceiling_if_matrix_math_took_no_time": fraction(kernel_s - matrix_s),
+    }
+
+
+def device_kernels(events) -> list[tuple[str, float]]:
+    """(name, self device microseconds) of the CUDA kernels in profiler events (not the
+    ``record_function`` ranges, which the profiler also lists on the device)."""
+    return [(e.key, e.self_device_time_total) for e in events
+            if str(getattr(e, "device_type", "")).endswith("CUDA") and not getattr(e, "is_user_annotation", False)
+            and e.self_device_time_total > 0]
+
+
+def cpu_ops(events) -> list[tuple[str, float]]:
+    """(name, self CPU microseconds) of the aten ops in profiler events (the CPU check's
+    stand-in for kernels)."""
+    return [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
 
 
 class Variant(NamedTuple):
@@ -200,9 +277,28 @@ def batching_headroom(unet, height: int, width: int, log, batches: tuple[int, ..
     return rows
 
 
+def step_breakdown(renderer, spec, kernels, steps: int, label: str, peak_tflops: float | None, log) -> dict:
+    """A profiled step's kernel time by class (``kernel_breakdown``) and what it allows
+    (``peak_ceilings``), with the step's FLOPs counted on a two-step render and its
+    seconds timed without the profiler."""
+    from engine import benchmark as eb
+
+    with eb.OpCounter() as counter:
+        renderer.render(eb.with_steps(spec, 2))  # its set-up's FLOPs (prompt encoding) are negligible
+    step_seconds = statistics.median(eb.engine_step_seconds(renderer, spec)[1:])
+    class_ms = kernel_breakdown(kernels, steps)
+    ceilings = peak_ceilings(counter.flops / 2, class_ms, peak_tflops, step_seconds)
+    log(f"{label}: kernel time per step by class (ms), of a {step_seconds * 1000:.0f} ms step:")
+    for name, ms in class_ms.items():
+        log(f"  {name:32s} {ms:8.1f}")
+    log("  " + ", ".join(f"{key} {value}" for key, value in ceilings.items()))
+    return {"path": label, "kernel_ms_per_step": class_ms, **ceilings}
+
+
 def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device: str = "cuda",
                    tables: bool = True, variants: bool = True, on_result=lambda rows: None,
-                   on_headroom=None, skip_compile: bool = False) -> list[dict]:
+                   on_headroom=None, skip_compile: bool = False, on_breakdown=lambda row: None,
+                   peak_tflops: float | None = None) -> list[dict]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -222,21 +318,23 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
     sync()
     if tables:
         started = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=activities) as prof:
             renderer.render(spec)
             sync()
         wall_ms = (time.perf_counter() - started) * 1000
         events = prof.key_averages()
-        kernels = [e for e in events if getattr(e, "device_type", None) is not None
-                   and str(e.device_type).endswith("CUDA") and e.self_device_time_total > 0]
-        busy_ms = sum(e.self_device_time_total for e in kernels) / 1000.0
+        kernels = device_kernels(events) if device == "cuda" else cpu_ops(events)
+        busy_ms = sum(micros for _, micros in kernels) / 1000.0
+        what = "GPU kernels" if device == "cuda" else "CPU aten ops"
         log(f"\n=== {label}: {steps} steps profiled, wall {wall_ms:.0f} ms (profiler on), "
-            f"GPU kernels {busy_ms:.0f} ms = {busy_ms / wall_ms:.0%} busy")
+            f"{what} {busy_ms:.0f} ms")
         log("stage (device ms and CPU ms over all steps, count):")
         for key, ms, cpu_ms, count in _stage_rows(events):
             log(f"  {key:40s} device {ms:9.1f} ms  cpu {cpu_ms:9.1f} ms  x{count}")
         log("busiest kernels / ops by self device time:")
         log(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+        on_breakdown(step_breakdown(renderer, spec, kernels, steps, label, peak_tflops, log))
     if on_headroom is not None:
         log(f"batching headroom at {size[0]}x{size[1]}:")
         on_headroom(batching_headroom(renderer.models.unet, size[1], size[0], log))
@@ -310,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} torch {torch.__version__}")
     done: list[dict] = []
     headroom: list[dict] = []
+    breakdowns: list[dict] = []
     log("backward passes the engine replaces, alone:")
     if device == "cuda":
         layers = layer_backward_timings(device, log)
@@ -321,16 +420,25 @@ def main(argv: list[str] | None = None) -> int:
         (args.out_dir / "gpu-variants.json").write_text(json.dumps(
             {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
              "size": "1280x768" if device == "cuda" else "64x64", "variants": done + rows,
-             "batching_headroom": headroom, "layer_backwards": layers}, indent=1) + "\n")
+             "batching_headroom": headroom, "layer_backwards": layers, "step_breakdowns": breakdowns},
+            indent=1) + "\n")
 
     def record_headroom(rows: list[dict]) -> None:
         headroom.extend(rows)
         write([])
 
+    def record_breakdown(row: dict) -> None:
+        breakdowns.append(row)
+        write([])
+
+    from bench.gpu import peak_tflops
+
+    peak = peak_tflops(torch.cuda.get_device_name()) if device == "cuda" else None
+
     for secondary in (True, False):
         done += profile_config(secondary, args.steps, log, preset, device, tables=not args.no_tables,
                                on_result=write, on_headroom=record_headroom if secondary else None,
-                               skip_compile=args.skip_compile)
+                               skip_compile=args.skip_compile, on_breakdown=record_breakdown, peak_tflops=peak)
     write([])
     return 0
 

@@ -21,7 +21,9 @@ built or written from host data (``torch.tensor``, ``t[i] = 0.5``: blocking uplo
 CUDA; ``engine.syncs``). The
 counts are per-step differences between a short and a longer render, so set-up and
 the final image read-back are not included. On CUDA the syncs torch's sync debug mode
-reports are counted as well (``cuda_syncs``), and ``FlopCounter`` counts FLOPs.
+reports are counted as well (``cuda_syncs``). ``OpCounter`` counts the aten ops that run a
+kernel (``kernel_ops``: on a GPU each costs a launch, so they measure host overhead) and,
+on request, FLOPs.
 """
 
 from __future__ import annotations
@@ -119,20 +121,49 @@ class HostSyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class FlopCounter(TorchDispatchMode):
-    """FLOPs of the aten ops torch's flop counter knows (matmuls, convolutions, attention,
-    forward and backward), without its module tracking, which breaks ``autograd.grad``."""
+NO_KERNEL_OPS = frozenset({
+    "aten::detach", "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
+    "aten::new_empty_strided", "aten::lift_fresh", "aten::_unsafe_view", "aten::resize_", "aten::set_",
+    "aten::record_stream",
+})
+"""aten ops below autograd that allocate or relabel memory without running a kernel (views
+are recognised from their schema)."""
 
-    def __init__(self) -> None:
+
+def runs_a_kernel(func) -> bool:
+    """Whether an aten op reaching a dispatch mode computes or copies data (a kernel launch
+    on a GPU), rather than making a view, allocating, returning no tensor (``promote_types``)
+    or marking a profiler range."""
+    return (func.namespace == "aten" and not func.is_view
+            and func._overloadpacket._qualified_op_name not in NO_KERNEL_OPS
+            and any(_holds_tensors(ret.type) for ret in func._schema.returns))
+
+
+def _holds_tensors(schema_type) -> bool:
+    if isinstance(schema_type, (torch.ListType, torch.OptionalType)):
+        return _holds_tensors(schema_type.getElementType())
+    return isinstance(schema_type, torch.TensorType)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run a kernel (``runs_a_kernel``: on a GPU each is a launch,
+    a few microseconds of host time however small its tensors) and, with ``flops``, the
+    FLOPs of the ops torch's flop counter knows (matmuls, convolutions, attention, forward
+    and backward), without its module tracking, which breaks ``autograd.grad``."""
+
+    def __init__(self, flops: bool = True) -> None:
         super().__init__()
         from torch.utils.flop_counter import flop_registry
 
-        self.registry = flop_registry
+        self.registry = flop_registry if flops else {}
         self.flops = 0
+        self.kernel_ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if runs_a_kernel(func):
+            self.kernel_ops += 1
         formula = self.registry.get(func._overloadpacket)
         if formula is not None:
             self.flops += int(formula(*args, **kwargs, out_val=out))
@@ -161,7 +192,7 @@ class WorkCounter:
         self._handles: list[Any] = []
         self._block: torch.nn.Module | None = None
         self._mode: HostSyncCounter | None = None
-        self._flop_mode: FlopCounter | None = None
+        self._op_mode: OpCounter | None = None
         self._caught_cm: Any = None
         self._caught: list = []
         self._previous_sync_mode = 0
@@ -204,14 +235,13 @@ class WorkCounter:
                 warnings.simplefilter("always")
                 self._previous_sync_mode = torch.cuda.get_sync_debug_mode()
                 torch.cuda.set_sync_debug_mode("warn")
-        if self.flops:
-            self._flop_mode = FlopCounter()
-            self._flop_mode.__enter__()
+        self._op_mode = OpCounter(flops=self.flops)
+        self._op_mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._flop_mode is not None:
-            self._flop_mode.__exit__(*exc)
+        if self._op_mode is not None:
+            self._op_mode.__exit__(*exc)
         if self._mode is not None:
             self._mode.__exit__(*exc)
         if self._caught_cm is not None:
@@ -238,8 +268,10 @@ class WorkCounter:
             "host_syncs": sum(reads.values()) + sum(uploads.values()),
             "host_sync_kinds": dict(reads + uploads),
         }
-        if self._flop_mode is not None:
-            totals["flops"] = self._flop_mode.flops
+        if self._op_mode is not None:
+            totals["kernel_ops"] = self._op_mode.kernel_ops
+            if self.flops:
+                totals["flops"] = self._op_mode.flops
         if self.cuda_syncs is not None:
             totals["cuda_syncs"] = self.cuda_syncs
         return totals

@@ -69,8 +69,8 @@ def validate_spec(spec: RenderSpec) -> None:
     sampler = spec.sampler
     if sampler.mode not in ("ddim", "plms"):
         raise InvalidSpec(f"diffusion_sampling_mode must be 'ddim' or 'plms', got {sampler.mode!r}")
-    if sampler.steps < 1:
-        raise InvalidSpec(f"steps must be at least 1, got {sampler.steps}")
+    if sampler.steps < 2:  # guided-diffusion's "ddim1" respacing of 1000 steps does not exist
+        raise InvalidSpec(f"steps must be at least 2, got {sampler.steps}")
     if not 0 <= sampler.skip_steps < sampler.steps:
         raise InvalidSpec(f"skip_steps must be in 0..steps-1 ({sampler.steps - 1}), got {sampler.skip_steps}")
     if sampler.mode == "plms" and sampler.steps - sampler.skip_steps < 2:

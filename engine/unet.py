@@ -146,19 +146,17 @@ def group_norm_in_input_dtype(norm: torch.nn.GroupNorm, x: torch.Tensor,
 
 
 def group_norm_scale_shift(mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
-                           bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) [N, C] such that group norm = x * scale + shift, from
-    per-group mean and 1/std [N, G] and the affine weight and bias [C]; computed in fp32
-    at least."""
-    dtype = torch.promote_types(rstd.dtype, torch.float32)
+                           bias: torch.Tensor) -> torch.Tensor:
+    """Scale and shift per group and channel, as one [2, N, G, C/G] tensor in fp32 at least,
+    such that group norm = x * scale + shift, from per-group mean and 1/std [N, G] and the
+    affine weight and bias [C]. Two kernels: half inputs are widened inside them."""
+    wide = torch.promote_types(rstd.dtype, torch.float32)
     (n, groups), channels = mean.shape, weight.shape[0]
-
-    def per_channel(stat: torch.Tensor) -> torch.Tensor:
-        return stat.to(dtype)[:, :, None].expand(n, groups, channels // groups).reshape(n, channels)
-
-    scale = per_channel(rstd) * weight.to(dtype)
-    shift = bias.to(dtype) - per_channel(mean) * scale
-    return scale, shift
+    weight, bias = weight.view(groups, channels // groups), bias.view(groups, channels // groups)
+    out = torch.empty(2, n, groups, channels // groups, dtype=wide, device=mean.device)
+    torch.mul(rstd[:, :, None], weight, out=out[0])
+    torch.addcmul(bias, mean[:, :, None], out[0], value=-1, out=out[1])
+    return out
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -220,14 +218,18 @@ class GroupNormSplitStatistics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
+        # ten kernels for a half input (each a launch at batch 1, where they are tiny)
         n, c = x.shape[:2]
         view, dims = grouped_view(x, groups)
         std, mean = torch.std_mean(view, dim=dims, correction=0)
         std, mean = std.reshape(n, groups), mean.reshape(n, groups)
-        rstd = (std.to(torch.promote_types(std.dtype, torch.float32)).square() + eps).rsqrt()
-        scale, shift = group_norm_scale_shift(mean, rstd, weight, bias)
-        shape = (n, c) + (1,) * (x.dim() - 2)
-        out = torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
+        rstd = std.to(torch.promote_types(std.dtype, torch.float32)).square_().add_(eps).rsqrt_()  # std: ours
+        scale, shift = group_norm_scale_shift(mean, rstd, weight, bias).to(x.dtype)  # [N, G, C/G] each
+        if is_channels_last(x):  # view: [N, H*W, G, C/G]
+            out = torch.addcmul(shift[:, None], view, scale[:, None])
+            out = out.view(n, *x.shape[2:], c).permute(0, 3, 1, 2)
+        else:
+            out = torch.addcmul(shift[..., None], x.view(n, groups, c // groups, -1), scale[..., None]).view(x.shape)
         ctx.channels_last = is_channels_last(x)
         if ctx.channels_last:  # group_norm_input_gradients: fp32 statistics
             stats_dtype = rstd.dtype

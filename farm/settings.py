@@ -68,7 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("compile_unet", "auto_bool", "auto", "torch.compile the UNet on CUDA GPUs: true, false or auto (compile when the scene has at least 4000 sampler steps to run). Compiling takes 1-2 minutes per actor and image size; steps then ran 1.4x faster (H200, DD defaults).", "models"),
     _s("check_model_SHA", "bool", True, "Verify model checksums (always done on download).", "models"),
     # --- guidance (keyframable)
-    _s("steps", "int_keyframes", 250, "Sampler steps.", "guidance", minimum=1, maximum=MAX_STEPS),
+    _s("steps", "int_keyframes", 250, "Sampler steps (at least 2: DD's ddim respacing of 1000 diffusion steps has no 1-step form).", "guidance", minimum=2, maximum=MAX_STEPS),
     _s("skip_steps", "int_keyframes", 10, "Steps skipped at the start (init image strength).", "guidance", minimum=0, maximum=MAX_STEPS),
     _s("clip_guidance_scale", "keyframes", 5000, "Strength of CLIP guidance.", "guidance", minimum=0),
     _s("tv_scale", "keyframes", 0, "Total-variation (smoothness) loss scale.", "guidance", minimum=0),
@@ -132,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("video_init_flow_blend", "number", 0.999, "Blend of the flow-warped output (1) against the video frame (0).", "video", minimum=0, maximum=1),
     _s("video_init_check_consistency", "bool", True, "Take the video frame where the flow is unreliable (forward-backward check).", "video"),
     _s("video_init_blend_mode", "choice", "optical flow", "How to carry the previous output: none, linear or optical flow.", "video", choices=("none", "linear", "optical flow")),
-    _s("video_init_steps", "int_keyframes", 100, "steps in Video Input mode.", "video", minimum=1, maximum=MAX_STEPS),
+    _s("video_init_steps", "int_keyframes", 100, "steps in Video Input mode (at least 2).", "video", minimum=2, maximum=MAX_STEPS),
     _s("video_init_clip_guidance_scale", "keyframes", 1000, "clip_guidance_scale in Video Input mode.", "video", minimum=0),
     _s("video_init_tv_scale", "keyframes", 0.1, "tv_scale in Video Input mode.", "video", minimum=0),
     _s("video_init_range_scale", "keyframes", 150, "range_scale in Video Input mode.", "video", minimum=0),

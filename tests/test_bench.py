@@ -56,6 +56,9 @@ def test_engine_counts_work_of_both_modes(quick_results):
         assert dd["per_step"]["host_sync_kinds"]["item"] == 2 * batches * len(clips)
         assert dd["per_step"]["host_sync_kinds"]["__bool__"] == 1
         assert engine["per_step"]["cuts_encoded"] == dd["per_step"]["cuts_encoded"]
+        # DD's per-cut-batch loop launches more kernels (tiny set: 1.6x / 2.1x at 2 cut
+        # batches, with the secondary model / full UNet; 2.4x / 2.8x at DD's 4)
+        assert 0 < 1.3 * engine["per_step"]["kernel_ops"] < dd["per_step"]["kernel_ops"]
         verdicts = {t["target"]: t for t in case["targets"]}
         assert verdicts["UNet forwards per step"]["met"] and verdicts["host syncs per step"]["met"]
     secondary, full = cases
@@ -161,7 +164,7 @@ def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
 def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
     from bench import gpu_profile
 
-    assert gpu_profile.main(["--cpu-check", "--no-tables", "--steps", "2", "--out-dir", str(tmp_path)]) == 0
+    assert gpu_profile.main(["--cpu-check", "--steps", "2", "--out-dir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "gpu-variants.json").read_text())["variants"]
     cpu_variants = [v.name for v in gpu_profile.VARIANTS if not v.compile_unet]  # torch.compile: CUDA only
     assert [r["variant"] for r in rows] == cpu_variants + [name for name in cpu_variants if "secondary" not in name]
@@ -178,6 +181,54 @@ def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
         "group norm, torch with NCHW copies, channels_last", "group norm, per-channel sums, channels_last",
         "avg pool 2x2, torch", "avg pool 2x2, block copy"]
     assert all(r["seconds"] > 0 for r in layers)
+    breakdowns = json.loads((tmp_path / "gpu-variants.json").read_text())["step_breakdowns"]
+    assert [b["path"] for b in breakdowns] == ["secondary model", "full UNet"]
+    for row in breakdowns:  # the CPU check: aten ops for kernels, no peak to compare with
+        assert row["kernel_ms_per_step"][gpu_profile.MATRIX_MATH] > 0 and row["step_seconds"] > 0
+        assert row["tflop_per_step"] > 0 and row["fraction_of_peak"] is None
+    assert breakdowns[1]["tflop_per_step"] > breakdowns[0]["tflop_per_step"]  # the UNet backward
+    assert "kernel time per step by class" in (tmp_path / "gpu-profile.txt").read_text()
+
+
+def test_gpu_profile_sorts_kernels_into_classes():
+    from bench.gpu_profile import MATRIX_MATH, kernel_class
+
+    names = {  # kernel names seen in H200 profiles, and aten ops (the CPU check)
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128": MATRIX_MATH,
+        "void fft2d_r2c_32x32<float, false, 0u, false>(float2*, float const*)": MATRIX_MATH,
+        "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": MATRIX_MATH,
+        "aten::bmm": MATRIX_MATH,
+        "aten::mkldnn_convolution": MATRIX_MATH,
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float>": "layout transposes",
+        "void at::native::(anonymous namespace)::ComputeInternalGradientsCUDAKernel<c10::Half>":
+            "norms and reductions",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<c10::Half>>": "norms and reductions",
+        "void at::native::(anonymous namespace)::upsample_gen2d_aa_backward_out_frame<float>":
+            "resampling and pooling",
+        "void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add<c10::Half>>":
+            "elementwise and copies",
+        "void at::native::elementwise_kernel<128, 4, ConvertFunctor>": "elementwise and copies",
+        "aten::normal_": "elementwise and copies",
+        "aten::empty": "other",
+    }
+    assert {name: kernel_class(name) for name in names} == names
+
+
+def test_gpu_profile_ceilings_follow_from_the_kernel_classes():
+    from bench.gpu_profile import MATRIX_MATH, kernel_breakdown, peak_ceilings
+
+    kernels = [("sm90_xmma_fprop", 300_000.0), ("void at::native::elementwise_kernel<...>", 450_000.0),
+               ("sm90_xmma_dgrad", 300_000.0), ("nchwToNhwcKernel", 150_000.0)]
+    class_ms = kernel_breakdown(kernels, steps=3)
+    assert class_ms == {MATRIX_MATH: 200.0, "elementwise and copies": 150.0, "layout transposes": 50.0}
+    assert list(class_ms) == [MATRIX_MATH, "elementwise and copies", "layout transposes"]  # largest first
+    ceilings = peak_ceilings(40e12, class_ms, 1000.0, step_seconds=0.5)
+    assert ceilings["kernel_seconds_per_step"] == 0.4 and ceilings["busy"] == 0.8
+    assert ceilings["fraction_of_peak"] == 0.08  # 40 TFLOP in 0.5 s of a 1000 TFLOP/s GPU
+    assert ceilings["fraction_without_idle_gaps"] == 0.1
+    assert ceilings["ceiling_if_only_matrix_math_took_time"] == 0.2
+    assert ceilings["ceiling_if_matrix_math_took_no_time"] == 0.2
+    assert peak_ceilings(40e12, class_ms, None, 0.5)["fraction_of_peak"] is None
 
 
 def test_gpu_peaks_memory_fit_and_sizes():

@@ -271,6 +271,36 @@ def test_split_statistics_group_norm_equals_torch_values_and_gradients():
     assert (ours.float() - reference).abs().max() <= 2 * torch_half_error
 
 
+def test_split_statistics_group_norm_forward_launches_ten_kernels_for_half_inputs():
+    """Each kernel is a launch at batch 1, where the statistics are tiny: the forward of a
+    half input takes ten (torch's std_mean, the fp32 1/std, scale and shift as one fp32
+    tensor, one cast, the normalising addcmul, the saved 1/std), in both layouts; 17
+    before scale and shift shared one tensor and widened the weights inside the kernels."""
+    from engine.benchmark import OpCounter
+    from engine.unet import GroupNormSplitStatistics
+
+    weight, bias = torch.randn(64).bfloat16(), torch.randn(64).bfloat16()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(1, 64, 8, 12).bfloat16().contiguous(memory_format=layout).requires_grad_(True)
+        with OpCounter(flops=False) as counter:
+            out = GroupNormSplitStatistics.apply(x, weight, bias, 32, 1e-5)
+        assert counter.kernel_ops == 10
+        assert out.is_contiguous(memory_format=layout)
+
+
+def test_op_counter_counts_kernels_not_views_or_allocations():
+    from engine.benchmark import OpCounter
+
+    x = torch.randn(4, 6, requires_grad=True)
+    with OpCounter() as counter:
+        y = (x + 1).view(-1).t().sum()  # add, sum (view and t are views)
+        torch.empty(3)
+        (grad,) = torch.autograd.grad(y, x)  # ones_like (the seed); the backward's expand is a view
+        z = torch.randn(8, 8) @ torch.randn(8, 8)  # randn twice, mm
+    assert counter.kernel_ops == 6 and counter.flops == 2 * 8 * 8 * 8
+    assert torch.equal(grad, torch.ones(4, 6)) and z.shape == (8, 8)
+
+
 def test_split_statistics_group_norm_keeps_channels_last_with_its_own_backward():
     """channels_last input: statistics without a copy; output and input gradient keep the
     layout; the backward (``group_norm_input_gradients``, per-channel sums, no NCHW copies)

@@ -358,6 +358,7 @@ def test_symmetrize_mirrors_halves():
         ({"width": 100}, "multiples of 64"),
         ({"height": 0}, "multiples of 64"),
         ({"sampler": SamplerSettings(mode="euler")}, "ddim"),
+        ({"sampler": SamplerSettings(steps=1, skip_steps=0)}, "steps must be at least 2"),
         ({"sampler": SamplerSettings(steps=10, skip_steps=10)}, "skip_steps"),
         ({"sampler": SamplerSettings(mode="plms", steps=10, skip_steps=9)}, "plms"),
         ({"sampler": SamplerSettings(perlin_mode="plaid")}, "perlin_mode"),
@@ -399,10 +400,12 @@ if sys.argv[1] == "reuse":
     assert keep_freed_host_memory()
 for _ in range(5):  # warm-up: the heap settles after a few rounds
     torch.ones(10_000_000).sum()  # 40 MB: above glibc's largest dynamic mmap threshold (32 MB)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(10_000_000).sum()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))  # the steady state: one round in five once faulted afresh under a parallel test run
 """
 
 

@@ -127,7 +127,7 @@ def test_cross_field_checks():
 def test_overrides_are_validated_like_the_file(scene_file):
     path = scene_file(TINY_SCENE)
     assert load_scene(path, overrides={"steps": 20})["steps"].at(0) == 20
-    with pytest.raises(SceneInvalid, match="steps: 0 is below the minimum 1"):
+    with pytest.raises(SceneInvalid, match="steps: 0 is below the minimum 2"):
         load_scene(path, overrides={"steps": 0})
 
 
