@@ -47,6 +47,10 @@ class ProgressBoard:
         return True
 
 
+class ModelLoadError(RuntimeError):
+    """The actor's models failed to load (the message says why); every frame it is given fails."""
+
+
 class _RenderActor:
     """Holds one model set and renders frames; restarted (models reloaded) if it crashes."""
 
@@ -65,7 +69,12 @@ class _RenderActor:
 
             device = "cuda" if (gpu_ids and torch.cuda.is_available()) else "cpu"
         self.device = device
-        self.renderer = (renderer_class or FrameRenderer)(models, device=device, threads=threads)
+        self.renderer = None
+        self.load_error: str | None = None
+        try:
+            self.renderer = (renderer_class or FrameRenderer)(models, device=device, threads=threads)
+        except Exception as error:  # a missing or damaged checkpoint: one line per frame, not a dead actor's traceback
+            self.load_error = f"{type(error).__name__}: {' '.join(str(error).split())[:400]}"
         self.abandoned: list[dict] = []  # frames stopped because their driver died (the pool reports them)
 
     def __repr__(self) -> str:
@@ -88,6 +97,9 @@ class _RenderActor:
 
     def _render(self, job: str, frame, animation, inputs: FrameInputs, board=None, group=None):
         from farm.output import png_bytes
+
+        if self.load_error is not None:
+            raise ModelLoadError(f"the models could not be loaded: {self.load_error}")
 
         context = ray.get_runtime_context()
         steps = frame.render.sampler.steps - frame.render.sampler.skip_steps

@@ -194,10 +194,34 @@ def _check_submit_args(args) -> None:
         _check_out(args)
     if args.frames is not None and len(args.scenes) > 1:
         raise UsageError("--frames works with one scene at a time")
+    named: dict[str, str] = {}
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
         if args.frames is not None:
             _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
+        if scene["name"] in named:  # their folders would be one: the later would overwrite the earlier
+            raise UsageError(f"{path}: name '{scene['name']}' is also the name of {named[scene['name']]}; "
+                             "scenes submitted together need different names (the name is the output folder)")
+        named[scene["name"]] = path
+
+
+def check_models_present(paths: list[str], overrides: dict) -> None:
+    """A local render's checkpoints must be in the model cache (CLIP weights are open_clip's
+    to find): a missing one is named with the command that fetches it, before Ray starts."""
+    from engine import catalogue
+    from farm.scene import load_scene
+
+    known = catalogue.all_model_files()  # the built-in tiny models are not files
+    for path in paths:
+        scene = load_scene(path, overrides=overrides)
+        if scene["custom_path"] or scene["diffusion_model"] not in known:
+            continue
+        names = [scene["diffusion_model"]] + ([catalogue.SECONDARY_MODEL.name] if scene["use_secondary_model"] else [])
+        for name in names:
+            try:
+                catalogue.cached_path(name)
+            except catalogue.ModelError as error:
+                raise UsageError(f"{path}: {error}") from None
 
 
 def _check_out(args) -> None:
@@ -208,12 +232,19 @@ def _check_out(args) -> None:
 
     if not is_uri(args.out):
         out = Path(args.out).expanduser()
+        try:
+            out.resolve()
+        except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
+            raise UsageError(f"--out '{args.out}': cannot be resolved: {error}") from None
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{args.out}': exists and is not a folder")
         return
     from farm.remote import resolve_address
 
     local = args.in_cluster or not resolve_address(args.address)
+    if not args.in_cluster and local and args.out.split("://", 1)[0].lower() == "memory":
+        raise UsageError(f"--out {args.out}: memory:// lives only as long as this command, so every frame "
+                         "would be lost when it ends; give a folder or a lasting URI (file://, s3://, ...)")
     try:
         check_uri(args.out, need_backend=local)
     except OutputLocationError as error:
@@ -224,6 +255,10 @@ def cmd_preview(args) -> int:
     """preview.mp4 from the frames finished so far (a render may still be running)."""
     from farm.output import OutputFolder
 
+    try:
+        Path(args.dir).expanduser().resolve()
+    except (RuntimeError, OSError) as error:  # a symlink loop
+        raise UsageError(f"{args.dir}: cannot be resolved: {error}") from None
     folder = OutputFolder(args.dir)
     record = folder.read_json("plan.json")
     if not isinstance(record, dict) or not record.get("frames"):
@@ -249,6 +284,7 @@ def cmd_submit(args) -> int:
     address = None if args.in_cluster else resolve_address(args.address)
     if address:
         return submit_remote(args, address)
+    check_models_present(args.scenes, _parse_set(args.set))
     return submit_local(args)
 
 

@@ -23,9 +23,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_image(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file after checking it: the header, the size limit, and
-    Pillow's verify (for PNG it reads every chunk and checks its CRC); formats whose verify
-    reads no pixel data (JPEG, WebP, ...) are decoded in full. Raises InputError."""
+    """(width, height) of an image file after checking it: the header, the size limit,
+    Pillow's verify (for PNG it reads every chunk and checks its CRC), then a full decode
+    (a PNG with valid CRCs can still hold too little or broken pixel data). Raises InputError."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -37,9 +37,8 @@ def check_image(path: str | Path) -> tuple[int, int]:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise InputError(f"image is too large: {width}x{height} is more than {MAX_IMAGE_PIXELS} pixels")
                 image.verify()
-            if image_format != "PNG":
-                with Image.open(path) as image:
-                    image.load()
+            with Image.open(path) as image:
+                image.load()
     except FileNotFoundError:
         raise InputError("not found") from None
     except UnidentifiedImageError:

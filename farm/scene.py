@@ -120,6 +120,18 @@ def _check_range(setting: S.Setting, number: float) -> None:
         raise _Bad(f"{_fmt(number)} is beyond the limit of ±{_fmt(S.MAX_MAGNITUDE)}")
 
 
+def _check_folder_name(name: str) -> None:
+    """A scene name becomes one folder inside the output folder: no path, nothing odd."""
+    if "/" in name or "\\" in name:
+        raise _Bad(f"'{name}' must be a folder name, not a path (no / or \\)")
+    if name in (".", ".."):
+        raise _Bad(f"'{name}' is not a usable folder name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise _Bad("must not contain control characters (newlines, tabs, NUL)")
+    if len(name) > S.MAX_NAME_LENGTH:
+        raise _Bad(f"is {len(name)} characters long; at most {S.MAX_NAME_LENGTH}")
+
+
 def _fmt(number: float) -> str:
     number = float(number)
     return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
@@ -146,9 +158,11 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         raise _Bad(f"expected true, false or auto, got {_describe(value)}")
-    if kind == "str":
+    if kind in ("str", "name"):
         if not isinstance(value, str) or not value.strip():
             raise _Bad(f"expected a non-empty string, got {_describe(value)}")
+        if kind == "name":
+            _check_folder_name(value.strip())
         return value.strip()
     if kind == "choice":
         if value is None and "None" in setting.choices:
@@ -223,9 +237,12 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             raise _Bad(str(exc)) from None
     if kind == "cuts":
         try:
-            return parse_cut_schedule(value)
+            values = parse_cut_schedule(value)
         except CutScheduleError as exc:
             raise _Bad(str(exc)) from None
+        for number in (min(values), max(values)):
+            _check_range(setting, number)
+        return values
     if kind == "path":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
@@ -622,16 +639,25 @@ def _check_schedules(values, where, problem, frames: int) -> None:
                 at = f" at frame {frame}" if count > 1 else ""
                 problem(where(setting.name), f"the schedule gives {_fmt(series[frame])}{at}, {side} {_fmt(limit)}")
                 break
+        else:
+            if setting.name == "clamp_max" and values["clamp_grad"] and (series <= 0).any():
+                frame = int(np.argmax(series <= 0))
+                at = f" at frame {frame}" if count > 1 else ""
+                problem(where(setting.name), f"the schedule gives 0{at}: the gradient would always be zero "
+                                             "(clamp_max must be > 0; clamp_grad: false turns clamping off)")
 
 
 def resolve_input_path(text: str, base_dir: Path, roots: tuple[Path, ...]) -> Path:
     """A scene's input file, relative to the scene's folder, confined to the allowed roots."""
     candidate = Path(os.path.expanduser(text))
-    resolved = (candidate if candidate.is_absolute() else base_dir / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else base_dir / candidate).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise _Bad(f"'{text}' cannot be resolved: {exc}") from None
     if not any(resolved == root or root in resolved.parents for root in roots):
         raise _Bad(
-            f"'{text}' is outside the scene's folder {base_dir} (allowed roots: "
-            f"{', '.join(str(r) for r in roots)}; add one with --input-root)"
+            f"'{text}' is outside the scene's folder {base_dir}: input files must be inside it "
+            f"(allowed: {', '.join(str(r) for r in roots)}); copy the file there"
         )
     if not resolved.exists():
         raise _Bad(f"file '{text}' not found (looked at {resolved})")

@@ -26,6 +26,8 @@ def _property(setting: S.Setting) -> dict:
         schema = {"enum": [True, False, "auto"]}
     elif kind == "str":
         schema = {"type": "string", "minLength": 1}
+    elif kind == "name":
+        schema = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f]+$"}
     elif kind == "choice":
         spellings = dict.fromkeys(v for c in setting.choices for v in (c, c.lower(), c.capitalize(), c.upper()))
         schema = {"enum": list(spellings) + ([None] if "None" in setting.choices else [])}

@@ -38,13 +38,16 @@ MAX_SIDE = 8192
 MAX_STEPS = 10_000
 MAX_FRAMES = 1_000_000
 MAX_BATCHES = 1_000_000
+MAX_CUTS = 1024
+"""Cuts of one kind per cut batch (DD's schedules use 4-16; every cut is a CLIP image)."""
+MAX_NAME_LENGTH = 100
 # No number in a scene means anything beyond this (1e308 is a typo, not a guidance scale;
 # float32 on the GPU turns values past 3.4e38 into inf).
 MAX_MAGNITUDE = 1e9
 
 SETTINGS: tuple[Setting, ...] = (
     # --- the scene itself
-    _s("name", "str", "scene", "Scene name: output folder and task names.", "scene", aliases=("batch_name",)),
+    _s("name", "name", "scene", "Scene name: output folder and task names (one folder name: no / or \\, at most 100 characters).", "scene", aliases=("batch_name",)),
     _s("text_prompts", "prompts", {0: ["A beautiful painting of a singular lighthouse, shining its light across a tumultuous sea of blood by greg rutkowski and thomas kinkade, Trending on artstation.", "yellow color scheme"]},
        "Prompts by frame: {frame: ['text:weight', ...]}; the weight is the last ':number'.", "scene"),
     _s("image_prompts", "prompts", {}, "Image prompts by frame: {frame: ['path.png:weight', ...]}.", "scene"),
@@ -80,17 +83,17 @@ SETTINGS: tuple[Setting, ...] = (
     _s("init_scale", "keyframes", 1000, "Perceptual (LPIPS) loss scale against the init image.", "guidance", minimum=0),
     _s("eta", "keyframes", 0.8, "DDIM eta (0 deterministic, 1 DDPM-like).", "guidance", minimum=0, maximum=1),
     _s("clamp_grad", "bool", True, "Clamp the guidance gradient.", "guidance"),
-    _s("clamp_max", "keyframes", 0.05, "Gradient clamp value.", "guidance", minimum=0),
+    _s("clamp_max", "keyframes", 0.05, "Gradient clamp value (> 0; clamp_grad false turns clamping off).", "guidance", minimum=0),
     _s("clip_denoised", "bool", False, "Clip the denoised prediction to [-1, 1].", "guidance"),
     _s("fuzzy_prompt", "bool", False, "Add random noise to prompt embeddings.", "guidance"),
     _s("rand_mag", "keyframes", 0.05, "Magnitude of fuzzy_prompt noise.", "guidance", minimum=0),
     _s("randomize_class", "bool", True, "Randomise the class label (no effect on unconditional models).", "guidance"),
     _s("perlin_init", "bool", False, "Start from Perlin noise instead of Gaussian noise.", "guidance"),
     _s("perlin_mode", "choice", "mixed", "Perlin init colours.", "guidance", choices=("mixed", "color", "gray")),
-    _s("cut_overview", "cuts", "[12]*400+[4]*600", "Overview cuts per virtual step (1000 slots).", "guidance"),
-    _s("cut_innercut", "cuts", "[4]*400+[12]*600", "Inner cuts per virtual step.", "guidance"),
-    _s("cut_ic_pow", "cuts", "[1]*1000", "Inner cut size power per virtual step.", "guidance"),
-    _s("cut_icgray_p", "cuts", "[0.2]*400+[0]*600", "Grayscale probability of inner cuts per virtual step.", "guidance"),
+    _s("cut_overview", "cuts", "[12]*400+[4]*600", "Overview cuts per virtual step (1000 slots).", "guidance", minimum=0, maximum=MAX_CUTS),
+    _s("cut_innercut", "cuts", "[4]*400+[12]*600", "Inner cuts per virtual step.", "guidance", minimum=0, maximum=MAX_CUTS),
+    _s("cut_ic_pow", "cuts", "[1]*1000", "Inner cut size power per virtual step.", "guidance", minimum=0, maximum=100),
+    _s("cut_icgray_p", "cuts", "[0.2]*400+[0]*600", "Grayscale probability of inner cuts per virtual step.", "guidance", minimum=0, maximum=1),
     _s("use_horizontal_symmetry", "bool", False, "Mirror left-right during the first transformation_percent of steps.", "guidance"),
     _s("use_vertical_symmetry", "bool", False, "Mirror top-bottom during the first transformation_percent of steps.", "guidance"),
     _s("transformation_percent", "floats", [0.09], "Fractions of the run at which symmetry is applied.", "guidance"),

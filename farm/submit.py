@@ -59,6 +59,10 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
         inputs.video_frames_dir = frames_dir
     plan = resolve(scene, video_frames)
     if frames is not None:
+        if frames.start >= len(plan.frames):  # a video that gave fewer frames than its probe counted
+            raise SubmitError(f"--frames {frames.start}:{frames.stop}: selects nothing; the video gave "
+                              f"{len(plan.frames)} frames (0 to {len(plan.frames) - 1})")
+        frames = range(frames.start, min(frames.stop, len(plan.frames)))
         chosen = [plan.frames[i] for i in frames]
         hashes = {f.index: f.settings_hash for f in plan.frames}
         on_disk = set(folder.finished(hashes))
@@ -104,12 +108,25 @@ def local_actor_layout(actors: int | None) -> tuple[int, float, int | None]:
     """(actor count, GPUs per actor, torch threads per actor) for this machine."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     if gpus:
-        return (actors or gpus), 1.0, None
-    count = actors or 1
+        return _at_most(actors, gpus, "GPUs"), 1.0, None
+    count = _at_most(actors, int(resources.get("CPU", 1)) or 1, "CPUs") if actors else 1
     threads = max(1, (os.cpu_count() or 1) // count)
     return count, 0.0, threads
+
+
+def _at_most(actors: int | None, available: int, what: str) -> int:
+    """--actors N on this machine: each actor takes a GPU (or a CPU without GPUs); more
+    actors than that could never start, and frames sent to them would wait for ever."""
+    if actors is None:
+        return available
+    if actors > available:
+        print(f"farm: --actors {actors}: this machine has {available} {what} (one per actor); "
+              f"using {available}", file=sys.stderr)
+        return available
+    return actors
 
 
 class _Bars:
@@ -150,7 +167,7 @@ class _Bars:
 def submit_local(args) -> int:
     """Render one or more scenes on an embedded local Ray (or, in a cluster job, on its
     cluster); several scenes share the actors, by priority, then in the order given."""
-    from farm.cli import _parse_range, _parse_set
+    from farm.cli import _parse_range, _parse_set, _video_frames
     from farm.driver import RenderJob, RenderSession
 
     overrides = _parse_set(args.set)
@@ -161,13 +178,15 @@ def submit_local(args) -> int:
         if args.frames:
             from farm.plan import frame_count
 
-            frames = _parse_range(args.frames, frame_count(scene_probe))
+            frames = _parse_range(args.frames, frame_count(scene_probe, _video_frames(scene_probe)))
         out = None
         if args.out:
             out = args.out if is_uri(args.out) else Path(os.path.expanduser(args.out))
         if out is not None and len(args.scenes) > 1:
             out = join_location(out, scene_probe["name"])
         scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
+        if frames is not None:
+            frames = range(frames.start, min(frames.stop, len(plan.frames)))
         priority = args.priority if args.priority is not None else scene["priority"]
         job_id = plan.name if plan.name not in {j[0].job_id for j in jobs} else f"{plan.name}-{len(jobs)}"
         jobs.append((RenderJob(job_id, plan, folder, inputs, priority=priority), frames))

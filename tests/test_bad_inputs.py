@@ -194,6 +194,19 @@ SCENE_CASES = [
     Case("video-outside", "video_init_path", "is outside the scene's folder"),
     Case("video-missing", "video_init_path", "not found"),
     Case("custom-checkpoint-outside", "custom_path", "is outside the scene's folder"),
+    Case("init-symlink-loop", "init_image", "'loop1.png' cannot be resolved"),
+    Case("init-png-short-pixel-data", "init_image", "'shortidat.png': damaged image"),
+    # --- the name is the output folder: one plain folder name
+    Case("name-path", "name", "must be a folder name, not a path"),
+    Case("name-absolute", "name", "must be a folder name, not a path"),
+    Case("name-dotdot", "name", "is not a usable folder name"),
+    Case("name-newline", "name", "must not contain control characters"),
+    Case("name-too-long", "name", "is 101 characters long; at most 100"),
+    # --- values the engine cannot render
+    Case("cut-schedule-negative", "cut_overview", "-2 is below the minimum 0"),
+    Case("cut-schedule-100000-cuts", "cut_innercut", "100000 is above the maximum 1024"),
+    Case("cut-icgray-above-1", "cut_icgray_p", "2 is above the maximum 1"),
+    Case("clamp-max-zero", "clamp_max", "the gradient would always be zero"),
 ]
 # fmt: on
 
@@ -232,6 +245,12 @@ def make_inputs(scenes: Path, outside: Path) -> None:
     (outside / "secret.png").write_bytes(png)
     (outside / "clip.mp4").write_bytes(video)
     (scenes / "link.png").symlink_to(outside / "secret.png")
+    (scenes / "loop1.png").symlink_to("loop2.png")
+    (scenes / "loop2.png").symlink_to("loop1.png")
+    pixels = zlib.compress(b"\0" * 10)  # valid chunks and CRCs, far too little pixel data for 64x64
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+    (scenes / "shortidat.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                                           + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b""))
 
 
 def write_scene(name: str, scenes: Path, outside: Path) -> Path:
@@ -419,6 +438,15 @@ ARGUMENT_CASES = [
     ("submit-unknown-flag", ["submit", "{good}", "--out", "{out}", "--turbo"], "unrecognized arguments: --turbo",
      "--turbo"),
     ("submit-set-bad", ["submit", "{good}", "--out", "{out}", "--set", "eta=7"], "above the maximum 1", "eta"),
+    ("submit-two-scenes-one-name", ["submit", "{good}", "{good}", "--out", "{out}"],
+     "scenes submitted together need different names", "name 'bad'"),
+    ("submit-set-name-path", ["submit", "{good}", "--out", "{out}", "--set", "name=../x"],
+     "must be a folder name, not a path", "name"),
+    ("submit-out-symlink-loop", ["submit", "{good}", "--out", "{loop}"], "cannot be resolved: Symlink loop",
+     "--out"),
+    ("preview-symlink-loop", ["preview", "{loop}"], "cannot be resolved: Symlink loop", "loop-a"),
+    ("submit-out-memory", ["submit", "{good}", "--out", "memory://bucket/run"],
+     "memory:// lives only as long as this command", "--out"),
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),
     ("validate-dev-zero", ["validate", "/dev/zero"], "larger than 4 MiB", "/dev/zero"),  # read bounded, not forever
     ("queue-no-address", ["queue"], "no cluster address: pass --address", "--address"),
@@ -433,8 +461,11 @@ ARGUMENT_CASES = [
 def test_bad_arguments_are_one_line(argv, says, names, sandbox, capsys):
     plain_file = sandbox.root / "work" / "not-a-folder"
     plain_file.write_text("x")
+    loop = sandbox.root / "work" / "loop-a"
+    loop.symlink_to("loop-b")
+    (sandbox.root / "work" / "loop-b").symlink_to("loop-a")
     values = {"good": str(sandbox.good), "out": str(sandbox.out), "file": str(plain_file),
-              "missing": str(sandbox.scenes / "missing.yaml")}
+              "missing": str(sandbox.scenes / "missing.yaml"), "loop": str(loop)}
     argv = [arg.format(**values) if arg.startswith("{") else arg for arg in argv]
     before = snapshot(sandbox.root)
     code, out, err = run_cli(capsys, argv)
@@ -444,6 +475,44 @@ def test_bad_arguments_are_one_line(argv, says, names, sandbox, capsys):
     assert len(lines) == 1, err
     assert says in lines[0] and names in lines[0], lines[0]
     assert snapshot(sandbox.root) == before
+
+
+def test_a_checkpoint_not_downloaded_is_named_before_anything_starts(sandbox, capsys, monkeypatch):
+    """DD's default model not yet fetched (the likeliest first-run mistake): one line with
+    the command that fetches it, before Ray starts or anything is written."""
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(sandbox.root / "empty-model-cache"))
+    scene = sandbox.scenes / "dd-models.yaml"
+    scene.write_text(GOOD_SCENE.replace("diffusion_model: tiny\n", ""))
+    assert main(["validate", str(scene)]) == 0  # the scene itself is fine
+    before = snapshot(sandbox.root)
+    code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(sandbox.out)])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "model '512x512_diffusion_uncond_finetune_008100' is not downloaded" in err
+    assert "farm models download 512x512_diffusion_uncond_finetune_008100" in err and str(scene) in err
+    assert snapshot(sandbox.root) == before
+
+
+def test_more_actors_than_the_machine_can_place_are_capped_with_a_note(capsys):
+    from farm.submit import _at_most
+
+    assert _at_most(None, 2, "CPUs") == 2 and _at_most(1, 2, "CPUs") == 1
+    capsys.readouterr()
+    assert _at_most(4, 2, "CPUs") == 2  # two of them could never start: their frames would wait for ever
+    assert capsys.readouterr().err.strip() == "farm: --actors 4: this machine has 2 CPUs (one per actor); using 2"
+
+
+def test_frames_of_a_video_scene_are_counted_on_the_extracted_video(tmp_path):
+    """`--frames 3:` on a Video Input scene meant frames 3 to max_frames (10000): an
+    IndexError. The range now ends at the frames the video gave; past them is one line."""
+    from farm.submit import SubmitError, prepare_job
+
+    (tmp_path / "input.mp4").write_bytes((ROOT / "scenes" / "input.mp4").read_bytes())
+    scene = tmp_path / "video.yaml"
+    scene.write_text(GOOD_SCENE + "animation_mode: Video Input\nvideo_init_path: input.mp4\nmax_frames: 10000\n")
+    _, plan, _, _ = prepare_job(str(scene), tmp_path / "out", {}, range(0, 10000))
+    assert 1 < len(plan.frames) < 10000
+    with pytest.raises(SubmitError, match=f"selects nothing; the video gave {len(plan.frames)} frames"):
+        prepare_job(str(scene), tmp_path / "out", {}, range(len(plan.frames), 10000))
 
 
 def test_each_problem_is_one_line(sandbox, capsys):

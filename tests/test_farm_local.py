@@ -199,6 +199,25 @@ def test_frames_that_always_fail_end_with_a_report(tmp_path):
     assert len(status["errors"]) == 2
 
 
+def test_a_checkpoint_that_cannot_load_fails_its_frames_with_the_reason_not_a_dead_actor(tmp_path):
+    """The actor keeps running and says why on each frame it is given (Ray would otherwise
+    restart it and print its constructor's traceback each time)."""
+    scene = STILLS.replace("n_batches: 4", "n_batches: 1").replace("diffusion_model: tiny", "") + \
+        "diffusion_model: custom\ncustom_path: garbage.pt\nuse_secondary_model: false\n"
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint" * 64)
+    plan = resolve(parse_scene(scene, base_dir=tmp_path))
+    session = RenderSession(actors=1, threads=1, poll_seconds=0.05)
+    session.add(RenderJob("bad-weights", plan, OutputFolder(tmp_path / "out"), JobInputs()))
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"bad-weights": "failed"}
+    error = OutputFolder(tmp_path / "out").read_json("status.json")["error"]
+    assert "ModelLoadError: the models could not be loaded" in error and "garbage.pt" in error, error
+    assert "Traceback" not in error and "\n" not in error
+
+
 def test_3d_turbo_animation_saves_depth_maps_and_previews(tmp_path, capsys):
     from animation.video import probe_video
     from farm.cli import main
