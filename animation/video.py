@@ -52,7 +52,10 @@ def ffmpeg_exe() -> str:
 
 
 def _error_line(stderr: str) -> str:
-    """ffmpeg's last meaningful stderr line, without its ``[component @ 0x..]`` prefix."""
+    """ffmpeg's last meaningful stderr line, without its ``[component @ 0x..]`` prefix
+    (a map of the video stream that matches nothing says so: the file has no video)."""
+    if re.search(r"Stream map '[^']*' matches no streams", stderr) and "Video:" not in stderr:
+        return "no video stream (an audio-only file?)"
     for line in reversed(stderr.strip().splitlines()):
         line = re.sub(r"^\[[^\]]*\]\s*", "", line.strip())
         if line and not line.startswith(("frame=", "size=", "video:")):

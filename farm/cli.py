@@ -160,20 +160,12 @@ def cmd_schema(args) -> int:
 
 
 def cmd_import_dd(args) -> int:
-    from farm.importdd import convert_dd_settings, read_dd_settings, scene_yaml
-    from farm.scene import parse_scene
-    from farm.storage import write_text_atomic
+    from farm.importdd import import_dd
 
-    source = Path(args.settings)
-    scene, notes = convert_dd_settings(read_dd_settings(source))
-    text = scene_yaml(scene, source.name)
-    out = Path(args.output)
-    parse_scene(text, source=str(out), base_dir=out.parent.resolve() if out.parent.exists() else Path.cwd(),
-                allowed_roots=(Path("/"),))
+    notes = import_dd(Path(args.settings), Path(args.output))
     for note in notes:
         print(f"farm: note: {note}", file=sys.stderr)
-    write_text_atomic(out, text)
-    print(f"wrote {out}")
+    print(f"wrote {args.output}")
     return EXIT_OK
 
 

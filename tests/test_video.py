@@ -50,6 +50,18 @@ def test_h264_round_trip_through_probe_and_extract(frame_files, tmp_path):
     assert levels(nth) == pytest.approx([grey(0), grey(3), grey(6)], abs=2)
 
 
+def test_an_audio_only_file_is_said_to_have_no_video_stream(tmp_path):
+    import subprocess
+
+    from animation.video import VideoError, ffmpeg_exe
+
+    audio = tmp_path / "audio.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=1", "-c:a", "aac", str(audio)], check=True)
+    with pytest.raises(VideoError, match="no video stream"):
+        probe_video(audio)
+
+
 def test_extract_resizes_and_replaces_older_frames(frame_files, tmp_path):
     video = stitch(frame_files, tmp_path / "clip.mp4")
     out_dir = tmp_path / "x"
