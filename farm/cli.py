@@ -177,6 +177,7 @@ def _check_submit_args(args) -> None:
     farm.submit imports Ray and torch (seconds) or writes or starts anything."""
     from farm.plan import frame_count
     from farm.scene import load_scene
+    from farm.storage import is_uri
 
     if args.actors is not None and args.actors < 1:
         raise UsageError(f"--actors {args.actors}: must be at least 1")
@@ -191,6 +192,12 @@ def _check_submit_args(args) -> None:
         scene = load_scene(path, overrides=_parse_set(args.set))
         if args.frames is not None:
             _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
+        if args.out and not is_uri(args.out):
+            target = Path(args.out).expanduser()
+            target = target / scene["name"] if len(args.scenes) > 1 else target
+            if target.resolve() == Path(path).resolve().parent:
+                raise UsageError(f"--out {args.out}: is the folder of {path} itself; a render writes scene.yaml, "
+                                 "frames/ and video.mp4 there: give a new folder")
         if scene["name"] in named:  # their folders would be one: the later would overwrite the earlier
             raise UsageError(f"{path}: name '{scene['name']}' is also the name of {named[scene['name']]}; "
                              "scenes submitted together need different names (the name is the output folder)")

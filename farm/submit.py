@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,15 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
     return scene, plan, folder, inputs
 
 
+def replaced_frames(folder: OutputFolder, plan) -> int:
+    """Frames of this plan that the folder holds from other settings (a changed scene, a
+    different scene sent to the same --out): they will be rendered again and replaced."""
+    hashes = {f.index: f.settings_hash for f in plan.frames}
+    entries = [e for e in folder.manifest() if e.index in hashes]
+    current = {e.index for e in entries if e.settings_hash == hashes[e.index]}
+    return len({e.index for e in entries} - current)
+
+
 def _load_inputs(scene: Scene, inputs) -> None:
     from farm.inputs import load_image
 
@@ -102,6 +112,10 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
         _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
     )
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def local_actor_layout(actors: int | None) -> tuple[int, float, int | None]:
@@ -184,7 +198,15 @@ def submit_local(args) -> int:
             out = args.out if is_uri(args.out) else Path(os.path.expanduser(args.out))
         if out is not None and len(args.scenes) > 1:
             out = join_location(out, scene_probe["name"])
-        scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
+        try:
+            scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
+        except OSError as error:  # a read-only, full or impossible location: name it
+            where = f"--out {args.out}" if args.out else f"output folder {error.filename or ''}".rstrip()
+            raise SubmitError(f"{where}: cannot write there: {error.strerror or error}") from None
+        if (replaced := replaced_frames(folder, plan)):
+            print(f"farm: {plan.name}: {replaced} finished {'frames' if plan.is_animation else 'images'} in "
+                  f"{folder.root} were rendered with other settings (the scene changed?) and will be rendered "
+                  "again", file=sys.stderr)
         if frames is not None:
             frames = range(frames.start, min(frames.stop, len(plan.frames)))
         priority = args.priority if args.priority is not None else scene["priority"]
@@ -212,9 +234,15 @@ def submit_local(args) -> int:
         session.add(job, only=frames)
         if job.reused:
             print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
+    in_cluster = getattr(args, "in_cluster", False)
+    # locally, SIGTERM (`timeout`, systemd, docker stop) stops as Ctrl-C does; a cluster job keeps
+    # Ray's handling (`farm cancel`)
+    previous_term = None if in_cluster else signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = session.run()
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         bars.close()
         session.shutdown()
         if not getattr(args, "in_cluster", False):

@@ -445,6 +445,8 @@ ARGUMENT_CASES = [
     ("submit-out-symlink-loop", ["submit", "{good}", "--out", "{loop}"], "cannot be resolved: Symlink loop",
      "--out"),
     ("preview-symlink-loop", ["preview", "{loop}"], "cannot be resolved: Symlink loop", "loop-a"),
+    ("submit-out-the-scenes-own-folder", ["submit", "{good}", "--out", "{scenes}"], "is the folder of",
+     "--out"),
     ("submit-out-memory", ["submit", "{good}", "--out", "memory://bucket/run"],
      "memory:// lives only as long as this command", "--out"),
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),
@@ -465,7 +467,7 @@ def test_bad_arguments_are_one_line(argv, says, names, sandbox, capsys):
     loop.symlink_to("loop-b")
     (sandbox.root / "work" / "loop-b").symlink_to("loop-a")
     values = {"good": str(sandbox.good), "out": str(sandbox.out), "file": str(plain_file),
-              "missing": str(sandbox.scenes / "missing.yaml"), "loop": str(loop)}
+              "missing": str(sandbox.scenes / "missing.yaml"), "loop": str(loop), "scenes": str(sandbox.scenes)}
     argv = [arg.format(**values) if arg.startswith("{") else arg for arg in argv]
     before = snapshot(sandbox.root)
     code, out, err = run_cli(capsys, argv)
@@ -490,6 +492,35 @@ def test_a_checkpoint_not_downloaded_is_named_before_anything_starts(sandbox, ca
     assert "model '512x512_diffusion_uncond_finetune_008100' is not downloaded" in err
     assert "farm models download 512x512_diffusion_uncond_finetune_008100" in err and str(scene) in err
     assert snapshot(sandbox.root) == before
+
+
+def test_an_output_location_that_cannot_be_written_names_out(tmp_path, monkeypatch, capsys):
+    """The real submit (no sandbox stand-in): it fails making the folder, before Ray starts."""
+    monkeypatch.chdir(tmp_path)
+    scene = tmp_path / "good.yaml"
+    scene.write_text(GOOD_SCENE)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(blocker / "run")])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"farm: error: --out {blocker / 'run'}: cannot write there: Not a directory"), err
+
+
+def test_frames_from_other_settings_are_announced_before_they_are_replaced(tmp_path, capsys):
+    from farm.output import ManifestEntry, OutputFolder
+    from farm.plan import resolve
+    from farm.scene import parse_scene
+    from farm.submit import replaced_frames
+
+    plan = resolve(parse_scene(GOOD_SCENE + "animation_mode: 2D\nmax_frames: 4\n"))
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare()
+    for frame in plan.frames[:3]:  # frames 0-1 from these settings, frame 2 from other ones
+        file, sha = folder.write_frame("frame", frame.index, np.zeros((64, 64, 3), np.uint8))
+        same = frame.index < 2
+        folder.append_manifest(ManifestEntry(index=frame.index, kind="frame", file=file, sha256=sha, seed=1,
+                                             settings_hash=frame.settings_hash if same else "changed"))
+    assert replaced_frames(folder, plan) == 1
 
 
 def test_more_actors_than_the_machine_can_place_are_capped_with_a_note(capsys):
