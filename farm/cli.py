@@ -69,6 +69,18 @@ def _parse_range(text: str | None, total: int) -> range:
 # --------------------------------------------------------------------------- commands
 
 
+MAX_PROBLEMS_SHOWN = 50
+
+
+def _print_problems(problems) -> None:
+    """One line per problem, the first MAX_PROBLEMS_SHOWN of a file (a generated file with
+    50,000 unknown keys printed 50,000 lines), then how many more."""
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        print(problem, file=sys.stderr)
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        print(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems", file=sys.stderr)
+
+
 def cmd_validate(args) -> int:
     from farm.scene import SceneInvalid, load_scene
 
@@ -77,8 +89,7 @@ def cmd_validate(args) -> int:
         try:
             scene = load_scene(path, overrides=_parse_set(args.set))
         except SceneInvalid as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+            _print_problems(exc.problems)
             status = EXIT_USAGE
             continue
         from farm.plan import frame_count
@@ -252,6 +263,8 @@ def _check_out(args) -> None:
 
 def cmd_preview(args) -> int:
     """preview.mp4 from the frames finished so far (a render may still be running)."""
+    if args.fps is not None and not 0 < args.fps <= 1000:
+        raise UsageError(f"--fps {args.fps:g}: expected frames per second above 0, at most 1000")
     from farm.output import OutputFolder
 
     try:
@@ -267,7 +280,7 @@ def cmd_preview(args) -> int:
         raise UsageError(f"{args.dir}: no finished frames yet")
     from animation.video import stitch
 
-    fps = args.fps or record.get("animation", {}).get("fps", 12)
+    fps = args.fps if args.fps is not None else record.get("animation", {}).get("fps", 12)
     with folder.local_files([entries[i].file for i in sorted(entries)]) as frames, \
             folder.local_target("preview.mp4") as target:
         stitch(frames, target, fps=fps)
@@ -385,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(command(args) or 0)
     except SceneInvalid as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc.problems)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("farm: interrupted; finished outputs are kept", file=sys.stderr)

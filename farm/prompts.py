@@ -77,6 +77,8 @@ def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
             raise PromptError(f"frame key '{raw_frame}' is not a frame number") from None
         if frame < 0:
             raise PromptError(f"frame key {frame} is negative")
+        if any(frame == known for known, _ in keys):  # 0 and "0", or 5 and "05"
+            raise PromptError(f"frame {frame} is given twice (as {raw_frame!r} and as another key)")
         if isinstance(entries, str):
             entries = [entries]
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):

@@ -74,6 +74,9 @@ def _key_lines(node, loader: yaml.SafeLoader, path: tuple, lines: dict[tuple, in
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlError("mapping keys must be plain values", key_node.start_mark.line + 1)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlError("YAML merge keys (<<) are not supported in scene files: write the settings out",
+                                key_node.start_mark.line + 1)
             key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in keys_here:

@@ -53,6 +53,8 @@ SCENE_CASES = [
     Case("yaml-tab-indentation", None, "found character '\\t'"),
     Case("yaml-unclosed-quote", None, "expected <block end>"),
     Case("yaml-python-object-apply", None, "YAML tags that build objects are not allowed"),
+    Case("yaml-merge-key", None, "YAML merge keys (<<) are not supported"),
+    Case("prompts-frame-zero-twice", "text_prompts", "frame 0 is given twice"),
     Case("yaml-python-object-new", None, "YAML tags that build objects are not allowed"),
     Case("yaml-python-name", None, "YAML tags that build objects are not allowed"),
     Case("yaml-python-module", None, "YAML tags that build objects are not allowed"),
@@ -445,6 +447,8 @@ ARGUMENT_CASES = [
     ("submit-out-symlink-loop", ["submit", "{good}", "--out", "{loop}"], "cannot be resolved: Symlink loop",
      "--out"),
     ("preview-symlink-loop", ["preview", "{loop}"], "cannot be resolved: Symlink loop", "loop-a"),
+    ("preview-fps-zero", ["preview", "{out}", "--fps", "0"], "expected frames per second above 0", "--fps 0"),
+    ("preview-fps-huge", ["preview", "{out}", "--fps", "1e300"], "at most 1000", "--fps 1e+300"),
     ("submit-out-the-scenes-own-folder", ["submit", "{good}", "--out", "{scenes}"], "is the folder of",
      "--out"),
     ("submit-out-memory", ["submit", "{good}", "--out", "memory://bucket/run"],
@@ -561,6 +565,15 @@ def test_each_problem_is_one_line(sandbox, capsys):
     assert code == 2 and len(lines) == 2
     assert ": init_image: 'text.png': not an image file" in lines[0]
     assert ": image_prompts: '../outside/secret.png'" in lines[1] and "outside" in lines[1]
+
+
+def test_a_flood_of_problems_is_cut_short(sandbox, capsys):
+    scene = sandbox.scenes / "flood.yaml"
+    scene.write_text(GOOD_SCENE + "".join(f"unknown_{i}: 1\n" for i in range(500)))
+    code, _, err = run_cli(capsys, ["validate", str(scene)])
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 51 and lines[-1] == "... and 450 more problems"
+    assert all("unknown setting" in line for line in lines[:50])
 
 
 def test_good_input_files_pass_the_same_checks(sandbox, capsys):
