@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import signal
@@ -116,6 +117,20 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterrupted(active: bool):
+    """Ctrl-C and SIGTERM ignored for the few seconds the actors and Ray take to stop."""
+    if not active:
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def local_actor_layout(actors: int | None) -> tuple[int, float, int | None]:
@@ -244,9 +259,10 @@ def submit_local(args) -> int:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         bars.close()
-        session.shutdown()
-        if not getattr(args, "in_cluster", False):
-            ray.shutdown()
+        with _uninterrupted(not in_cluster):  # a second Ctrl-C broke Ray's shutdown with a traceback
+            session.shutdown()
+            if not in_cluster:
+                ray.shutdown()
     failed = 0
     for job, _ in jobs:
         folder, plan = job.out, job.plan

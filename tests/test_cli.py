@@ -127,7 +127,7 @@ def test_plan_piped_into_head_stops_quietly(tmp_path):
     assert first.startswith(b"# t: stills, seed 5, 5000 images, 1200000 sampler steps, UNet compiled on CUDA GPUs")
 
 
-def test_sigterm_stops_a_local_render_as_ctrl_c_does(tmp_path):
+def test_sigterm_and_ctrl_c_while_stopping_end_a_local_render_in_one_line(tmp_path):
     """`timeout`, systemd and `docker stop` send SIGTERM: one line, the status says
     cancelled, finished frames stay (Ray's own handler printed a native stack dump)."""
     import signal
@@ -147,6 +147,9 @@ def test_sigterm_stops_a_local_render_as_ctrl_c_does(tmp_path):
             time.sleep(0.5)
         time.sleep(2)
         child.send_signal(signal.SIGTERM)
+        for _ in range(2):  # an impatient user: Ctrl-C while it stops (broke Ray's shutdown with a traceback)
+            time.sleep(0.3)
+            child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
     finally:
         child.kill()
