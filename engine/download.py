@@ -296,6 +296,8 @@ def download(
         return final
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's word for "a file is in the way"
+        raise DownloadError(f"cannot create model folder {folder}: it is a file, not a folder") from None
     except OSError as error:
         raise DownloadError(f"cannot create model folder {folder}: {error.strerror or error}") from error
     with _exclusive_lock(folder / f".{model.filename}.lock"):

@@ -448,6 +448,7 @@ ARGUMENT_CASES = [
      "--out"),
     ("preview-symlink-loop", ["preview", "{loop}"], "cannot be resolved: Symlink loop", "loop-a"),
     ("preview-fps-zero", ["preview", "{out}", "--fps", "0"], "expected frames per second above 0", "--fps 0"),
+    ("ui-root-is-a-file", ["ui", "--root", "{file}"], "is a file, not a folder of renders", "--root"),
     ("preview-fps-huge", ["preview", "{out}", "--fps", "1e300"], "at most 1000", "--fps 1e+300"),
     ("submit-out-the-scenes-own-folder", ["submit", "{good}", "--out", "{scenes}"], "is the folder of",
      "--out"),
@@ -565,6 +566,13 @@ def test_each_problem_is_one_line(sandbox, capsys):
     assert code == 2 and len(lines) == 2
     assert ": init_image: 'text.png': not an image file" in lines[0]
     assert ": image_prompts: '../outside/secret.png'" in lines[1] and "outside" in lines[1]
+
+
+def test_a_model_folder_that_is_a_file_is_called_that(tmp_path, capsys):
+    blocker = tmp_path / "models"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, ["models", "download", "--dir", str(blocker), "256x256_diffusion_uncond"])
+    assert code == 1 and err.strip() == f"farm: error: cannot create model folder {blocker}: it is a file, not a folder"
 
 
 def test_a_flood_of_problems_is_cut_short(sandbox, capsys):

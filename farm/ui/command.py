@@ -72,6 +72,8 @@ def run_ui(args) -> int:
     from farm.ui.app import UIError, create_app
 
     root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise UIError(f"--root {root}: is a file, not a folder of renders")
     if not root.is_dir():
         raise UIError(f"--root {root}: no such folder (render a scene first, or pass --root DIR)")
     app = create_app(root)
