@@ -272,9 +272,7 @@ def cmd_preview(args) -> int:
     except (RuntimeError, OSError) as error:  # a symlink loop
         raise UsageError(f"{args.dir}: cannot be resolved: {error}") from None
     folder = OutputFolder(args.dir)
-    record = folder.read_json("plan.json")
-    if not isinstance(record, dict) or not record.get("frames"):
-        raise UsageError(f"{args.dir}: no plan.json here (not a render output folder)")
+    record = folder.read_plan()
     entries = folder.finished({f["index"]: f["settings_hash"] for f in record["frames"]})
     if not entries:
         raise UsageError(f"{args.dir}: no finished frames yet")

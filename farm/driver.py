@@ -24,7 +24,8 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from farm.actors import ProgressBoard
 from farm.metrics import farm_metrics
-from farm.output import ManifestEntry, OutputFolder, utc_now
+from farm.output import (DISK_FULL_ERRORS, MANIFEST, PERSISTENT_WRITE_ERRORS, ManifestEntry, OutputFolder,
+                         OutputWriteError, utc_now)
 from farm.plan import Plan, plan_record
 from farm.pool import OwnedActors, PoolConfig, PooledActors, Slot
 from farm.scheduler import Scheduler, Task
@@ -53,6 +54,7 @@ class RenderJob:
     frame_seconds: list[float] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)  # failed attempts, for status.json
     last_status_write: float = 0.0
+    disk_full: int = 0  # frame writes that found the output's disk full
 
 
 def one_line(error: BaseException) -> str:
@@ -109,10 +111,16 @@ class RenderSession:
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
         """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
         hashes = {f.index: f.settings_hash for f in job.plan.frames}
-        job.out.prepare()
-        job.out.write_json("plan.json", plan_record(job.plan))
-        finished = job.out.finished(hashes)
-        job.out.compact_manifest(finished)
+        job.out.prepare()  # OutputDamaged: a file where frames/ belongs, ... (before anything renders)
+        what = "plan.json"
+        try:
+            job.out.write_json(what, plan_record(job.plan))
+            finished = job.out.finished(hashes)
+            what = MANIFEST
+            job.out.compact_manifest(finished)
+        except OSError as error:  # nothing renders yet; a full disk, say
+            raise OutputWriteError(error, f"{job.job_id}: {job.out.write_problem(what, error)}; finished frames "
+                                          f"are kept: submit again with --out {job.out.root} to resume") from None
         job.reused = len(finished)
         self.jobs[job.job_id] = job
         for frame in job.plan.frames:
@@ -230,6 +238,9 @@ class RenderSession:
                 message = f"could not write {frame.task_name}: {error.strerror or error}"
                 if written:
                     self.scheduler.succeeded(task, written)
+                fatal = self._fatal_write_error(job, frame, error)
+                if fatal:  # rendering it again cannot help: the job fails now, once
+                    self.scheduler.fail(task.job, fatal)
                 self.scheduler.failed(task, "output", message, f"write#{self._write_failures}")
                 self._record_error(job, task, "output", message)
                 return
@@ -247,6 +258,20 @@ class RenderSession:
             self._forget_old_pixels(job)
         self.scheduler.succeeded(task, written if task.frame.group else None)
         self._write_status(job)
+
+    @staticmethod
+    def _fatal_write_error(job: RenderJob, frame, error: OSError) -> str | None:
+        """The job's error when a failed frame write should end the job rather than render
+        the frame again: a problem that stays (a file where frames/ belongs, a read-only
+        disk, no permission) at once; a full disk the second time (once may be a passing
+        peak). None: retry the frame as any failed attempt."""
+        relative = OutputFolder.frame_file(frame.kind, frame.index)
+        if error.errno in DISK_FULL_ERRORS:
+            job.disk_full += 1
+            return job.out.write_problem(relative, error) if job.disk_full > 1 else None
+        if error.errno in PERSISTENT_WRITE_ERRORS:
+            return job.out.write_problem(relative, error)
+        return None
 
     @staticmethod
     def _write_frame(job: RenderJob, frame, pixels: np.ndarray, stats: dict) -> None:
@@ -268,7 +293,15 @@ class RenderSession:
             frame = task.frame
             first, second = (self._frame_pixels(job, source) for source in frame.sources)
             pixels = blend_chains(first, second, frame.blend)
-            self._write_frame(job, frame, pixels, {"actor": "driver (seam blend)", "node": "", "seconds": 0.0})
+            try:
+                self._write_frame(job, frame, pixels, {"actor": "driver (seam blend)", "node": "", "seconds": 0.0})
+            except OSError as error:  # the driver blends it: no actor to retry on; the job fails
+                message = job.out.write_problem(OutputFolder.frame_file(frame.kind, frame.index), error)
+                self.scheduler.fail(task.job, message)
+                self.scheduler.failed(task, "output", message)
+                self._record_error(job, task, "output", f"could not write {frame.task_name}: "
+                                                        f"{error.strerror or error}")
+                continue
             self.completed.append((task.job, frame.index, "driver"))
             self.scheduler.succeeded(task)
 
@@ -305,7 +338,10 @@ class RenderSession:
         for (job_id, index), png in previews.items():
             job = self.jobs.get(job_id)
             if job is not None:
-                job.out.write_preview(index, png)
+                try:
+                    job.out.write_preview(index, png)
+                except OSError:
+                    pass  # previews are best effort too (a full disk fails the job at its next frame)
 
     def _check_stalls(self) -> None:
         now = time.time()
@@ -345,7 +381,8 @@ class RenderSession:
         if not force and now - job.last_status_write < 0.5:
             return
         job.last_status_write = now
-        job.out.write_json("status.json", {**self.status(job), **(extra or {})})
+        # best effort: status.json says how it goes, the frames and manifest are what count
+        job.out.write_status({**self.status(job), **(extra or {})})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, str]:
@@ -361,9 +398,9 @@ class RenderSession:
                 if not self.inflight and not waiting:
                     self.scheduler.check_starvation(self.source.live_actors())
                     if not self.scheduler.has_ready() and not self.scheduler.all_finished:
-                        for job_state in self.scheduler.jobs.values():
+                        for job_id, job_state in self.scheduler.jobs.items():
                             if not job_state.finished:
-                                self.scheduler._fail_job(job_state, "no frame can start (dependency lost)")
+                                self.scheduler.fail(job_id, "no frame can start (dependency lost)")
                     continue
                 ready, _ = ray.wait([*self.inflight, *waiting], num_returns=1, timeout=self.poll_seconds)
                 for ref in ready:
@@ -403,14 +440,25 @@ class RenderSession:
     def _finish(self, job: RenderJob) -> str:
         state = self.scheduler.jobs[job.job_id]
         extra: dict = {}
+        from animation.video import VideoError
+
         entries = job.out.finished({f.index: f.settings_hash for f in job.plan.output_frames})
-        if state.state == "succeeded" and len(entries) == len(job.plan.output_frames):
-            if job.plan.is_animation:
-                extra["video"] = make_video(job.out, job.plan, entries)
-            else:
-                job.out.contact_sheet(list(entries.values()))
-                extra["contact_sheet"] = "contact_sheet.png"
-        job.out.fold_manifest()  # a URI's manifest.d/ objects into manifest.jsonl
+        what = MANIFEST
+        try:
+            if state.state == "succeeded" and len(entries) == len(job.plan.output_frames):
+                if job.plan.is_animation:
+                    what = f"video.{job.plan.animation.video_format}"
+                    extra["video"] = make_video(job.out, job.plan, entries)
+                else:
+                    what = "contact_sheet.png"
+                    job.out.contact_sheet(list(entries.values()))
+                    extra["contact_sheet"] = "contact_sheet.png"
+            what = MANIFEST
+            job.out.fold_manifest()  # a URI's manifest.d/ objects into manifest.jsonl
+        except OSError as error:  # a full disk, say: the job fails, its frames are kept (submit again)
+            self.scheduler.fail(job.job_id, job.out.write_problem(what, error))
+        except VideoError as error:
+            self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
         self._write_status(job, force=True, extra=extra)
         return state.state
 

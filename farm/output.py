@@ -12,10 +12,13 @@ manifest.jsonl whole and only then remove the manifest.d/ objects it took in.
 from __future__ import annotations
 
 import datetime as _dt
+import errno as _errno
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -23,10 +26,35 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.storage import LocalStore, open_store
+from farm.storage import LocalStore, OutsideOutput, open_store
 
 MANIFEST = "manifest.jsonl"
 MANIFEST_DIR = "manifest.d"
+FRAME_FOLDERS = {"image": "images", "frame": "frames", "segment": "segments"}
+# what the farm writes into a folder: these must be folders, those files (`check_layout`)
+LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", MANIFEST_DIR)
+LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
+# writing errors that trying again (rendering the frame again) cannot cure
+PERSISTENT_WRITE_ERRORS = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM, _errno.ENOTDIR, _errno.EEXIST,
+                                     _errno.EISDIR, _errno.ENAMETOOLONG})
+DISK_FULL_ERRORS = frozenset({_errno.ENOSPC, _errno.EDQUOT})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class OutputDamaged(ValueError):
+    """An output folder that cannot be used as it is (a damaged plan.json, a file where a
+    folder belongs): the CLI prints it as one line, exit 2."""
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed; the message names the output folder (and keeps errno)."""
+
+    def __init__(self, error: OSError, message: str):
+        super().__init__(error.errno, error.strerror or str(error))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def utc_now() -> str:
@@ -70,6 +98,41 @@ class ManifestEntry:
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
 
+    @classmethod
+    def from_json(cls, line: str) -> "ManifestEntry | None":
+        """The entry of one manifest line, or None for a line that is torn, not JSON, lacks
+        a key, has a value of the wrong type, or names a file other than its frame's own
+        (`OutputFolder.frame_file`: so never one outside the folder). Unknown keys are
+        ignored. A frame whose line is refused is simply rendered again."""
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError, huge integers, deep nesting
+            return None
+        if not isinstance(record, dict):
+            return None
+        index, kind, file = record.get("index"), record.get("kind"), record.get("file")
+        if (not _whole(index) or index < 0 or not isinstance(kind, str) or kind not in FRAME_FOLDERS
+                or file != OutputFolder.frame_file(kind, index)):
+            return None
+        for key in ("sha256", "settings_hash"):
+            if not isinstance(record.get(key), str) or not record[key]:
+                return None
+        if not _SHA256.fullmatch(record["sha256"]) or not _whole(record.get("seed")):
+            return None
+        optional = {"actor": str, "node": str, "finished_at": str}
+        if any(key in record and not isinstance(record[key], kind_) for key, kind_ in optional.items()):
+            return None
+        seconds = record.get("seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return None
+        fields = {key: record[key] for key in cls.__dataclass_fields__ if key in record}
+        return cls(**fields)
+
+
+def _whole(value) -> bool:
+    """An int that is not a bool (JSON true/false)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 class OutputFolder:
     """One render's folder (a local path or an fsspec URI): frames, manifest, status,
@@ -102,11 +165,58 @@ class OutputFolder:
 
     @staticmethod
     def frame_file(kind: str, index: int) -> str:
-        folder = {"image": "images", "frame": "frames", "segment": "segments"}[kind]
-        return f"{folder}/{index:06d}.png"
+        return f"{FRAME_FOLDERS[kind]}/{index:06d}.png"
 
     def prepare(self) -> None:
-        self.store.prepare()
+        """Create the folder (if it is not there) and check what is in it (`check_layout`)."""
+        if self.is_local and self.store.root.exists() and not self.store.root.is_dir():
+            raise OutputDamaged(f"{self.root} is a file, not a folder")
+        try:
+            self.store.prepare()
+        except OSError as error:
+            raise OutputWriteError(error, f"cannot create the output folder {self.root}: "
+                                          f"{error.strerror or error}") from None
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        """OutputDamaged when something the farm writes here has the wrong type: a file
+        where a folder belongs (frames/, previews/ ...), or a folder where a file belongs
+        (manifest.jsonl, plan.json ...). Found before rendering, so no frame is rendered
+        only to fail when it is written. Only local folders (an object store has none)."""
+        if not self.is_local:
+            return
+        root = self.store.root
+        for name in LAYOUT_FOLDERS:
+            path = root / name
+            if path.is_symlink() and not path.exists():
+                problem = "is a broken link, not a folder"
+            elif path.exists() and not path.is_dir():
+                problem = "is a file, not a folder"
+            elif path.is_dir() and root not in path.resolve().parents:
+                problem = f"is a link to {path.resolve()}, outside the output folder"
+            else:
+                continue
+            raise OutputDamaged(f"{path} {problem}: move it away (or choose another --out), then submit again")
+        for name in LAYOUT_FILES:
+            path = self.store.root / name
+            if path.is_dir():
+                raise OutputDamaged(f"{path} is a folder, not a file: move it away (or choose another --out), "
+                                    "then submit again")
+
+    def write_problem(self, relative: str, error: OSError) -> str:
+        """Why writing `relative` failed, in words that name the output folder: a file in
+        the way of a folder, a full disk, or the system's reason."""
+        if self.is_local:
+            root = self.store.root
+            parent = (root / relative).parent
+            while parent != root and root in parent.parents:
+                if parent.exists() and not parent.is_dir():
+                    return f"{parent} is a file, not a folder"
+                parent = parent.parent
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        if error.errno in DISK_FULL_ERRORS:
+            return f"no room to write {relative} in the output folder {self.root} ({reason}): free some space"
+        return f"could not write {relative} in the output folder {self.root}: {reason}"
 
     # -- whole files
     def write_json(self, relative: str, data: object) -> None:
@@ -125,8 +235,76 @@ class OutputFolder:
         text = self.read_text(relative)
         try:
             return None if text is None else json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
+
+    def write_status(self, data: dict) -> bool:
+        """status.json, best effort: atomically; on a full local disk (no room for the
+        temporary copy) overwritten in place, since a stale "running" is worse than a torn
+        file (readers take a torn status.json as missing). False when it could not be written."""
+        text = (json.dumps(data, indent=1, sort_keys=False, default=str) + "\n").encode("utf-8")
+        try:
+            self.store.write("status.json", text)
+            return True
+        except OSError as error:
+            if not self.is_local or error.errno not in DISK_FULL_ERRORS:
+                return False
+        try:
+            with open(self.path("status.json"), "r+b") as handle:
+                handle.truncate(0)
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def read_plan(self) -> dict:
+        """plan.json, checked: a dict whose "frames" is a non-empty list of records with a
+        whole-number "index" (each once) and a "settings_hash" string, and whose
+        "animation" (if there) is a dict with a positive "fps" (if there). OutputDamaged
+        (one line) when there is no plan.json or it is damaged."""
+        where = self.url("plan.json")
+        try:
+            data = self.store.read("plan.json")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise OutputDamaged(f"{self.url()}: no plan.json here (not a render output folder)") from None
+
+        def damaged(reason: str) -> OutputDamaged:
+            return OutputDamaged(f"{where} is damaged ({reason}): submit the scene again to rewrite it")
+
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise damaged("not UTF-8 text") from None
+        except (ValueError, RecursionError):
+            raise damaged("not valid JSON") from None
+        if not isinstance(record, dict):
+            raise damaged("not a JSON object")
+        frames = record.get("frames")
+        if not isinstance(frames, list):
+            raise damaged("'frames' is missing" if frames is None else "'frames' is not a list")
+        if not frames:
+            raise damaged("'frames' is empty")
+        seen = set()
+        for position, frame in enumerate(frames):
+            if not isinstance(frame, dict):
+                raise damaged(f"frames[{position}] is not an object")
+            index = frame.get("index")
+            if not _whole(index) or index < 0:
+                raise damaged(f"frames[{position}] has no whole-number 'index'")
+            if index in seen:
+                raise damaged(f"frame {index} appears twice")
+            seen.add(index)
+            if not isinstance(frame.get("settings_hash"), str) or not frame["settings_hash"]:
+                raise damaged(f"frames[{position}] has no 'settings_hash'")
+        animation = record.get("animation", {})
+        if not isinstance(animation, dict):
+            raise damaged("'animation' is not an object")
+        fps = animation.get("fps", 12)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise damaged("'animation.fps' is not a positive number")
+        return record
 
     # -- frames
     def write_frame(self, kind: str, index: int, pixels: np.ndarray) -> tuple[str, str]:
@@ -163,11 +341,25 @@ class OutputFolder:
         line = (entry.to_json() + "\n").encode("utf-8")
         with self._lock:
             if self.store.can_append:
+                if not self._ends_with_newline(MANIFEST):  # a torn last line (a crash, a full disk)
+                    line = b"\n" + line  # stays alone on its line (and is skipped), not glued to this one
                 self.store.append(MANIFEST, line)
             else:
                 name = f"{entry.index:06d}.json"
                 self.store.write(f"{MANIFEST_DIR}/{name}", line)
                 self._manifest_objects[name] = line
+
+    def _ends_with_newline(self, relative: str) -> bool:
+        """True when the local file is missing, empty or ends with a newline."""
+        try:
+            with open(self.path(relative), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() == 0:
+                    return True
+                handle.seek(-1, os.SEEK_END)
+                return handle.read(1) == b"\n"
+        except OSError:
+            return True
 
     def _manifest_dir(self) -> dict[str, bytes]:
         """manifest.d/ objects by name (listed each time; only new ones are read)."""
@@ -179,8 +371,9 @@ class OutputFolder:
         return {n: self._manifest_objects[n] for n in names if n in self._manifest_objects}
 
     def manifest(self) -> list[ManifestEntry]:
-        """Manifest lines that parse (a torn last line from a crash is ignored):
-        manifest.jsonl, then the manifest.d/ objects in index order."""
+        """Manifest lines that parse and check out (`ManifestEntry.from_json`: a torn last
+        line from a crash, a damaged or hand-edited line is ignored): manifest.jsonl, then
+        the manifest.d/ objects in index order."""
         try:
             text = self.store.read(MANIFEST).decode("utf-8", errors="replace")
         except (FileNotFoundError, IsADirectoryError):
@@ -190,10 +383,9 @@ class OutputFolder:
             lines.extend(data.decode("utf-8", errors="replace").splitlines())
         entries = []
         for line in lines:
-            try:
-                entries.append(ManifestEntry(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                continue
+            entry = ManifestEntry.from_json(line)
+            if entry is not None:
+                entries.append(entry)
         return entries
 
     def finished(self, hashes: dict[int, str]) -> dict[int, ManifestEntry]:
@@ -204,7 +396,7 @@ class OutputFolder:
                 continue
             try:
                 data = self.store.read(entry.file)
-            except (FileNotFoundError, IsADirectoryError):
+            except (OSError, OutsideOutput):  # gone, unreadable, frames/ not a folder, a link out
                 continue
             if sha256_hex(data) == entry.sha256:
                 good[entry.index] = entry

@@ -91,6 +91,10 @@ class Scheduler:
         job.cancelled = True
         job.remaining.clear()
 
+    def fail(self, job_id: str, message: str) -> None:
+        """End a job as failed: nothing more of it is started (its first error is kept)."""
+        self._fail_job(self.jobs[job_id], message)
+
     def _fail_job(self, job: Job, message: str) -> None:
         job.error = job.error or message
         job.remaining.clear()
