@@ -432,6 +432,10 @@ def parse_scene(
     data = dict(data)
     lines = {key[0]: line for key, line in document.lines.items() if len(key) == 1}
     for key, value in (overrides or {}).items():
+        name = S.canonical_name(key) if isinstance(key, str) else None
+        if name is not None:  # --set batch_name=x replaces the file's `name` (DD's spelling or ours)
+            for other in [k for k in data if isinstance(k, str) and k != key and S.canonical_name(k) == name]:
+                del data[other]
         data[key] = value
         lines[key] = None
     if not data:

@@ -48,12 +48,12 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
     folder = OutputFolder(out if is_uri(out) else Path(out) if out else default_out_dir(scene))
     if scene.seed_was_random and (seed := recorded_seed(folder)) is not None:
         scene = load_scene(scene_path, overrides={**overrides, "seed": seed})
-    folder.prepare()
     inputs = JobInputs()
     video_frames = None
-    if scene["animation_mode"] == "Video Input":
+    if scene["animation_mode"] == "Video Input":  # its frame count comes from the extracted video
         from animation.video import extract_frames
 
+        folder.prepare()
         frames_dir = folder.scratch(".video-frames")
         width, height = scene["width_height"]
         extracted = extract_frames(scene["video_init_path"], frames_dir, every_nth=1, size=(width, height))
@@ -73,6 +73,7 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
                 raise SubmitError(f"--frames {frames.start}:{frames.stop} starts inside a chain: frame "
                                   f"{frame.index} needs frame {frame.previous}; render it first")
     _load_inputs(scene, inputs)
+    folder.prepare()  # after the checks: a refused --frames or an unreadable image writes nothing
     written = dict(scene.raw)
     written["seed"] = scene["seed"]
     folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))

@@ -537,6 +537,16 @@ def test_more_actors_than_the_machine_can_place_are_capped_with_a_note(capsys):
     assert capsys.readouterr().err.strip() == "farm: --actors 4: this machine has 2 CPUs (one per actor); using 2"
 
 
+def test_a_frames_range_inside_a_chain_is_refused_before_anything_is_written(tmp_path):
+    from farm.submit import SubmitError, prepare_job
+
+    scene = tmp_path / "anim.yaml"
+    scene.write_text(GOOD_SCENE + "animation_mode: 2D\nmax_frames: 4\n")
+    with pytest.raises(SubmitError, match="starts inside a chain: frame 2 needs frame 1"):
+        prepare_job(str(scene), tmp_path / "out", {}, range(2, 4))
+    assert not (tmp_path / "out").exists()
+
+
 def test_frames_of_a_video_scene_are_counted_on_the_extracted_video(tmp_path):
     """`--frames 3:` on a Video Input scene meant frames 3 to max_frames (10000): an
     IndexError. The range now ends at the frames the video gave; past them is one line."""

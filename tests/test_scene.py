@@ -127,6 +127,9 @@ def test_cross_field_checks():
 def test_overrides_are_validated_like_the_file(scene_file):
     path = scene_file(TINY_SCENE)
     assert load_scene(path, overrides={"steps": 20})["steps"].at(0) == 20
+    # DD's spelling replaces the file's setting whichever spelling it used (was "given twice")
+    assert load_scene(path, overrides={"batch_name": "renamed"})["name"] == "renamed"
+    assert load_scene(scene_file(TINY_SCENE + "set_seed: 3\n"), overrides={"seed": 9})["seed"] == 9
     with pytest.raises(SceneInvalid, match="steps: 0 is below the minimum 2"):
         load_scene(path, overrides={"steps": 0})
 
