@@ -295,6 +295,8 @@ def fetch_outputs(source: str, target: Path) -> int:
     else:
         fs, root = fsspec.core.url_to_fs(os.path.expanduser(source))
     if not fs.exists(root):
+        if is_uri(source):  # nothing there (a URI is the same from everywhere): no copy command helps
+            raise RemoteError(f"nothing at {source}: no render wrote there (check the location)")
         raise RemoteError(
             f"the output folder {source} is not reachable from here: use a shared path or an object-store URI "
             f"for --out, or copy it with: ray rsync-down cluster.yaml {source} {target}")

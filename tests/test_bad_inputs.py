@@ -449,6 +449,8 @@ ARGUMENT_CASES = [
     ("preview-symlink-loop", ["preview", "{loop}"], "cannot be resolved: Symlink loop", "loop-a"),
     ("preview-fps-zero", ["preview", "{out}", "--fps", "0"], "expected frames per second above 0", "--fps 0"),
     ("ui-root-is-a-file", ["ui", "--root", "{file}"], "is a file, not a folder of renders", "--root"),
+    ("fetch-empty-uri", ["fetch", "memory://nothing-here/run", "{out}"], "nothing at memory://nothing-here/run",
+     "memory://nothing-here/run"),
     ("preview-fps-huge", ["preview", "{out}", "--fps", "1e300"], "at most 1000", "--fps 1e+300"),
     ("submit-out-the-scenes-own-folder", ["submit", "{good}", "--out", "{scenes}"], "is the folder of",
      "--out"),
