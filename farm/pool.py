@@ -586,7 +586,9 @@ class OwnedActors:
         return list(self.pings)
 
     def answered(self, ref) -> None:
-        """A restarted actor answered its ping (or is permanently dead: replace it)."""
+        """A restarted actor answered its ping; one still restarting is asked again; one
+        dead for good is replaced by a fresh actor, which also takes work only once it
+        answers (it may never be placed: its node's GPU is gone, say)."""
         label = self.pings.pop(ref)
         slot = self.session.slots.get(label)
         if slot is None or slot.busy is not ref:
@@ -594,9 +596,19 @@ class OwnedActors:
         slot.busy = None
         try:
             ray.get(ref)
+        except ActorUnavailableError:  # restarting (a node lost, models reloading): not dead
+            self._ping(slot)
         except RayActorError:
             del self.session.slots[label]
-            self._new_slot(slot.models, label).lives = slot.lives
+            fresh = self._new_slot(slot.models, label)
+            fresh.lives = slot.lives
+            self._ping(fresh)
+
+    def _ping(self, slot: Slot) -> None:
+        """Ask the actor for its info; it takes no work until the answer comes."""
+        ping = slot.handle.info.remote()
+        slot.busy = ping
+        self.pings[ping] = slot.label
 
     def ended(self, slot: Slot, crashed: bool) -> None:
         """A render call ended. After a crash: ping the actor (Ray restarts it, reloading
@@ -605,9 +617,7 @@ class OwnedActors:
             return
         slot.lives += 1
         if self.session.slots.get(slot.label) is slot:
-            ping = slot.handle.info.remote()
-            slot.busy = ping
-            self.pings[ping] = slot.label
+            self._ping(slot)
 
     def live_actors(self) -> dict[str, tuple[str, str]]:
         return {s.label: (s.model_key, s.incarnation) for s in self.session.slots.values()}

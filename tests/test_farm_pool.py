@@ -127,6 +127,43 @@ def test_a_crashed_or_reclaimed_actor_is_granted_again_only_after_it_answers():
     assert book.idle(now=1000.0, seconds=600) == ["actor-0"] and not book.actors
 
 
+def test_an_owned_actor_that_is_restarting_or_replaced_takes_work_only_after_it_answers(monkeypatch):
+    """Losing a node: a ping to the restarting actor can fail with ActorUnavailableError.
+    That is not death (ask again); and a replacement for a dead actor may never be placed
+    (its node's GPU is gone), so it too waits for its ping. Before, the replacement took
+    the next frame at once and the run waited out the 10-minute stall rule."""
+    from types import SimpleNamespace
+
+    import farm.pool as pool
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    calls = []
+
+    class Handle:
+        def __init__(self, name):
+            self.info = SimpleNamespace(remote=lambda: calls.append(name) or f"ping-{name}-{len(calls)}")
+
+    answers = {}
+    monkeypatch.setattr(pool.ray, "get", lambda ref: (_ for _ in ()).throw(answers[ref]) if ref in answers else "ok")
+    monkeypatch.setattr(pool, "_start_actor", lambda config, models, board, label: Handle(f"fresh-{label}"))
+    session = SimpleNamespace(slots={})
+    owned = pool.OwnedActors(session, PoolConfig(size=1), "board")
+    slot = pool.Slot("actor-1", Handle("old"), "m1", SimpleNamespace(key="m1"))
+    session.slots["actor-1"] = slot
+    owned.ended(slot, crashed=True)  # its frame failed: ping it
+    first = slot.busy
+    answers[first] = ActorUnavailableError("restarting", None)
+    owned.answered(first)
+    assert session.slots["actor-1"] is slot and slot.busy not in (None, first)  # asked again, still no work
+    answers[slot.busy] = ActorDiedError()
+    owned.answered(slot.busy)
+    fresh = session.slots["actor-1"]
+    assert fresh is not slot and fresh.lives == 1 and fresh.busy is not None  # replaced, and waits for its ping
+    owned.answered(fresh.busy)
+    assert fresh.busy is None  # it answered: it may take work now
+    assert calls == ["old", "old", "fresh-actor-1"]
+
+
 # ---------------------------------------------------------------------------- separate drivers
 DRIVER = r"""
 import json, sys, time
