@@ -225,12 +225,12 @@ class GroupNormSplitStatistics(torch.autograd.Function):
         std, mean = std.reshape(n, groups), mean.reshape(n, groups)
         rstd = std.to(torch.promote_types(std.dtype, torch.float32)).square_().add_(eps).rsqrt_()  # std: ours
         scale, shift = group_norm_scale_shift(mean, rstd, weight, bias).to(x.dtype)  # [N, G, C/G] each
-        if is_channels_last(x):  # view: [N, H*W, G, C/G]
+        ctx.channels_last = is_channels_last(x)
+        if ctx.channels_last:  # view: [N, H*W, G, C/G]
             out = torch.addcmul(shift[:, None], view, scale[:, None])
             out = out.view(n, *x.shape[2:], c).permute(0, 3, 1, 2)
         else:
             out = torch.addcmul(shift[..., None], x.view(n, groups, c // groups, -1), scale[..., None]).view(x.shape)
-        ctx.channels_last = is_channels_last(x)
         if ctx.channels_last:  # group_norm_input_gradients: fp32 statistics
             stats_dtype = rstd.dtype
         else:  # as native_group_norm

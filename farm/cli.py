@@ -183,7 +183,7 @@ def cmd_import_dd(args) -> int:
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d{1,3})?")
 
 
-def _check_submit_args(args) -> None:
+def _check_submit_args(args) -> list:
     """Everything wrong with the scene, its files or the arguments is found here, before
     farm.submit imports Ray and torch (seconds) or writes or starts anything."""
     from farm.plan import frame_count
@@ -199,8 +199,10 @@ def _check_submit_args(args) -> None:
     if args.frames is not None and len(args.scenes) > 1:
         raise UsageError("--frames works with one scene at a time")
     named: dict[str, str] = {}
+    scenes = []
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
+        scenes.append((path, scene))
         if args.frames is not None:
             _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
         if args.out and not is_uri(args.out):
@@ -213,17 +215,17 @@ def _check_submit_args(args) -> None:
             raise UsageError(f"{path}: name '{scene['name']}' is also the name of {named[scene['name']]}; "
                              "scenes submitted together need different names (the name is the output folder)")
         named[scene["name"]] = path
+    return scenes
 
 
-def check_models_present(paths: list[str], overrides: dict) -> None:
+def check_models_present(scenes: list) -> None:
     """A local render's checkpoints must be in the model cache (CLIP weights are open_clip's
-    to find): a missing one is named with the command that fetches it, before Ray starts."""
+    to find): a missing one is named with the command that fetches it, before Ray starts.
+    ``scenes``: (path, Scene) pairs."""
     from engine import catalogue
-    from farm.scene import load_scene
 
     known = catalogue.all_model_files()  # the built-in tiny models are not files
-    for path in paths:
-        scene = load_scene(path, overrides=overrides)
+    for path, scene in scenes:
         if scene["custom_path"] or scene["diffusion_model"] not in known:
             continue
         names = [scene["diffusion_model"]] + ([catalogue.SECONDARY_MODEL.name] if scene["use_secondary_model"] else [])
@@ -234,6 +236,17 @@ def check_models_present(paths: list[str], overrides: dict) -> None:
                 raise UsageError(f"{path}: {error}") from None
 
 
+def _resolvable(text: str, what: str) -> Path:
+    """The path `text` (with ~ expanded); UsageError naming `what` if it cannot be resolved
+    (a symlink loop: RuntimeError before Python 3.13)."""
+    path = Path(text).expanduser()
+    try:
+        path.resolve()
+    except (RuntimeError, OSError) as error:
+        raise UsageError(f"{what}: cannot be resolved: {error}") from None
+    return path
+
+
 def _check_out(args) -> None:
     """--out: an existing path must be a folder; a URI must name a writable fsspec location
     whose backend is installed here (for a cluster job, only its protocol is checked: the
@@ -241,20 +254,16 @@ def _check_out(args) -> None:
     from farm.storage import OutputLocationError, check_uri, is_uri
 
     if not is_uri(args.out):
-        out = Path(args.out).expanduser()
-        try:
-            out.resolve()
-        except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
-            raise UsageError(f"--out '{args.out}': cannot be resolved: {error}") from None
+        out = _resolvable(args.out, f"--out '{args.out}'")
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{args.out}': exists and is not a folder")
         return
     from farm.remote import resolve_address
 
+    if not args.in_cluster and args.out.split("://", 1)[0].lower() == "memory":
+        raise UsageError(f"--out {args.out}: memory:// lives only as long as this command (or the "
+                         "cluster job it starts), so every frame would be lost when it ends; give a folder or a lasting URI (file://, s3://, ...)")
     local = args.in_cluster or not resolve_address(args.address)
-    if not args.in_cluster and local and args.out.split("://", 1)[0].lower() == "memory":
-        raise UsageError(f"--out {args.out}: memory:// lives only as long as this command, so every frame "
-                         "would be lost when it ends; give a folder or a lasting URI (file://, s3://, ...)")
     try:
         check_uri(args.out, need_backend=local)
     except OutputLocationError as error:
@@ -267,10 +276,7 @@ def cmd_preview(args) -> int:
         raise UsageError(f"--fps {args.fps:g}: expected frames per second above 0, at most 1000")
     from farm.output import OutputFolder
 
-    try:
-        Path(args.dir).expanduser().resolve()
-    except (RuntimeError, OSError) as error:  # a symlink loop
-        raise UsageError(f"{args.dir}: cannot be resolved: {error}") from None
+    _resolvable(args.dir, args.dir)
     folder = OutputFolder(args.dir)
     record = folder.read_plan()
     entries = folder.finished({f["index"]: f["settings_hash"] for f in record["frames"]})
@@ -287,14 +293,14 @@ def cmd_preview(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    _check_submit_args(args)
+    scenes = _check_submit_args(args)
     from farm.remote import resolve_address, submit_remote
     from farm.submit import submit_local
 
     address = None if args.in_cluster else resolve_address(args.address)
     if address:
         return submit_remote(args, address)
-    check_models_present(args.scenes, _parse_set(args.set))
+    check_models_present(scenes)
     return submit_local(args)
 
 

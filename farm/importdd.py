@@ -134,8 +134,8 @@ def convert_dd_settings(dd: dict, base_dir: Path | None = None) -> tuple[dict, l
 
     The scene is validated here; problems raise SceneInvalid naming the settings file
     (`dd.path` when `dd` came from read_dd_settings) and DD's key. `base_dir` is the folder
-    relative input paths will be resolved against (the output scene's folder); without it
-    relative paths are not checked here (the caller checks them once it knows)."""
+    relative input paths are resolved against (the output scene's folder; default: the
+    current folder)."""
     source = str(getattr(dd, "path", None) or "DD settings")
     scene: dict = {}
     notes: list[str] = []
@@ -232,9 +232,6 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} '{value}'"
 
 
-_NOT_FOUND = re.compile(r"(?:file '([^']*)' not found|'([^']*)' is not a file)")
-
-
 def _validate(scene: dict, source: str, origin: dict[str, str], base_dir: Path | None) -> None:
     """Validate the scene text exactly as it will be written; report against the settings file."""
     text = scene_yaml(scene, Path(source).name)
@@ -243,22 +240,11 @@ def _validate(scene: dict, source: str, origin: dict[str, str], base_dir: Path |
     except SceneInvalid as exc:
         problems = []
         for found in exc.problems:
-            if base_dir is None and _relative_path_problem(found.message):
-                continue  # depends on where the scene is written: checked by the caller
             if not found.field:
                 problems.append(Problem(source, None, "", f"the converted scene: {found.message}"))
             else:
                 problems.append(Problem(source, None, origin.get(found.field, found.field), found.message))
-        if problems:
-            raise SceneInvalid(problems) from None
-
-
-def _relative_path_problem(message: str) -> bool:
-    match = _NOT_FOUND.search(message)
-    if match is None:
-        return False
-    text = match.group(1) if match.group(1) is not None else match.group(2)
-    return not Path(os.path.expanduser(text)).is_absolute()
+        raise SceneInvalid(problems) from None
 
 
 def _frame_key(key):

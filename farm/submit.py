@@ -41,7 +41,8 @@ def recorded_seed(out: Path | str | OutputFolder) -> int | None:
 
 def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames: range | None = None):
     """Load and resolve a scene, choose (or reuse) its output folder (a path or a URI),
-    write scene.yaml and plan.json."""
+    write scene.yaml; returns (scene, plan, folder, inputs, frames), ``frames`` ending at the
+    plan's last frame (a video may give fewer than its probe counted)."""
     from farm.driver import JobInputs
 
     scene = load_scene(scene_path, overrides=overrides)
@@ -77,7 +78,7 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
     written = dict(scene.raw)
     written["seed"] = scene["seed"]
     folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))
-    return scene, plan, folder, inputs
+    return scene, plan, folder, inputs, frames
 
 
 def replaced_frames(folder: OutputFolder, plan) -> int:
@@ -215,7 +216,7 @@ def submit_local(args) -> int:
         if out is not None and len(args.scenes) > 1:
             out = join_location(out, scene_probe["name"])
         try:
-            scene, plan, folder, inputs = prepare_job(scene_path, out, overrides, frames)
+            scene, plan, folder, inputs, frames = prepare_job(scene_path, out, overrides, frames)
         except OSError as error:  # a read-only, full or impossible location: name it
             where = f"--out {args.out}" if args.out else f"output folder {error.filename or ''}".rstrip()
             raise SubmitError(f"{where}: cannot write there: {error.strerror or error}") from None
@@ -223,8 +224,6 @@ def submit_local(args) -> int:
             print(f"farm: {plan.name}: {replaced} finished {'frames' if plan.is_animation else 'images'} in "
                   f"{folder.root} were rendered with other settings (the scene changed?) and will be rendered "
                   "again", file=sys.stderr)
-        if frames is not None:
-            frames = range(frames.start, min(frames.stop, len(plan.frames)))
         priority = args.priority if args.priority is not None else scene["priority"]
         job_id = plan.name if plan.name not in {j[0].job_id for j in jobs} else f"{plan.name}-{len(jobs)}"
         jobs.append((RenderJob(job_id, plan, folder, inputs, priority=priority), frames))

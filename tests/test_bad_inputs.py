@@ -557,8 +557,8 @@ def test_frames_of_a_video_scene_are_counted_on_the_extracted_video(tmp_path):
     (tmp_path / "input.mp4").write_bytes((ROOT / "scenes" / "input.mp4").read_bytes())
     scene = tmp_path / "video.yaml"
     scene.write_text(GOOD_SCENE + "animation_mode: Video Input\nvideo_init_path: input.mp4\nmax_frames: 10000\n")
-    _, plan, _, _ = prepare_job(str(scene), tmp_path / "out", {}, range(0, 10000))
-    assert 1 < len(plan.frames) < 10000
+    _, plan, _, _, frames = prepare_job(str(scene), tmp_path / "out", {}, range(0, 10000))
+    assert 1 < len(plan.frames) < 10000 and frames == range(len(plan.frames))
     with pytest.raises(SubmitError, match=f"selects nothing; the video gave {len(plan.frames)} frames"):
         prepare_job(str(scene), tmp_path / "out", {}, range(len(plan.frames), 10000))
 

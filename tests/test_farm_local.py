@@ -25,8 +25,9 @@ def local_ray(ray_temp_dir):
     ray.shutdown()
 
 
-def render(scene_text, out_dir, actors=1, priority=0, on_update=None, session=None, name=None, inputs=None):
-    plan = resolve(parse_scene(scene_text))
+def render(scene_text, out_dir, actors=1, priority=0, on_update=None, session=None, name=None, inputs=None,
+           base_dir=None):
+    plan = resolve(parse_scene(scene_text, base_dir=base_dir))
     own = session is None
     session = session or RenderSession(actors=actors, threads=1, poll_seconds=0.05, on_update=on_update)
     session.add(RenderJob(name or plan.name, plan, OutputFolder(out_dir), inputs or JobInputs(), priority))
@@ -205,13 +206,7 @@ def test_a_checkpoint_that_cannot_load_fails_its_frames_with_the_reason_not_a_de
     scene = STILLS.replace("n_batches: 4", "n_batches: 1").replace("diffusion_model: tiny", "") + \
         "diffusion_model: custom\ncustom_path: garbage.pt\nuse_secondary_model: false\n"
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint" * 64)
-    plan = resolve(parse_scene(scene, base_dir=tmp_path))
-    session = RenderSession(actors=1, threads=1, poll_seconds=0.05)
-    session.add(RenderJob("bad-weights", plan, OutputFolder(tmp_path / "out"), JobInputs()))
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    _, results = render(scene, tmp_path / "out", name="bad-weights", base_dir=tmp_path)
     assert results == {"bad-weights": "failed"}
     error = OutputFolder(tmp_path / "out").read_json("status.json")["error"]
     assert "ModelLoadError: the models could not be loaded" in error and "garbage.pt" in error, error
