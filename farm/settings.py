@@ -36,8 +36,9 @@ def _s(name, kind, default, doc, group="image", aliases=(), choices=(), minimum=
 # Limits that keep a mistyped scene from asking for something absurd.
 MAX_SIDE = 8192
 MAX_STEPS = 10_000
-MAX_FRAMES = 1_000_000
-MAX_BATCHES = 1_000_000
+MAX_FRAMES = 100_000
+"""Frames in one animation, images in one still run (more takes seconds to plan: split it)."""
+MAX_BATCHES = MAX_FRAMES
 MAX_CUTS = 1024
 """Cuts of one kind per cut batch (DD's schedules use 4-16; every cut is a CLIP image)."""
 MAX_NAME_LENGTH = 100
