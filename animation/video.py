@@ -126,15 +126,19 @@ def _check_size(size) -> tuple[int, int] | None:
 
 
 def extract_frames(video_path: str | os.PathLike, out_dir: str | os.PathLike,
-                   every_nth: int = 1, size: tuple[int, int] | None = None) -> list[Path]:
+                   every_nth: int = 1, size: tuple[int, int] | None = None,
+                   max_frames: int | None = None) -> list[Path]:
     """Write every ``every_nth`` frame (0, n, 2n, ...) as RGB PNG ``000000.png``, ... .
 
-    ``size`` = (width, height) resizes (area filter). Older numbered frames in ``out_dir``
-    are replaced only after ffmpeg succeeded. Returns the PNG paths in order.
+    ``size`` = (width, height) resizes (area filter); ``max_frames`` stops ffmpeg after
+    that many PNGs (the rest of the video is not decoded). Older numbered frames in
+    ``out_dir`` are replaced only after ffmpeg succeeded. Returns the PNG paths in order.
     """
     video_path = _existing_video(video_path)
     if not isinstance(every_nth, (int, np.integer)) or every_nth < 1:
         raise VideoError(f"every_nth must be an integer >= 1, got {every_nth!r}")
+    if max_frames is not None and (not isinstance(max_frames, (int, np.integer)) or max_frames < 1):
+        raise VideoError(f"max_frames must be an integer >= 1, got {max_frames!r}")
     size = _check_size(size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,8 @@ def extract_frames(video_path: str | os.PathLike, out_dir: str | os.PathLike,
     args = ["-i", str(video_path), "-map", "0:v:0"]
     if filters:
         args += ["-vf", ",".join(filters)]
+    if max_frames is not None:
+        args += ["-frames:v", str(int(max_frames))]
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=out_dir))
     try:
         _run_ffmpeg(args + ["-fps_mode", "vfr", "-pix_fmt", "rgb24", "-start_number", "0",

@@ -120,8 +120,10 @@ def _load_for_plan(args):
 def cmd_plan(args) -> int:
     from farm.plan import plan_record, resolve
 
+    from farm.submit import input_digests
+
     scene, video_frames = _load_for_plan(args)
-    plan = resolve(scene, video_frames)
+    plan = resolve(scene, video_frames, input_digests(scene))
     chosen = [plan.frames[i] for i in _parse_range(args.frames, len(plan.frames))]
     if args.json:
         json.dump(plan_record(plan, chosen), sys.stdout, indent=1)

@@ -38,7 +38,13 @@ class JobInputs:
 
     init_image: np.ndarray | None = None
     image_prompts: dict[str, np.ndarray] = field(default_factory=dict)
-    video_frames_dir: Path | None = None
+    video_frames_dir: Path | None = None  # every nth frame of the input video, numbered 0, 1, ...
+
+    def video_frame(self, number: int, every_nth: int, size: tuple[int, int]) -> np.ndarray:
+        """Frame `number` of the input video (a multiple of `every_nth`: only those were extracted)."""
+        from farm.inputs import load_image
+
+        return load_image(self.video_frames_dir / f"{number // every_nth:06d}.png", size)
 
 
 @dataclass
@@ -110,7 +116,7 @@ class RenderSession:
     # ------------------------------------------------------------------ jobs
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
         """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
-        hashes = {f.index: f.settings_hash for f in job.plan.frames}
+        hashes = job.plan.frame_hashes
         job.out.prepare()  # OutputDamaged: a file where frames/ belongs, ... (before anything renders)
         what = "plan.json"
         try:
@@ -159,13 +165,10 @@ class RenderSession:
         pixels = {i: self._frame_pixels(job, i) for i in needs.indices}
         video_previous = video_current = None
         if frame.init.kind == "video" and job.inputs.video_frames_dir is not None:
-            from farm.inputs import load_image
-
-            size = (frame.render.width, frame.render.height)
-            video_current = load_image(job.inputs.video_frames_dir / f"{frame.init.video_frame:06d}.png", size)
+            size, nth = (frame.render.width, frame.render.height), job.plan.animation.extract_nth_frame
+            video_current = job.inputs.video_frame(frame.init.video_frame, nth, size)
             if frame.previous is not None:
-                prev_video = job.plan.frames[frame.previous].init.video_frame
-                video_previous = load_image(job.inputs.video_frames_dir / f"{prev_video:06d}.png", size)
+                video_previous = job.inputs.video_frame(job.plan.frames[frame.previous].init.video_frame, nth, size)
         prompts = {p.text: job.inputs.image_prompts[p.text] for p in frame.render.image_prompts
                    if p.text in job.inputs.image_prompts}
         return FrameInputs(
@@ -279,7 +282,7 @@ class RenderSession:
         relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
         job.out.append_manifest(ManifestEntry(
             index=frame.index, kind=frame.kind, file=relative, sha256=digest,
-            settings_hash=frame.settings_hash, seed=frame.render.seed, actor=stats["actor"],
+            settings_hash=job.plan.frame_hashes[frame.index], seed=frame.render.seed, actor=stats["actor"],
             node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
         if stats.get("depth") is not None:
             job.out.write_depth(frame.index, stats["depth"])
@@ -442,7 +445,7 @@ class RenderSession:
         extra: dict = {}
         from animation.video import VideoError
 
-        entries = job.out.finished({f.index: f.settings_hash for f in job.plan.output_frames})
+        entries = job.out.finished({f.index: job.plan.frame_hashes[f.index] for f in job.plan.output_frames})
         what = MANIFEST
         try:
             if state.state == "succeeded" and len(entries) == len(job.plan.output_frames):

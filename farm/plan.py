@@ -1,9 +1,11 @@
 """Resolution: one pure function from a validated Scene to per-image / per-frame specs.
 
 `resolve(scene)` -> `Plan`. Every `FrameSpec` holds all a frame needs (prompts with
-weights, guidance, cut schedules, motion, init source, seed) and is hashable; its
-`settings_hash` decides whether a finished frame can be reused on resume. The farm, the
-local runner and `farm plan` all use this function.
+weights, guidance, cut schedules, motion, init source, seed) and is hashable. A frame's
+`Plan.frame_hashes` entry (its own `settings_hash`, the contents of the input files it
+reads, and for a frame made from others how they are carried into it and their hashes)
+decides whether a finished frame can be reused on resume. The farm, the local runner
+and `farm plan` all use this function.
 """
 
 from __future__ import annotations
@@ -124,12 +126,23 @@ class AnimationSettings:
     segment_overlap: int = 0
 
 
+CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "midas_depth_model", "midas_weight",
+                  "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
+                  "video_init_check_consistency", "video_init_blend_mode")
+"""Scene-wide settings that decide how finished frames are carried into the next one
+(warp, depth, colour match, flow): part of the hash of every frame made from another."""
+
+
 @dataclass(frozen=True)
 class Plan:
     name: str
     seed: int
     animation: AnimationSettings
     frames: tuple[FrameSpec, ...]
+    input_digests: tuple[tuple[str, str], ...] = ()
+    """(path as the scene gives it, sha256 of the file) of each input file: init image,
+    image prompts, input video. Empty when the caller did not read them (then frame hashes
+    cover the paths only)."""
 
     @property
     def is_animation(self) -> bool:
@@ -161,6 +174,52 @@ class Plan:
     def _shot_start(self, frame: FrameSpec) -> int:
         """The first frame of this frame's chain."""
         return self.shot_starts[frame.shot]
+
+    def input_files(self, frame: FrameSpec) -> list[str]:
+        """The input files (as the scene names them) this frame reads."""
+        files = [prompt.text for prompt in frame.render.image_prompts]
+        if frame.init.kind == "image" and frame.init.path:
+            files.append(frame.init.path)
+        if frame.init.kind == "video" and self.animation.video_init_path:
+            files.append(self.animation.video_init_path)
+        return sorted(set(files))
+
+    @functools.cached_property
+    def frame_hashes(self) -> dict[int, str]:
+        """Frame index -> the hash of everything that decides its pixels: its own settings
+        (`settings_hash`), the contents of the input files it reads, and for a frame made
+        from finished frames (previous, turbo's older one, the colour reference, segment
+        seams) the carry settings and their hashes, recursively. So a resume re-renders a
+        frame whose init file changed, and every frame made from a re-rendered one. A frame
+        made from nothing that reads no file keeps its `settings_hash`."""
+        digests = dict(self.input_digests)
+        carry = {name: getattr(self.animation, name) for name in CARRY_SETTINGS}
+        by_index = {frame.index: frame for frame in self.frames}
+        hashes: dict[int, str] = {}
+        for start in self.frames:  # depth first without recursion: chains are long
+            pending = [start.index]
+            while pending:
+                index = pending[-1]
+                if index in hashes:
+                    pending.pop()
+                    continue
+                frame = by_index[index]
+                sources = sorted((self.dependencies(frame).indices | set(frame.sources)) - {index})
+                missing = [source for source in sources if source not in hashes]
+                if missing:
+                    pending.extend(missing)
+                    continue
+                pending.pop()
+                files = self.input_files(frame)
+                if not sources and not files:
+                    hashes[index] = frame.settings_hash
+                    continue
+                made_of = {"frame": frame.settings_hash,
+                           "inputs": [digests.get(name, name) for name in files],
+                           "carried_by": carry if sources else None,
+                           "from": [hashes[source] for source in sources]}
+                hashes[index] = hashlib.sha256(_canonical_json(made_of).encode()).hexdigest()
+        return hashes
 
     @functools.cached_property
     def shots(self) -> dict[int, list[FrameSpec]]:
@@ -256,8 +315,9 @@ def frame_count(scene: Scene, video_frames: int | None = None) -> int:
 # --------------------------------------------------------------------------- resolve
 
 
-def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
-    """Scene -> Plan (pure: same scene, same plan)."""
+def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[str, str] | None = None) -> Plan:
+    """Scene -> Plan (pure: same scene, same plan). ``video_frames``: the frames the input
+    video gave; ``input_digests``: input file (as the scene names it) -> its contents' hash."""
     mode = scene["animation_mode"]
     count = frame_count(scene, video_frames)
     series_len = count if mode != "None" else 1
@@ -390,7 +450,8 @@ def resolve(scene: Scene, video_frames: int | None = None) -> Plan:
     if scene["compile_unet"] == "auto" and compile_pays_off(frames):
         compiled = dataclasses.replace(models, compile_unet=True)
         frames = [dataclasses.replace(f, render=dataclasses.replace(f.render, models=compiled)) for f in frames]
-    return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames))
+    return Plan(scene["name"], seed, _animation_settings(scene), tuple(frames),
+                tuple(sorted((input_digests or {}).items())))
 
 
 AUTO_COMPILE_MIN_STEPS = 4000
@@ -487,10 +548,11 @@ def _canonical_json(value) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), default=str)
 
 
-def frame_record(frame: FrameSpec) -> dict:
-    """A frame as a JSON-friendly dict (for plan.json and `farm plan --json`)."""
+def frame_record(plan: Plan, frame: FrameSpec) -> dict:
+    """A frame as a JSON-friendly dict (for plan.json and `farm plan --json`); its
+    "settings_hash" is the plan's frame hash (what a resume compares)."""
     record = _plain(frame)
-    record["settings_hash"] = frame.settings_hash
+    record["settings_hash"] = plan.frame_hashes[frame.index]
     return record
 
 
@@ -499,5 +561,5 @@ def plan_record(plan: Plan, frames: Iterable[FrameSpec] | None = None) -> dict:
         "name": plan.name,
         "seed": plan.seed,
         "animation": _plain(plan.animation),
-        "frames": [frame_record(f) for f in (plan.frames if frames is None else frames)],
+        "frames": [frame_record(plan, f) for f in (plan.frames if frames is None else frames)],
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import hashlib
 import os
 import signal
 import sys
@@ -57,18 +59,19 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
         folder.prepare()
         frames_dir = folder.scratch(".video-frames")
         width, height = scene["width_height"]
-        extracted = extract_frames(scene["video_init_path"], frames_dir, every_nth=1, size=(width, height))
-        video_frames = len(extracted)
+        nth = scene["extract_nth_frame"]  # only the frames the animation uses are decoded and written
+        extracted = extract_frames(scene["video_init_path"], frames_dir, every_nth=nth, size=(width, height),
+                                   max_frames=scene["max_frames"])
+        video_frames = (len(extracted) - 1) * nth + 1  # the fewest video frames that give these
         inputs.video_frames_dir = frames_dir
-    plan = resolve(scene, video_frames)
+    plan = resolve(scene, video_frames, input_digests(scene))
     if frames is not None:
         if frames.start >= len(plan.frames):  # a video that gave fewer frames than its probe counted
             raise SubmitError(f"--frames {frames.start}:{frames.stop}: selects nothing; the video gave "
                               f"{len(plan.frames)} frames (0 to {len(plan.frames) - 1})")
         frames = range(frames.start, min(frames.stop, len(plan.frames)))
         chosen = [plan.frames[i] for i in frames]
-        hashes = {f.index: f.settings_hash for f in plan.frames}
-        on_disk = set(folder.finished(hashes))
+        on_disk = set(folder.finished(plan.frame_hashes))
         for frame in chosen:
             if frame.previous is not None and frame.previous not in frames and frame.previous not in on_disk:
                 raise SubmitError(f"--frames {frames.start}:{frames.stop} starts inside a chain: frame "
@@ -84,10 +87,41 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
 def replaced_frames(folder: OutputFolder, plan) -> int:
     """Frames of this plan that the folder holds from other settings (a changed scene, a
     different scene sent to the same --out): they will be rendered again and replaced."""
-    hashes = {f.index: f.settings_hash for f in plan.frames}
+    hashes = plan.frame_hashes
     entries = [e for e in folder.manifest() if e.index in hashes]
     current = {e.index for e in entries if e.settings_hash == hashes[e.index]}
     return len({e.index for e in entries} - current)
+
+
+def input_paths(scene: Scene) -> dict[str, Path]:
+    """Each input file as the scene names it (what frame specs hold) -> its path."""
+    paths = {}
+    if scene["init_image"]:
+        paths[scene["init_image"]] = Path(scene["init_image"])
+    for _, prompts in scene["image_prompts"].keys:
+        for prompt in prompts:
+            path = Path(prompt.text)
+            paths[prompt.text] = path if path.is_absolute() else scene.base_dir / path
+    if scene["animation_mode"] == "Video Input":
+        paths[scene["video_init_path"]] = Path(scene["video_init_path"])
+    return paths
+
+
+def input_digests(scene: Scene) -> dict[str, str]:
+    """Each input file (as the scene names it) -> the sha256 of its contents, so that a
+    resume re-renders the frames made from a file that was replaced under the same name."""
+    digests = {}
+    for name, path in input_paths(scene).items():
+        stat = path.stat()
+        digests[name] = _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return digests
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file (cached per version: size and modification time)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _load_inputs(scene: Scene, inputs) -> None:

@@ -526,7 +526,7 @@ def test_frames_from_other_settings_are_announced_before_they_are_replaced(tmp_p
         file, sha = folder.write_frame("frame", frame.index, np.zeros((64, 64, 3), np.uint8))
         same = frame.index < 2
         folder.append_manifest(ManifestEntry(index=frame.index, kind="frame", file=file, sha256=sha, seed=1,
-                                             settings_hash=frame.settings_hash if same else "changed"))
+                                             settings_hash=plan.frame_hashes[frame.index] if same else "changed"))
     assert replaced_frames(folder, plan) == 1
 
 
@@ -561,6 +561,25 @@ def test_frames_of_a_video_scene_are_counted_on_the_extracted_video(tmp_path):
     assert 1 < len(plan.frames) < 10000 and frames == range(len(plan.frames))
     with pytest.raises(SubmitError, match=f"selects nothing; the video gave {len(plan.frames)} frames"):
         prepare_job(str(scene), tmp_path / "out", {}, range(len(plan.frames), 10000))
+
+
+def test_a_video_scene_extracts_only_the_frames_it_uses(tmp_path):
+    """Every frame of the input video was decoded and written as a PNG, whatever max_frames
+    said (a film: hours and hundreds of GB before the first frame). Now every nth frame, at
+    most max_frames of them; frame k reads video frame k * extract_nth_frame."""
+    from animation.video import extract_frames
+    from farm.submit import prepare_job
+
+    (tmp_path / "input.mp4").write_bytes((ROOT / "scenes" / "input.mp4").read_bytes())
+    scene = tmp_path / "video.yaml"
+    scene.write_text(GOOD_SCENE + "animation_mode: Video Input\nvideo_init_path: input.mp4\n"
+                     "extract_nth_frame: 3\nmax_frames: 4\n")
+    _, plan, folder, inputs, _ = prepare_job(str(scene), tmp_path / "out", {})
+    assert len(plan.frames) == 4 and [f.init.video_frame for f in plan.frames] == [0, 3, 6, 9]
+    assert sorted(p.name for p in inputs.video_frames_dir.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    every = extract_frames(tmp_path / "input.mp4", tmp_path / "every", size=(64, 64))
+    for number in (0, 3, 9):
+        assert np.array_equal(inputs.video_frame(number, 3, (64, 64)), np.asarray(Image.open(every[number])))
 
 
 def test_each_problem_is_one_line(sandbox, capsys):

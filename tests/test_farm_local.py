@@ -127,6 +127,20 @@ def test_animation_chain_renders_in_order_and_makes_a_video(tmp_path, reference_
     assert (info.frames, info.codec) == (4, "h264")
 
 
+def test_a_resume_re_renders_every_frame_made_from_a_changed_setting(tmp_path, reference_anim):
+    """The border mode changes how each frame is carried into the next, not any frame's own
+    settings: the resumed run keeps frame 0 only and equals a fresh run of the new scene."""
+    render(ANIM, tmp_path / "run")
+    assert frame_hashes(tmp_path / "run") == reference_anim
+    changed = ANIM + "border_mode: replicate\n"
+    session, results = render(changed, tmp_path / "run")
+    assert results == {"t": "succeeded"} and session.jobs["t"].reused == 1
+    render(changed, tmp_path / "fresh")
+    assert frame_hashes(tmp_path / "run") == frame_hashes(tmp_path / "fresh")
+    assert frame_hashes(tmp_path / "run")[0] == reference_anim[0]
+    assert all(frame_hashes(tmp_path / "run")[i] != reference_anim[i] for i in (1, 2, 3))
+
+
 def test_killing_an_actor_mid_run_still_gives_identical_pixels(tmp_path, reference_anim):
     killed = []
 

@@ -56,6 +56,80 @@ def test_resolution_is_pure_and_hashes_are_stable():
     assert changed.frames[1].settings_hash != first.frames[1].settings_hash
 
 
+def test_a_frame_hash_covers_the_frames_it_is_made_from():
+    """A resume keeps a finished frame only if everything its pixels came from is the
+    same: a change that only frame 0 sees re-renders every later frame of its chain."""
+    def plan(scale0, extra=""):
+        text = ANIM.replace('clip_guidance_scale: "0:(1000), 10:(2000)"',
+                            f'clip_guidance_scale: "0:({scale0}), 1:(1000), 10:(2000)"')
+        return resolve(parse_scene(text + extra))
+
+    base, changed = plan(1000), plan(1100)
+    assert changed.frames[0].settings_hash != base.frames[0].settings_hash
+    assert all(changed.frames[i].settings_hash == base.frames[i].settings_hash for i in range(1, 12))
+    assert all(changed.frame_hashes[i] != base.frame_hashes[i] for i in range(12))
+    assert base.frame_hashes[0] == base.frames[0].settings_hash  # made from nothing, reads no file
+    assert base.frame_hashes == plan(1000).frame_hashes  # stable
+    shots, shots_changed = plan(1000, "cuts: [4, 8]\n"), plan(1100, "cuts: [4, 8]\n")
+    assert [shots_changed.frame_hashes[i] != shots.frame_hashes[i] for i in range(12)] == [True] * 4 + [False] * 8
+
+
+def test_frame_hashes_follow_segment_seams_and_turbo_chains_and_long_chains():
+    segments = resolve(parse_scene(ANIM + "parallel_segments: 2\nsegment_overlap: 2\n"))
+    changed = resolve(parse_scene(ANIM.replace("skip_steps: 4", "skip_steps: 5")
+                                  + "parallel_segments: 2\nsegment_overlap: 2\n"))
+    # every chain starts with skip_steps: everything changes, seams included
+    assert all(changed.frame_hashes[f.index] != segments.frame_hashes[f.index] for f in segments.frames)
+    seam = next(f for f in segments.frames if f.sources)
+    assert segments.frame_hashes[seam.index] != seam.settings_hash  # composed from its two sources' renders
+    turbo = resolve(parse_scene(ANIM + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
+    assert len(set(turbo.frame_hashes.values())) == 12
+    long = resolve(parse_scene(ANIM.replace("max_frames: 12", "max_frames: 5000")))
+    assert len(set(long.frame_hashes.values())) == 5000  # no recursion limit on a long chain
+
+
+@pytest.mark.parametrize("change", ["border_mode: replicate", "animation_mode: 3D", "fov: 60",
+                                    "color_coherence: LAB", "sampling_mode: nearest"])
+def test_how_frames_are_carried_into_the_next_is_in_every_later_frames_hash(change):
+    base = resolve(parse_scene(ANIM))
+    changed = resolve(parse_scene(ANIM.replace("animation_mode: 2D", change) if change.startswith("animation_mode")
+                                  else ANIM + change + "\n"))
+    assert [changed.frames[i].settings_hash == base.frames[i].settings_hash for i in range(12)] == [True] * 12
+    assert changed.frame_hashes[0] == base.frame_hashes[0]
+    assert all(changed.frame_hashes[i] != base.frame_hashes[i] for i in range(1, 12))
+
+
+def test_an_input_files_contents_are_in_the_hash_of_the_frames_that_read_it(tmp_path):
+    from PIL import Image
+
+    from farm.submit import input_digests
+
+    def write(path, level):
+        Image.fromarray(np.full((64, 64, 3), level, np.uint8)).save(path)
+
+    write(tmp_path / "init.png", 10)
+    write(tmp_path / "early.png", 15)
+    write(tmp_path / "prompt.png", 20)
+    anim = parse_scene(ANIM + "init_image: init.png\nimage_prompts: {0: ['early.png:1'], 6: ['prompt.png:1']}\n",
+                       base_dir=tmp_path)
+    before = resolve(anim, input_digests=input_digests(anim)).frame_hashes
+    write(tmp_path / "init.png", 10)  # written again, same pixels: same contents, same hashes
+    assert resolve(anim, input_digests=input_digests(anim)).frame_hashes == before
+    write(tmp_path / "prompt.png", 30)  # read from frame 6 on
+    after = resolve(anim, input_digests=input_digests(anim)).frame_hashes
+    assert [after[i] != before[i] for i in range(12)] == [False] * 6 + [True] * 6
+    write(tmp_path / "init.png", 40)  # frame 0 starts from it, and every frame from frame 0
+    assert all(v != after[i] for i, v in resolve(anim, input_digests=input_digests(anim)).frame_hashes.items())
+
+    stills = parse_scene(TINY_SCENE + "n_batches: 3\ninit_image: init.png\n", base_dir=tmp_path)
+    plan = resolve(stills, input_digests=input_digests(stills))
+    write(tmp_path / "init.png", 50)
+    replaced = resolve(stills, input_digests=input_digests(stills))
+    assert all(plan.frame_hashes[i] != replaced.frame_hashes[i] for i in range(3))
+    plain = resolve(parse_scene(TINY_SCENE + "n_batches: 3\n"))
+    assert plain.frame_hashes == {f.index: f.settings_hash for f in plain.frames}  # no input: as before
+
+
 def test_shots_restart_the_chain():
     plan = resolve(parse_scene(ANIM + "cuts: [4, 8]\n"))
     starts = [f.index for f in plan.frames if f.previous is None]
@@ -96,7 +170,7 @@ def test_plan_record_is_json_friendly():
     record = plan_record(resolve(parse_scene(ANIM)))
     text = json.dumps(record)
     assert '"overview": "[12]*400+[4]*600"' in text
-    assert record["frames"][3]["settings_hash"] == resolve(parse_scene(ANIM)).frames[3].settings_hash
+    assert record["frames"][3]["settings_hash"] == resolve(parse_scene(ANIM)).frame_hashes[3]
 
 
 def test_segment_mode_splits_a_chain_with_cross_faded_seams():

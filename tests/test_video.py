@@ -49,6 +49,12 @@ def test_h264_round_trip_through_probe_and_extract(frame_files, tmp_path):
     nth = extract_frames(video, tmp_path / "nth", every_nth=3)
     assert levels(nth) == pytest.approx([grey(0), grey(3), grey(6)], abs=2)
 
+    first_two = extract_frames(video, tmp_path / "limited", every_nth=2, max_frames=2)  # frames 0 and 2 only
+    assert [p.name for p in first_two] == ["000000.png", "000001.png"]
+    assert levels(first_two) == pytest.approx([grey(0), grey(2)], abs=2)
+    with pytest.raises(VideoError, match="max_frames must be an integer >= 1"):
+        extract_frames(video, tmp_path / "none", max_frames=0)
+
 
 def test_an_audio_only_file_is_said_to_have_no_video_stream(tmp_path):
     import subprocess
