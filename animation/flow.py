@@ -128,8 +128,16 @@ def flow_init(prev_output: np.ndarray, video_prev: np.ndarray, video_cur: np.nda
     ``video_init_flow_blend``: 1 = all warped output, 0 = the raw video frame). With
     ``use_mask``, pixels failing the forward-backward check take the video frame.
     """
-    check_image(prev_output, "prev_output")
-    height, width = prev_output.shape[:2]
+    warped, mask, cur_frame = carry_along_flow(prev_output, video_prev, video_cur, use_mask, tol)
+    return blend_flow_init(warped, cur_frame, blend, mask)
+
+
+def carry_along_flow(image: np.ndarray, video_prev: np.ndarray, video_cur: np.ndarray,
+                     use_mask: bool = True, tol: float = 1.0):
+    """``image`` (made at ``video_prev``'s moment) warped along the video's motion to
+    ``video_cur``'s: (warped, reliable-pixel mask or None, ``video_cur`` at the image's size)."""
+    check_image(image, "image")
+    height, width = image.shape[:2]
     frames = []
     for name, frame in (("video_prev", video_prev), ("video_cur", video_cur)):
         check_image(frame, name)
@@ -138,9 +146,17 @@ def flow_init(prev_output: np.ndarray, video_prev: np.ndarray, video_cur: np.nda
         frames.append(frame)
     prev_frame, cur_frame = frames
     cur_to_prev = optical_flow(cur_frame, prev_frame)
-    warped = warp_by_flow(prev_output, cur_to_prev)
+    warped = warp_by_flow(image, cur_to_prev)
     mask = None
     if use_mask:
         prev_to_cur = optical_flow(prev_frame, cur_frame)
         mask = consistency_mask(cur_to_prev, prev_to_cur, tol)
-    return blend_flow_init(warped, cur_frame, blend, mask)
+    return warped, mask, cur_frame
+
+
+def flow_blend_frames(previous: np.ndarray, current: np.ndarray, video_prev: np.ndarray,
+                      video_cur: np.ndarray, blend: float, use_mask: bool = True) -> np.ndarray:
+    """DD's "optical flow" video blend: the previous output frame moved along the input
+    video's motion, then ``current*(1-blend) + blend*warped`` (unreliable pixels: current)."""
+    warped, mask, _ = carry_along_flow(previous, video_prev, video_cur, use_mask)
+    return blend_flow_init(warped, current, blend, mask)

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import imageio_ffmpeg
@@ -31,6 +32,18 @@ CONTAINERS = {"h264": ("mp4", (".mp4", ".mov", ".m4v")),
 
 class VideoError(ValueError):
     """A video file is missing, unreadable, or ffmpeg failed on it."""
+
+    stderr = ""
+    """ffmpeg's whole stderr when ffmpeg failed."""
+
+
+class VideoTooLarge(VideoError):
+    """The video's frames have more pixels than the caller allows."""
+
+    def __init__(self, path, width: int, height: int, max_pixels: int):
+        super().__init__(f"cannot read video {path}: frame size {width}x{height} is more than "
+                         f"{max_pixels} pixels")
+        self.width, self.height, self.max_pixels = width, height, max_pixels
 
 
 @dataclass(frozen=True)
@@ -51,16 +64,39 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+_CLOSING = (r"Conversion failed!|Error while processing the decoded data|Nothing was written into output file"
+            r"|Task finished with error code|Terminating thread with|Decode error rate .* exceeds maximum"
+            r"|Could not open encoder before EOF|Cannot determine format of input .* after EOF"
+            r"|Last message repeated|Error number -?\d+ occurred")
+"""ffmpeg's generic closing lines: they say that something failed, not what."""
+_WRAPPING = r"Decoding error: |Error while decoding stream|Consider increasing the value for the"
+"""Lines that only pass a reason on (the component that found it said more, earlier)."""
+_CLOSING_LINE = re.compile(f"^({_CLOSING})")
+_GENERIC_LINE = re.compile(f"^({_CLOSING}|{_WRAPPING})")
+_NOT_ERRORS = ("frame=", "size=", "video:", "Input #", "Output #", "Stream mapping:", "Press [q]")
+"""Progress and the description of the inputs and outputs (their lines within are indented)."""
+
+
 def _error_line(stderr: str) -> str:
-    """ffmpeg's last meaningful stderr line, without its ``[component @ 0x..]`` prefix
-    (a map of the video stream that matches nothing says so: the file has no video)."""
+    """ffmpeg's most specific stderr line: the last one that is neither a generic closing
+    line ("Conversion failed!") nor a wrapping one, else the last wrapping line, else the
+    last closing one; without its ``[component @ 0x..]`` prefixes (a map of the video
+    stream that matches nothing says so: the file has no video)."""
     if re.search(r"Stream map '[^']*' matches no streams", stderr) and "Video:" not in stderr:
         return "no video stream (an audio-only file?)"
-    for line in reversed(stderr.strip().splitlines()):
-        line = re.sub(r"^\[[^\]]*\]\s*", "", line.strip())
-        if line and not line.startswith(("frame=", "size=", "video:")):
-            return line.removeprefix("Error opening input files: ")
-    return "unknown ffmpeg error"
+    generic = []
+    for raw in reversed(stderr.rstrip().splitlines()):
+        if raw[:1].isspace():
+            continue
+        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", raw.strip())
+        if not line or line.startswith(_NOT_ERRORS):
+            continue
+        if _GENERIC_LINE.match(line):
+            generic.append(line)
+            continue
+        return line.removeprefix("Error opening input files: ")
+    return next((line for line in generic if not _CLOSING_LINE.match(line)),
+                generic[0] if generic else "unknown ffmpeg error")
 
 
 def _run_ffmpeg(args: list[str], what: str,
@@ -68,7 +104,9 @@ def _run_ffmpeg(args: list[str], what: str,
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
     result = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise VideoError(f"{what}: {_error_line(result.stderr)}")
+        error = VideoError(f"{what}: {_error_line(result.stderr)}")
+        error.stderr = result.stderr
+        raise error
     return result
 
 
@@ -99,18 +137,48 @@ def parse_stream_header(stderr: str, path: Path) -> tuple[str, str, int, int, fl
             fps, duration)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read a video's frame count (packets counted, no decoding), rate, size and codec."""
+def _pixel_limit(max_pixels: int | None) -> list[str]:
+    """ffmpeg's decoder option that refuses larger frames before allocating them."""
+    return [] if max_pixels is None else ["-max_pixels", str(int(max_pixels))]
+
+
+def _run_limited(args: list[str], path: Path, what: str, max_pixels: int | None,
+                 stdout=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """``_run_ffmpeg`` on ``path`` with the pixel limit; a frame over it is VideoTooLarge."""
+    try:
+        return _run_ffmpeg([*_pixel_limit(max_pixels), "-i", str(path), *args], what, stdout)
+    except VideoError as exc:
+        too_big = max_pixels is not None and re.search(
+            r"Picture size (\d+)x(\d+) (?:exceeds specified max pixel count|is invalid)", exc.stderr)
+        if too_big and int(too_big.group(1)) * int(too_big.group(2)) > max_pixels:
+            raise VideoTooLarge(path, int(too_big.group(1)), int(too_big.group(2)), max_pixels) from None
+        raise
+
+
+def probe_video(path: str | os.PathLike, max_pixels: int | None = None) -> VideoInfo:
+    """Read a video's frame count (packets counted, no decoding), rate, size and codec.
+    ``max_pixels``: frames larger than that are refused (VideoTooLarge), whether ffmpeg's
+    probing would decode them (it does for PNG and other image codecs) or not."""
     path = _existing_video(path)
-    result = _run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null",
-                          "-progress", "pipe:1", "-nostats", "-"],
-                         f"cannot read video {path}", stdout=subprocess.PIPE)
+    result = _run_limited(["-map", "0:v:0", "-c", "copy", "-f", "null", "-progress", "pipe:1",
+                           "-nostats", "-"], path, f"cannot read video {path}", max_pixels,
+                          stdout=subprocess.PIPE)
     codec, pix_fmt, width, height, fps, duration = parse_stream_header(result.stderr, path)
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoTooLarge(path, width, height, max_pixels)
     counts = re.findall(r"^frame=(\d+)", result.stdout, flags=re.MULTILINE)
     frames = int(counts[-1]) if counts else 0
     if frames == 0:
         raise VideoError(f"cannot read video {path}: it has no frames")
     return VideoInfo(frames, fps, width, height, codec, pix_fmt, duration)
+
+
+def decode_first_frame(path: str | os.PathLike, max_pixels: int | None = None) -> None:
+    """Decode the video's first frame (and nothing is written): VideoError with the
+    decoder's reason if it cannot (packets that probe fine can still hold garbage)."""
+    path = _existing_video(path)
+    _run_limited(["-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"], path,
+                 f"cannot decode video {path}", max_pixels)
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -200,12 +268,14 @@ def _encoder_args(codec: str, crf: int) -> list[str]:
 
 
 def stitch(frames: list[str | os.PathLike], out_path: str | os.PathLike, fps: float = 12,
-           crf: int = 17, codec: str = "h264", blend: float = 0.0) -> Path:
+           crf: int = 17, codec: str = "h264", blend: float = 0.0,
+           blend_pair: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None) -> Path:
     """Encode image files (all the same size) into a video; returns ``out_path``.
 
     ``codec``: "h264" (mp4, libx264, yuv420p), "webm" (VP9, yuv420p) or "gif" (palette).
     ``crf`` is the constant-quality value for h264 (0-51) and VP9 (0-63); GIF ignores it.
-    ``blend`` in [0, 1) mixes each frame with the one before (frame 0 stays as is).
+    ``blend`` in [0, 1) mixes each frame with the one before (frame 0 stays as is):
+    linearly, or as ``blend_pair(previous, current, position)`` says (e.g. along a flow).
     """
     if codec not in CONTAINERS:
         raise VideoError(f"unknown video codec {codec!r}; expected one of {sorted(CONTAINERS)}")
@@ -239,13 +309,17 @@ def stitch(frames: list[str | os.PathLike], out_path: str | os.PathLike, fps: fl
                                        stderr=stderr)
             try:
                 previous = None
-                for path in paths:
+                for position, path in enumerate(paths):
                     frame = first if previous is None else _read_rgb(path)
                     if frame.shape != first.shape:
                         raise VideoError(f"frame {path} is {frame.shape[1]}x{frame.shape[0]}, "
                                          f"the first frame is {width}x{height}")
-                    out = frame if previous is None or blend == 0 else \
-                        blend_consecutive(previous, frame, blend)
+                    if previous is None or blend == 0:
+                        out = frame
+                    elif blend_pair is not None:
+                        out = blend_pair(previous, frame, position)
+                    else:
+                        out = blend_consecutive(previous, frame, blend)
                     process.stdin.write(np.ascontiguousarray(out).tobytes())
                     previous = frame
                 process.stdin.close()

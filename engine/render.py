@@ -47,7 +47,8 @@ from engine.spec import CUT_SLOTS, RenderSpec
 from engine.syncs import sync_check
 from engine.unet import unet_forward
 
-__all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8", "check_renderable_together"]
+__all__ = ["Renderer", "RenderCancelled", "EngineCounters", "validate_spec", "to_uint8", "check_renderable_together",
+           "image_prompt_size"]
 
 IMAGE_PROMPT_CUTS = 16
 """Cuts per image prompt (DD's ``cutn`` for image prompts); each gets weight/16."""
@@ -208,6 +209,25 @@ def out_of_memory_message(spec: RenderSpec, images: int = 1) -> str:
     )
 
 
+IMAGE_PROMPT_LONG_SIDE = 4
+"""An image prompt's long side is at most this many times the frame's long side."""
+
+
+def image_prompt_size(width: int, height: int, frame_width: int, frame_height: int) -> tuple[int, int] | None:
+    """(width, height) to resize an image prompt to, or None to keep it. DD's rule: the short
+    side becomes min(frame width, frame height, its own short side), keeping the aspect; then
+    the long side is capped at IMAGE_PROMPT_LONG_SIDE x the frame's long side (a thin image
+    would otherwise make huge padded tensors in ``image_prompt_cutouts``); sides >= 1 px."""
+    short, long = min(width, height), max(width, height)
+    scale = min(frame_width, frame_height, short) / short
+    cap = IMAGE_PROMPT_LONG_SIDE * max(frame_width, frame_height)
+    if long * scale > cap:
+        scale = cap / long
+    if scale == 1:
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 class Renderer:
     """Renders RenderSpecs with one loaded ``ModelSet``.
 
@@ -344,17 +364,15 @@ class Renderer:
         return [cache[(clip.name, t)] for t in texts]
 
     def _image_prompt_pixels(self, image: ImageLike, spec: RenderSpec) -> torch.Tensor:
-        """DD: the prompt image's short side resized to min(width, height, its own sides)."""
+        """The prompt image resized as ``image_prompt_size`` says (DD's rule, long side capped)."""
         from PIL import Image
 
         tensor = image_to_tensor(image, None, None, "image prompt")
         h, w = tensor.shape[-2:]
-        short = min(spec.width, spec.height, w, h)
-        if min(w, h) != short:
-            scale = short / min(w, h)
-            new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        size = image_prompt_size(w, h, spec.width, spec.height)
+        if size is not None:
             array = (tensor[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            resized = Image.fromarray(array).resize((new_w, new_h), Image.LANCZOS)
+            resized = Image.fromarray(array).resize(size, Image.LANCZOS)
             tensor = image_to_tensor(resized, None, None, "image prompt")
         return tensor
 

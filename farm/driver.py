@@ -451,7 +451,7 @@ class RenderSession:
             if state.state == "succeeded" and len(entries) == len(job.plan.output_frames):
                 if job.plan.is_animation:
                     what = f"video.{job.plan.animation.video_format}"
-                    extra["video"] = make_video(job.out, job.plan, entries)
+                    extra["video"] = make_video(job.out, job.plan, entries, inputs=job.inputs)
                 else:
                     what = "contact_sheet.png"
                     job.out.contact_sheet(list(entries.values()))
@@ -471,15 +471,35 @@ class RenderSession:
         ray.kill(self._board)
 
 
-def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = None) -> str:
-    """Stitch finished frames (frame 0 included, index order) into the scene's video format."""
+def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = None,
+               inputs: JobInputs | None = None) -> str:
+    """Stitch finished frames (frame 0 included, index order) into the scene's video format.
+    video_blend mixes each frame with the one before: linearly, or in Video Input as
+    video_init_blend_mode says (none; linear; optical flow: the frame before moved along the
+    input video's motion first, DD's create-video blend)."""
     from animation.video import stitch
 
     settings = plan.animation
     codec = {"mp4": "h264", "webm": "webm", "gif": "gif"}[settings.video_format]
     name = name or f"video.{settings.video_format}"
+    blend, blend_pair = min(settings.video_blend, 0.99), None
+    if settings.mode == "Video Input" and settings.video_init_blend_mode == "none":
+        blend = 0.0
+    elif (settings.mode == "Video Input" and settings.video_init_blend_mode == "optical flow" and blend
+          and inputs is not None and inputs.video_frames_dir is not None):
+        from animation.flow import flow_blend_frames
+
+        indices = sorted(entries)
+
+        def blend_pair(previous, current, position):
+            before, now = (plan.frames[indices[p]] for p in (position - 1, position))
+            size = (now.render.width, now.render.height)
+            return flow_blend_frames(previous, current,
+                                     inputs.video_frame(before.init.video_frame, settings.extract_nth_frame, size),
+                                     inputs.video_frame(now.init.video_frame, settings.extract_nth_frame, size),
+                                     blend, use_mask=settings.video_init_check_consistency)
     # ffmpeg needs local files: a URI's frames are copied to a temporary folder, the video uploaded
     with out.local_files([entries[i].file for i in sorted(entries)]) as frames, out.local_target(name) as target:
-        stitch(frames, target, fps=settings.fps, crf=settings.video_crf, codec=codec,
-               blend=min(settings.video_blend, 0.99))
+        stitch(frames, target, fps=settings.fps, crf=settings.video_crf, codec=codec, blend=blend,
+               blend_pair=blend_pair)
     return name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -18,14 +19,27 @@ class InputError(ValueError):
     pass
 
 
+_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def url_problem(text: str) -> str | None:
+    """The one-line problem with an input path that is a URL (``scheme://...``: http, https,
+    file, s3, ...), or None for a path. URLs are never fetched."""
+    if not isinstance(text, str) or not _URL.match(text):
+        return None
+    return (f"'{text.strip()}' is a URL; URLs are not read: download the file into the "
+            "scene's folder and give its path")
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or "corrupt file"
 
 
 def check_image(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file after checking it: the header, the size limit,
-    Pillow's verify (for PNG it reads every chunk and checks its CRC), then a full decode
-    (a PNG with valid CRCs can still hold too little or broken pixel data). Raises InputError."""
+    """(width, height) of an image file as shown (after its EXIF orientation) after checking
+    it: the header, the size limit, Pillow's verify (for PNG it reads every chunk and checks
+    its CRC), then a full decode (a PNG with valid CRCs can still hold too little or broken
+    pixel data). Raises InputError."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -33,12 +47,12 @@ def check_image(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
-                image_format = image.format
                 if width * height > MAX_IMAGE_PIXELS:
                     raise InputError(f"image is too large: {width}x{height} is more than {MAX_IMAGE_PIXELS} pixels")
                 image.verify()
             with Image.open(path) as image:
                 image.load()
+                width, height = _upright(image).size
     except FileNotFoundError:
         raise InputError("not found") from None
     except UnidentifiedImageError:
@@ -52,14 +66,57 @@ def check_image(path: str | Path) -> tuple[int, int]:
     return width, height
 
 
+def _upright(image):
+    """The image turned as viewers show it (its EXIF orientation applied); as it is when
+    the EXIF block is too damaged to read, as viewers do."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block can raise almost anything
+        return image
+
+
+def to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 levels of a one-channel image of Pillow mode I;16*, I or F (Pillow clips them
+    at 255 instead of scaling). I;16: 0..65535. I: 0..65535 when every value fits (Pillow's
+    mode for some 16-bit files), else 0..2**31-1. F: 0..1 when the largest finite value is
+    <= 1, else 0..255 when it is <= 255, else 0..65535. Values outside the range are
+    clipped, NaN is black, +inf white."""
+    values = np.array(values, dtype=np.float32)  # a copy, changed in place below
+    peak = float(np.max(values, where=np.isfinite(values), initial=0.0))
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "I":
+        top = 65535.0 if peak <= 65535 else float(2**31 - 1)
+    else:
+        top = 1.0 if peak <= 1 else 255.0 if peak <= 255 else 65535.0
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=top, neginf=0.0)
+    np.clip(values, 0.0, top, out=values)
+    values *= 255.0 / top
+    return np.rint(values, out=values).astype(np.uint8)
+
+
+def _rgb(image):
+    """An RGB copy of an image of any mode Pillow reads; 16-bit, 32-bit and float grey
+    are scaled to 8 bits (see ``to_8bit``), not clipped."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return Image.fromarray(to_8bit(np.asarray(image), image.mode), "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An RGB uint8 HxWx3 image, optionally resized to (width, height); one-line errors."""
+    """An RGB uint8 HxWx3 image as viewers show it (EXIF orientation applied), optionally
+    resized to (width, height); 16-bit and float grey scaled as ``to_8bit`` says. One-line
+    errors."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = image.convert("RGB")
+            rgb = _rgb(_upright(image))
     except FileNotFoundError:
         raise InputError(f"image '{path}' not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -70,8 +127,9 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
 
 
 def check_video(path: str | Path):
-    """The input video's VideoInfo (frames counted by ffmpeg); InputError if ffmpeg cannot
-    read it. Cached per file version, so validating then planning probes once."""
+    """The input video's VideoInfo (frames counted by ffmpeg) after checking that its frames
+    are within MAX_IMAGE_PIXELS and that its first frame decodes; InputError if not. Cached
+    per file version, so validating then planning probes once."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -84,15 +142,20 @@ def check_video(path: str | Path):
 
 @functools.lru_cache(maxsize=32)
 def _probe(path: str, size: int, mtime_ns: int):
-    from animation.video import VideoError, probe_video
+    from animation.video import VideoError, VideoTooLarge, decode_first_frame, probe_video
 
     try:
-        return probe_video(path)
+        info = probe_video(path, max_pixels=MAX_IMAGE_PIXELS)
+        decode_first_frame(path, max_pixels=MAX_IMAGE_PIXELS)
+    except VideoTooLarge as exc:
+        raise InputError(f"frame size {exc.width}x{exc.height} is more than {exc.max_pixels} pixels") from None
     except VideoError as exc:
         reason = str(exc)
-        for prefix in (f"cannot read video {path}: ", f"video file not found: {path}"):
+        for prefix in (f"cannot read video {path}: ", f"cannot decode video {path}: ",
+                       f"video file not found: {path}"):
             reason = reason.removeprefix(prefix)
         raise InputError(f"not a readable video: {reason or 'not found'}") from None
+    return info
 
 
 def count_video_frames(path: str | os.PathLike) -> int:

@@ -128,7 +128,7 @@ class AnimationSettings:
 
 CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "midas_depth_model", "midas_weight",
                   "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
-                  "video_init_check_consistency", "video_init_blend_mode")
+                  "video_init_check_consistency")
 """Scene-wide settings that decide how finished frames are carried into the next one
 (warp, depth, colour match, flow): part of the hash of every frame made from another."""
 

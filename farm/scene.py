@@ -340,7 +340,10 @@ def live_open_clip_registry() -> ClipRegistry:
     pretrained: dict[str, list[str]] = {}
     for arch, tag in open_clip.list_pretrained():
         pretrained.setdefault(arch, []).append(tag)
-    return ClipRegistry(_installed_open_clip_version(), tuple(open_clip.list_models()),
+    from engine.tiny import MODEL_CONFIG_DIR
+
+    ours = {path.stem for path in MODEL_CONFIG_DIR.glob("*.json")}  # tiny test models join once one is built
+    return ClipRegistry(_installed_open_clip_version(), tuple(m for m in open_clip.list_models() if m not in ours),
                         MappingProxyType({a: tuple(t) for a, t in pretrained.items()}))
 
 
@@ -653,6 +656,10 @@ def _check_schedules(values, where, problem, frames: int) -> None:
 
 def resolve_input_path(text: str, base_dir: Path, roots: tuple[Path, ...]) -> Path:
     """A scene's input file, relative to the scene's folder, confined to the allowed roots."""
+    from farm.inputs import url_problem
+
+    if problem := url_problem(text):
+        raise _Bad(problem)
     candidate = Path(os.path.expanduser(text))
     try:
         resolved = (candidate if candidate.is_absolute() else base_dir / candidate).resolve()

@@ -135,7 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("video_init_flow_warp", "bool", True, "Warp the previous output by the video's optical flow.", "video"),
     _s("video_init_flow_blend", "number", 0.999, "Blend of the flow-warped output (1) against the video frame (0).", "video", minimum=0, maximum=1),
     _s("video_init_check_consistency", "bool", True, "Take the video frame where the flow is unreliable (forward-backward check).", "video"),
-    _s("video_init_blend_mode", "choice", "optical flow", "How to carry the previous output: none, linear or optical flow.", "video", choices=("none", "linear", "optical flow")),
+    _s("video_init_blend_mode", "choice", "optical flow", "Video Input: how the output video mixes each frame with the one before, by video_blend: none, linear, or optical flow (the frame before moved along the input video's motion first; DD's create-video blend_mode).", "video", choices=("none", "linear", "optical flow")),
     _s("video_init_steps", "int_keyframes", 100, "steps in Video Input mode (at least 2).", "video", minimum=2, maximum=MAX_STEPS),
     _s("video_init_clip_guidance_scale", "keyframes", 1000, "clip_guidance_scale in Video Input mode.", "video", minimum=0),
     _s("video_init_tv_scale", "keyframes", 0.1, "tv_scale in Video Input mode.", "video", minimum=0),
@@ -205,7 +205,7 @@ UNSUPPORTED: dict[str, str] = {
     "retain_overwritten_frames": "resume is automatic: finished frames are kept",
     "use_adabins": "AdaBins depth is not supported: 3D uses MiDaS DPT only",
     "midas_model_type": "use midas_depth_model",
-    "blend_mode": "use video_blend (linear blending) or video_init_blend_mode",
+    "blend_mode": "use video_init_blend_mode (with video_blend for DD's blend)",
     "angle_series": "use angle (keyframes)",
 }
 

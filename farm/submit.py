@@ -134,7 +134,22 @@ def _load_inputs(scene: Scene, inputs) -> None:
         for prompt in prompts:
             if prompt.text not in inputs.image_prompts:
                 path = Path(prompt.text)
-                inputs.image_prompts[prompt.text] = load_image(path if path.is_absolute() else scene.base_dir / path)
+                inputs.image_prompts[prompt.text] = _image_prompt(path if path.is_absolute() else scene.base_dir / path,
+                                                                  size)
+
+
+def _image_prompt(path: Path, frame_size: tuple[int, int]):
+    """An image prompt at the size the renderer would resize it to (the same pixels: it
+    keeps that size), so that a large photo is not sent to the actors with every frame."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.render import image_prompt_size
+    from farm.inputs import load_image
+
+    image = load_image(path)
+    size = image_prompt_size(image.shape[1], image.shape[0], *frame_size)
+    return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
 def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:

@@ -156,3 +156,78 @@ def test_stitch_reports_missing_frame_and_empty_list(frame_files, tmp_path):
         stitch([], tmp_path / "c.mp4")
     with pytest.raises(VideoError, match="every_nth must be an integer >= 1"):
         extract_frames(frame_files[0], tmp_path / "o", every_nth=0)
+
+
+# -- pixel limit, undecodable packets, ffmpeg's most telling error line -----------------------
+
+def _png_mov(path, frames=3):
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc=size=64x48:rate=12:duration={frames / 12}", "-c:v", "png",
+                    str(path)], check=True)
+    return path
+
+
+def _zero_mdat(path):
+    """Zero the payload of the mdat box: the index still finds every packet, but no PNG."""
+    data = bytearray(path.read_bytes())
+    at = 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        if data[at + 4:at + 8] == b"mdat":
+            data[at + 8:at + size] = bytes(size - 8)
+            path.write_bytes(bytes(data))
+            return path
+        at += size
+    raise AssertionError("no mdat box")
+
+
+def test_probe_refuses_frames_over_max_pixels(frame_files, tmp_path):
+    from animation.video import VideoTooLarge
+
+    video = stitch(frame_files[:2], tmp_path / "clip.mp4")
+    assert probe_video(video, max_pixels=WIDTH * HEIGHT).frames == 2
+    with pytest.raises(VideoTooLarge, match=f"frame size {WIDTH}x{HEIGHT} is more than 1000 pixels") as error:
+        probe_video(video, max_pixels=1000)
+    assert (error.value.width, error.value.height, error.value.max_pixels) == (WIDTH, HEIGHT, 1000)
+    still = tmp_path / "still.png"  # ffmpeg decodes image codecs while probing: refused before that
+    cv2.imwrite(str(still), np.zeros((300, 400, 3), np.uint8))
+    with pytest.raises(VideoTooLarge, match="frame size 400x300 is more than 100000 pixels"):
+        probe_video(still, max_pixels=100_000)
+
+
+def test_undecodable_packets_fail_with_the_decoders_reason_not_conversion_failed(tmp_path):
+    from animation.video import decode_first_frame
+
+    good = _png_mov(tmp_path / "good.mov")
+    decode_first_frame(good)
+    broken = _zero_mdat(_png_mov(tmp_path / "broken.mov"))
+    assert probe_video(broken).frames == 3
+    for call in (lambda: decode_first_frame(broken), lambda: extract_frames(broken, tmp_path / "o")):
+        with pytest.raises(VideoError, match=r"broken\.mov: Invalid PNG signature") as error:
+            call()
+        assert "\n" not in str(error.value) and "Conversion failed" not in str(error.value)
+
+
+def test_error_line_skips_generic_closing_lines_and_stream_descriptions():
+    from animation.video import _error_line
+
+    stderr = ("[png @ 0x1] Invalid PNG signature 0x00000000.\n"
+              "    Last message repeated 3 times\n"
+              "[vist#0:0/png @ 0x2] [dec:png @ 0x3] Decoding error: Invalid data found when processing input\n"
+              "Output #0, null, to 'pipe:':\n"
+              "  Stream #0:0: Video: wrapped_avframe, rgb24, 64x64\n"
+              "      vendor_id       : FFMP\n"
+              "[vist#0:0/png @ 0x2] [dec:png @ 0x3] Decode error rate 0.8 exceeds maximum 0.67\n"
+              "[vist#0:0/png @ 0x2] [dec:png @ 0x3] Task finished with error code: -1 (Error number -1 occurred)\n"
+              "frame=    1 fps=0.0 q=-0.0 Lsize=N/A\n"
+              "Conversion failed!\n")
+    assert _error_line(stderr) == "Invalid PNG signature 0x00000000."
+    only_generic = stderr.split("\n", 2)[2]
+    assert _error_line(only_generic) == "Decoding error: Invalid data found when processing input"
+    assert _error_line("Conversion failed!\n") == "Conversion failed!"
+    assert _error_line("Error opening input files: Invalid data found when processing input\n") == \
+        "Invalid data found when processing input"

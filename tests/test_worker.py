@@ -1,6 +1,8 @@
 """End to end without Ray: 2D, 3D and Video Input animations with tiny models, each
 frame's init checked to be the warped previous frame (or the flow-warped output)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,47 @@ def test_turbo_skipped_frames_blend_two_warped_chains_like_dd(renderer):
     assert np.array_equal(outputs[5], expected) and np.array_equal(inits[5], expected)
     # the next diffused frame continues the newer chain, not the blended frame
     assert np.array_equal(inits[6], warp(outputs[3], (4, 5, 6)))
+
+
+@pytest.mark.parametrize("mode", ["optical flow", "linear", "none"])
+def test_the_video_blends_video_input_frames_as_video_init_blend_mode_says(tmp_path, mode):
+    """DD's create-video blend: 'optical flow' moves the frame before along the input
+    video's motion before mixing it in by video_blend; 'linear' mixes it as it is; 'none'
+    leaves the frames alone."""
+    import cv2
+
+    from animation.flow import flow_blend_frames
+    from animation.video import blend_consecutive
+    from farm.driver import JobInputs, make_video
+    from farm.output import OutputFolder
+
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (64, 112, 3), dtype=np.uint8), (0, 0), 2)
+    video = [np.ascontiguousarray(texture[:, 6 * i:6 * i + 64]) for i in range(3)]  # the camera pans
+    outputs = [np.clip(v.astype(int) + 40 * i, 0, 255).astype(np.uint8) for i, v in enumerate(video)]
+    frames_dir = tmp_path / "out" / ".video-frames"
+    frames_dir.mkdir(parents=True)
+    for i, frame in enumerate(video):
+        cv2.imwrite(str(frames_dir / f"{i:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (tmp_path / "in.mp4").write_bytes(b"x")
+    scene = parse_scene(FAST + "animation_mode: Video Input\nvideo_init_path: in.mp4\nextract_nth_frame: 1\n"
+                        f"video_blend: 0.5\nvideo_init_blend_mode: {mode}\nvideo_crf: 0\n", base_dir=tmp_path)
+    plan = resolve(scene, video_frames=3)
+    folder = OutputFolder(tmp_path / "out")
+    entries = {}
+    for frame, pixels in zip(plan.frames, outputs):
+        file, _ = folder.write_frame("frame", frame.index, pixels)
+        entries[frame.index] = SimpleNamespace(file=file)  # make_video reads the file name only
+    make_video(folder, plan, entries, inputs=JobInputs(video_frames_dir=frames_dir))
+    decoded = []
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "video.mp4"))
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(int))
+    assert len(decoded) == 3
+    expected = {"optical flow": flow_blend_frames(outputs[1], outputs[2], video[1], video[2], 0.5),
+                "linear": blend_consecutive(outputs[1], outputs[2], 0.5), "none": outputs[2]}
+    errors = {name: np.abs(decoded[2] - image.astype(int)).mean() for name, image in expected.items()}
+    assert min(errors, key=errors.get) == mode and errors[mode] < 3, errors

@@ -1,0 +1,291 @@
+"""Input media read as users see them: 16-bit and float grey scaled (not clipped), EXIF
+orientation applied, URLs named as such, oversized or undecodable videos refused at
+validation, and thin image prompts capped before they reach the cutouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from animation.video import ffmpeg_exe, probe_video
+from farm.inputs import MAX_IMAGE_PIXELS, InputError, check_image, check_video, load_image, url_problem
+
+
+# -- 16-bit, 32-bit and float grey --------------------------------------------------------
+
+def test_mid_grey_16bit_png_loads_as_mid_grey_not_white(tmp_path):
+    path = tmp_path / "gray16.png"
+    levels = np.full((8, 8), 32768, np.uint16)
+    levels[0, :2] = (0, 65535)
+    Image.fromarray(levels).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I;16")  # the mode Pillow clipped at 255
+    pixels = load_image(path)
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8
+    assert (pixels[1:] == 128).all()
+    assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, 1].tolist() == [255, 255, 255]
+    assert (load_image(path, (4, 4))[2:] == 128).all()  # resized after scaling
+
+
+def test_float_tiff_in_0_to_1_loads_as_grey_not_black(tmp_path):
+    path = tmp_path / "half.tiff"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(path)
+    with Image.open(path) as image:
+        assert image.mode == "F"
+    assert (load_image(path) == 128).all()
+
+
+def test_float_tiff_on_the_0_to_255_scale_and_16bit_tiff(tmp_path):
+    floats = tmp_path / "f255.tiff"
+    Image.fromarray(np.full((4, 4), 200.0, np.float32), "F").save(floats)
+    assert (load_image(floats) == 200).all()
+    tiff16 = tmp_path / "g16.tiff"
+    Image.fromarray(np.full((4, 4), 16384, np.uint16)).save(tiff16)
+    assert (load_image(tiff16) == 64).all()
+
+
+def test_32bit_int_image_holding_16bit_values_is_scaled_from_16_bits(tmp_path):
+    path = tmp_path / "i32.tiff"
+    Image.fromarray(np.full((4, 4), 49152, np.int32), "I").save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I"
+    assert (load_image(path) == 191).all()
+
+
+def test_16bit_rgb_png_still_loads_with_its_colours(tmp_path):
+    path = tmp_path / "rgb16.png"
+    bgr = np.zeros((4, 4, 3), np.uint16)
+    bgr[..., 2] = 65535  # red (cv2 writes BGR)
+    bgr[..., 1] = 32768
+    cv2.imwrite(str(path), bgr)
+    pixels = load_image(path)
+    assert pixels[..., 0].min() == 255 and abs(int(pixels[..., 1].mean()) - 128) <= 1
+    assert (pixels[..., 2] == 0).all()
+
+
+# -- EXIF orientation -----------------------------------------------------------------------
+
+def _red_left_jpeg(path, orientation: int):
+    """64 wide x 32 high as stored, the left half red, the right half blue."""
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_exif_orientation_6_loads_rotated_as_viewers_show_it(tmp_path):
+    path = tmp_path / "phone.jpg"
+    _red_left_jpeg(path, 6)
+    pixels = load_image(path)
+    assert pixels.shape == (64, 32, 3)  # 32 wide, 64 high
+    top, bottom = pixels[:28].reshape(-1, 3).mean(0), pixels[36:].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 50  # rotated 90 degrees clockwise: red on top
+    assert bottom[2] > 200 and bottom[0] < 50
+    assert check_image(path) == (32, 64)
+    assert load_image(path, (16, 16)).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(tmp_path, orientation):
+    path = tmp_path / f"o{orientation}.jpg"
+    _red_left_jpeg(path, orientation)
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    pixels = load_image(path)
+    assert np.array_equal(pixels, expected)
+    assert check_image(path) == (pixels.shape[1], pixels.shape[0])
+
+
+def test_exif_orientation_in_a_png_turns_it_too(tmp_path):
+    path = tmp_path / "turned.png"
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(path, exif=exif.tobytes())
+    assert check_image(path) == (10, 30)
+    assert load_image(path).shape == (30, 10, 3)
+
+
+# -- URLs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["http://127.0.0.1:1/x.png", "https://example.com/a.jpg",
+                                  "file:///etc/passwd", "s3://bucket/key.png", " HTTP://x"])
+def test_urls_are_named_as_urls(text):
+    problem = url_problem(text)
+    assert problem.startswith(f"'{text.strip()}' is a URL") and "download the file" in problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize("text", ["init.png", "sub/http.png", "with space.png", "a:b.png",
+                                  "C:\\pictures\\x.png", "/abs/path.png", "~/x.png"])
+def test_paths_are_not_urls(text):
+    assert url_problem(text) is None
+
+
+# -- input videos ---------------------------------------------------------------------------
+
+def test_video_with_frames_over_the_pixel_limit_is_refused(tmp_path):
+    """A PNG is a one-frame video to ffmpeg; before, this one validated (and decoded in full)."""
+    path = tmp_path / "huge.png"
+    Image.new("1", (8200, 8200)).save(path)
+    assert 8200 * 8200 > MAX_IMAGE_PIXELS
+    with pytest.raises(InputError) as error:
+        check_video(path)
+    assert str(error.value) == f"frame size 8200x8200 is more than {MAX_IMAGE_PIXELS} pixels"
+
+
+def _png_mov(path, frames: int = 3):
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc=size=64x48:rate=12:duration={frames / 12}", "-c:v", "png",
+                    str(path)], check=True)
+    return path
+
+
+def zero_mdat(path):
+    """Zero the payload of the file's mdat box: the packets stay where the index says, but
+    hold no PNG (the audit's zeroed_png.mov)."""
+    data = bytearray(path.read_bytes())
+    at = 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        if data[at + 4:at + 8] == b"mdat":
+            data[at + 8:at + size] = bytes(size - 8)
+            path.write_bytes(bytes(data))
+            return path
+        at += size
+    raise AssertionError("no mdat box")
+
+
+def test_video_that_probes_but_does_not_decode_is_refused_with_the_decoders_reason(tmp_path):
+    good = _png_mov(tmp_path / "good.mov")
+    assert check_video(good).frames == 3
+    broken = zero_mdat(_png_mov(tmp_path / "broken.mov"))
+    assert probe_video(broken).frames == 3  # the packets are all there
+    with pytest.raises(InputError) as error:
+        check_video(broken)
+    message = str(error.value)
+    assert message.startswith("not a readable video: ") and "PNG signature" in message
+    assert "Conversion failed" not in message and "\n" not in message
+
+
+# -- image prompts --------------------------------------------------------------------------
+
+def test_image_prompt_size_keeps_dds_rule_for_normal_aspects():
+    from engine.render import image_prompt_size
+
+    frames = [(64, 64), (1280, 768), (768, 1280), (512, 448)]
+    images = [(80, 48), (48, 80), (3000, 2000), (1024, 4096), (4096, 1024), (30, 20), (64, 256)]
+    for frame_w, frame_h in frames:
+        for w, h in images:
+            short = min(frame_w, frame_h, w, h)  # DD, as the renderer did before the cap
+            scale = short / min(w, h)
+            before = None if min(w, h) == short else (max(1, round(w * scale)), max(1, round(h * scale)))
+            assert image_prompt_size(w, h, frame_w, frame_h) == before, (w, h, frame_w, frame_h)
+
+
+def test_image_prompt_size_caps_a_thin_image_keeping_its_aspect():
+    from engine.render import image_prompt_size
+
+    assert image_prompt_size(3, 20000, 64, 64) == (1, 256)
+    assert image_prompt_size(20000, 3, 64, 48) == (256, 1)
+    assert image_prompt_size(300, 20000, 1280, 768) == (77, 5120)
+    assert image_prompt_size(1, 1, 64, 64) is None
+
+
+def test_image_prompt_size_is_final_once_applied():
+    """A prompt shrunk when loaded is not resampled again by the renderer."""
+    from engine.render import image_prompt_size
+
+    for frame in ((64, 64), (1280, 768), (100, 37)):
+        for w, h in ((3, 20000), (20000, 3), (300, 20000), (3000, 2000), (999, 333), (7, 5000)):
+            size = image_prompt_size(w, h, *frame) or (w, h)
+            assert image_prompt_size(*size, *frame) is None, (w, h, frame)
+
+
+@pytest.fixture(scope="module")
+def tiny_renderer():
+    import torch
+
+    from engine.models import ModelSet
+    from engine.render import Renderer
+    from engine.spec import ModelSetSpec
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    return Renderer(ModelSet(ModelSetSpec(diffusion_model="tiny", use_secondary_model=False,
+                                          clip_models=("tiny-vit::random",)), "cpu"))
+
+
+def _spec(**changes):
+    from engine.spec import CutSchedule, GuidanceSettings, RenderSpec, SamplerSettings, WeightedPrompt
+
+    return RenderSpec(width=64, height=64, seed=3, text_prompts=(WeightedPrompt("an apple", 1.0),),
+                      sampler=SamplerSettings(steps=4, skip_steps=2),
+                      guidance=GuidanceSettings(cutn_batches=1),
+                      cuts=CutSchedule(overview=(2,) * 1000, innercut=(2,) * 1000),
+                      models=_tiny_models(), **changes)
+
+
+def _tiny_models():
+    from engine.spec import ModelSetSpec
+
+    return ModelSetSpec(diffusion_model="tiny", use_secondary_model=False, clip_models=("tiny-vit::random",))
+
+
+def test_normal_image_prompts_get_exactly_the_pixels_they_got_before(tiny_renderer):
+    import torch
+
+    from engine.render import image_to_tensor
+
+    spec = _spec()
+    rng = np.random.default_rng(1)
+    for shape in ((120, 200, 3), (48, 80, 3), (40, 30, 3)):
+        picture = rng.integers(0, 256, shape, dtype=np.uint8)
+        h, w = shape[:2]
+        short = min(64, 64, w, h)  # the renderer's code before the cap
+        expected = image_to_tensor(picture, None, None, "image prompt")
+        if min(w, h) != short:
+            scale = short / min(w, h)
+            resized = Image.fromarray(picture).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                      Image.LANCZOS)
+            expected = image_to_tensor(resized, None, None, "image prompt")
+        assert torch.equal(tiny_renderer._image_prompt_pixels(picture, spec), expected)
+
+
+def test_a_3x20000_image_prompt_is_capped_and_renders(tiny_renderer):
+    from engine.spec import WeightedPrompt
+
+    tall = np.full((20000, 3, 3), 200, np.uint8)
+    tall[:10000] = 30
+    spec = dataclasses.replace(_spec(), image_prompts=(WeightedPrompt("tall.png", 1.0),))
+    pixels = tiny_renderer._image_prompt_pixels(tall, spec)
+    assert tuple(pixels.shape[-2:]) == (4 * 64, 1)
+    image = tiny_renderer.render(spec, image_prompt_images={"tall.png": tall})
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+
+
+def test_a_submit_sends_image_prompts_at_the_size_the_renderer_uses(tmp_path, tiny_renderer):
+    """A 640x480 photo as an image prompt of a 64x64 scene travels to the actors as 85x64:
+    what the renderer would have made of it, so its pixels are the same."""
+    import torch
+
+    from farm.submit import prepare_job
+
+    photo = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    scene = tmp_path / "scene.yaml"
+    scene.write_text('name: p\ndiffusion_model: tiny\nclip_models: ["tiny-vit::random"]\nwidth_height: [64, 64]\n'
+                     'seed: 5\nsteps: 10\nskip_steps: 0\ntext_prompts: {0: ["an apple:1"]}\n'
+                     'image_prompts: {0: ["photo.png:1"]}\n')
+    _, _, _, inputs, _ = prepare_job(str(scene), tmp_path / "out", {})
+    sent = inputs.image_prompts["photo.png"]
+    assert sent.shape == (64, 85, 3)
+    spec = _spec()
+    assert torch.equal(tiny_renderer._image_prompt_pixels(sent, spec), tiny_renderer._image_prompt_pixels(photo, spec))
