@@ -110,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("rotation_3d_x", "keyframes", "0: (0)", "3D rotation about x per frame, degrees.", "animation"),
     _s("rotation_3d_y", "keyframes", "0: (0)", "3D rotation about y per frame, degrees.", "animation"),
     _s("rotation_3d_z", "keyframes", "0: (0)", "3D rotation about z per frame, degrees.", "animation"),
-    _s("midas_depth_model", "str", "dpt_large", "Depth model for 3D (DPT-Large through transformers).", "animation"),
+    _s("midas_depth_model", "choice", "dpt_large", "Depth model for 3D (DPT-Large through transformers; `farm models download dpt-large`).", "animation", choices=("dpt_large",)),
     _s("midas_weight", "number", 0.3, "Weight of the MiDaS depth in the depth blend.", "animation", minimum=0, maximum=1),
     _s("near_plane", "number", 200, "3D camera near plane.", "animation", minimum=0),
     _s("far_plane", "number", 10000, "3D camera far plane.", "animation", minimum=0),

@@ -178,6 +178,7 @@ SCENE_CASES = [
     Case("init-outside-absolute-tmp", "init_image", "is outside the scene's folder"),
     Case("init-etc-passwd", "init_image", "is outside the scene's folder"),
     Case("init-home", "init_image", "is outside the scene's folder"),
+    Case("depth-model-hub-id", "midas_depth_model", "expected one of dpt_large"),  # any hub repo was fetched
     Case("init-image-url", "init_image", "is a URL; URLs are not read: download the file into the scene's folder"),
     Case("image-prompt-url", "image_prompts", "is a URL; URLs are not read"),
     Case("init-symlink-outside", "init_image", "is outside the scene's folder"),
