@@ -157,11 +157,12 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
     plan = scene_plan(case)
     frames = len(plan.frames)
     work = Path(tempfile.mkdtemp(prefix="bench-farm-"))
+    ray_files = None
     try:
         log(f"-- farm overhead: {frames} stills, {case.steps} steps, {case.width}x{case.height}, "
             f"{case.threads} torch thread(s), {case.repeats} runs each")
         cluster_started = time.perf_counter()
-        start_local_ray(num_cpus=2, dashboard=False)
+        ray_files = start_local_ray(num_cpus=2, dashboard=False)
         ray_ready = time.perf_counter()
         direct_runs, direct_loads, farm_runs = [], [], []
 
@@ -189,6 +190,8 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+        if ray_files:
+            shutil.rmtree(ray_files, ignore_errors=True)
     direct_median = median(direct_runs)
     farm_median = median(f["seconds_per_frame"] for f in farm_runs)
     # each pair's two runs are about a minute apart, in alternating order: the median of

@@ -196,6 +196,8 @@ def _check_submit_args(args) -> list:
         raise UsageError(f"--actors {args.actors}: must be at least 1")
     if args.device is not None and not _DEVICE.fullmatch(args.device):
         raise UsageError(f"--device '{args.device}': expected cpu, cuda, cuda:N or mps")
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out '': expected a folder or a URI")
     if args.out:
         _check_out(args)
     if args.frames is not None and len(args.scenes) > 1:
@@ -302,8 +304,31 @@ def cmd_submit(args) -> int:
     address = None if args.in_cluster else resolve_address(args.address)
     if address:
         return submit_remote(args, address)
+    if args.detach:
+        print("farm: --detach applies with --address (a cluster job); rendering here in the foreground",
+              file=sys.stderr)
+    if args.device and not args.in_cluster:
+        check_device_present(args.device)
     check_models_present(scenes)
     return submit_local(args)
+
+
+def check_device_present(device: str) -> None:
+    """--device names a device this machine has (else the actors failed to load their
+    models after Ray had started)."""
+    import torch
+
+    kind, _, number = device.partition(":")
+    index = int(number or 0)
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if index >= count:
+            have = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
+            raise UsageError(f"--device {device}: this machine has {have}")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: this machine has no MPS device")
+    elif kind == "xpu" and not (hasattr(torch, "xpu") and index < torch.xpu.device_count()):
+        raise UsageError(f"--device {device}: this machine has no such XPU device")
 
 
 # --------------------------------------------------------------------------- parser
@@ -390,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (also for argument errors, --help, --version)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (farm.submit), also while modules load
+        submit = sys.modules.get("farm.submit")
+        if submit is not None and submit.terminated:
+            print("farm: terminated; finished outputs are kept", file=sys.stderr)
+            return 143
+        print("farm: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from farm.scene import SceneInvalid
 
     parser = build_parser()
@@ -406,9 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     except SceneInvalid as exc:
         _print_problems(exc.problems)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("farm: interrupted; finished outputs are kept", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader went away (`farm plan ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141

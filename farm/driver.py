@@ -426,10 +426,16 @@ class RenderSession:
             for job in self.jobs.values():
                 self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
             raise
-        self.source.flush()  # leased actors go back before the videos are made
         results = {}
-        for job in self.jobs.values():
-            results[job.job_id] = self._finish(job)
+        try:
+            self.source.flush()  # leased actors go back before the videos are made
+            for job in self.jobs.values():
+                results[job.job_id] = self._finish(job)
+        except (KeyboardInterrupt, SystemExit):  # while a video was made: its frames are all kept
+            for job in self.jobs.values():
+                if job.job_id not in results:
+                    self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
+            raise
         if self.on_update:
             self.on_update(self)
         return results

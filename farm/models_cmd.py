@@ -83,6 +83,20 @@ def _error(message: str) -> None:
     print(f"farm: error: {message}", file=sys.stderr)
 
 
+def _model_folder(args: argparse.Namespace, must_exist: bool) -> pathlib.Path | None:
+    """The model folder (--dir, else the default); None after saying what is wrong with
+    --dir (a file, or, where it is only read, missing: every model looked 'missing')."""
+    if args.dir is None:
+        return models_dir()
+    if args.dir.exists() and not args.dir.is_dir():
+        _error(f"--dir {args.dir}: is not a folder")
+        return None
+    if must_exist and not args.dir.exists():
+        _error(f"--dir {args.dir}: no such folder")
+        return None
+    return args.dir
+
+
 def format_size(num_bytes: int | None) -> str:
     """``2200000000`` -> ``"2.0 GiB"``; None -> ``"?"``."""
     if num_bytes is None:
@@ -106,7 +120,9 @@ def _kind(model: ModelFile) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print name, kind, size and state of every catalogue file (no hashing)."""
-    folder = args.dir if args.dir is not None else models_dir()
+    folder = _model_folder(args, must_exist=True)
+    if folder is None:
+        return EXIT_USAGE
     rows = []
     for model in all_model_files().values():
         state = file_state(model, folder)
@@ -203,7 +219,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     except ModelError as error:
         _error(str(error))
         return EXIT_USAGE
-    folder = args.dir if args.dir is not None else models_dir()
+    folder = _model_folder(args, must_exist=False)
+    if folder is None:
+        return EXIT_USAGE
     failed = 0
     for target in targets:
         try:
@@ -223,7 +241,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Hash cached files; 1 on any mismatch (or a named model that is missing)."""
-    folder = args.dir if args.dir is not None else models_dir()
+    folder = _model_folder(args, must_exist=True)
+    if folder is None:
+        return EXIT_USAGE
     try:
         models = [lookup_model_file(name) for name in args.names] if args.names else list(all_model_files().values())
     except ModelError as error:

@@ -34,6 +34,8 @@ FRAME_FOLDERS = {"image": "images", "frame": "frames", "segment": "segments"}
 # what the farm writes into a folder: these must be folders, those files (`check_layout`)
 LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", MANIFEST_DIR)
 LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
+LOCK_FILE = ".lock"
+"""Held (flock) by the `farm submit` rendering into the folder; holds its pid."""
 # writing errors that trying again (rendering the frame again) cannot cure
 PERSISTENT_WRITE_ERRORS = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM, _errno.ENOTDIR, _errno.EEXIST,
                                      _errno.EISDIR, _errno.ENAMETOOLONG})
@@ -44,6 +46,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class OutputDamaged(ValueError):
     """An output folder that cannot be used as it is (a damaged plan.json, a file where a
     folder belongs): the CLI prints it as one line, exit 2."""
+
+
+class OutputBusy(ValueError):
+    """Another process is rendering into this output folder (one line, exit 2)."""
+
+
+_CLAIMS: dict[Path, object] = {}  # output folders this process holds (open, locked .lock files)
+_CLAIMS_LOCK = threading.Lock()
 
 
 class OutputWriteError(OSError):
@@ -177,6 +187,44 @@ class OutputFolder:
             raise OutputWriteError(error, f"cannot create the output folder {self.root}: "
                                           f"{error.strerror or error}") from None
         self.check_layout()
+
+    def claim(self) -> None:
+        """Hold this folder for this process (an exclusive lock on its .lock file, kept
+        until `release` or the process ends): a second `farm submit` into it is refused
+        with OutputBusy instead of overwriting frames the first is writing. Local folders
+        only; a folder this process holds already is fine."""
+        if not self.is_local:
+            return
+        import fcntl
+
+        root = self.store.root.resolve()
+        with _CLAIMS_LOCK:
+            if root in _CLAIMS:
+                return
+            handle = open(root / LOCK_FILE, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                by = f" (pid {holder})" if holder.isdigit() else ""
+                raise OutputBusy(f"{self.root}: another farm submit{by} is rendering into this folder; "
+                                 "wait for it to end, or choose another --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _CLAIMS[root] = handle
+
+    def release(self) -> None:
+        """Let other processes render into this folder again (see `claim`)."""
+        if not self.is_local:
+            return
+        with _CLAIMS_LOCK:
+            handle = _CLAIMS.pop(self.store.root.resolve(), None)
+        if handle is not None:
+            handle.close()  # closing the file drops the lock
 
     def check_layout(self) -> None:
         """OutputDamaged when something the farm writes here has the wrong type: a file

@@ -44,6 +44,14 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
 
 
+def address_source(address: str) -> str:
+    """' (from $RAY_ADDRESS)' when the address came from the environment, not --address."""
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        if os.environ.get(name) == address:
+            return f" (from ${name})"
+    return ""
+
+
 def auth_headers() -> dict[str, str]:
     """Ray's token, from where Ray keeps it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token), sent explicitly so it does not depend on Ray's cached auth mode."""
@@ -64,7 +72,7 @@ def client(address: str):
         return JobSubmissionClient(address, headers=auth_headers())
     except Exception as error:  # connection refused, auth refused, bad address: one line
         message = " ".join(str(error).split())[:300]
-        raise RemoteError(f"cannot reach the Ray cluster at {address}: {message}") from None
+        raise RemoteError(f"cannot reach the Ray cluster at {address}{address_source(address)}: {message}") from None
 
 
 def dashboard_url(address: str) -> str:

@@ -208,6 +208,7 @@ class LocalStore:
         temporary = target.with_name(f".{target.stem}.{os.urandom(4).hex()}.tmp{target.suffix}")
         try:
             yield temporary
+            os.chmod(temporary, _FILE_MODE)  # as every other output (tools write private temporaries)
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import datetime as _dt
 import functools
 import hashlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
         from animation.video import extract_frames
 
         folder.prepare()
+        folder.claim()  # before anything is written: another submit into it is refused
         frames_dir = folder.scratch(".video-frames")
         width, height = scene["width_height"]
         nth = scene["extract_nth_frame"]  # only the frames the animation uses are decoded and written
@@ -78,6 +80,7 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
                                   f"{frame.index} needs frame {frame.previous}; render it first")
     _load_inputs(scene, inputs)
     folder.prepare()  # after the checks: a refused --frames or an unreadable image writes nothing
+    folder.claim()  # OutputBusy while another `farm submit` renders into it
     written = dict(scene.raw)
     written["seed"] = scene["seed"]
     folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))
@@ -152,22 +155,44 @@ def _image_prompt(path: Path, frame_size: tuple[int, int]):
     return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
-def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
-    """An embedded Ray: dashboard on 127.0.0.1, Ray's token auth left as Ray sets it (on)."""
+def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> str | None:
+    """An embedded Ray: dashboard on 127.0.0.1, Ray's token auth left as Ray sets it (on).
+    Returns the temporary folder made for its
+    session files (remove it after ray.shutdown), or None ($DISCO_FARM_RAY_TMP, or Ray
+    already running)."""
     import ray
 
     if ray.is_initialized():
-        return
-    temp_dir = os.environ.get("DISCO_FARM_RAY_TMP") or tempfile.mkdtemp(prefix="disco-farm-ray-")
+        return None
+    chosen = os.environ.get("DISCO_FARM_RAY_TMP")
+    if chosen:
+        chosen = os.path.abspath(os.path.expanduser(chosen))
+        try:
+            os.makedirs(chosen, exist_ok=True)
+        except OSError as error:
+            raise SubmitError(f"DISCO_FARM_RAY_TMP={chosen}: cannot make Ray's folder there: "
+                              f"{error.strerror or error}") from None
+    temp_dir = chosen or tempfile.mkdtemp(prefix="disco-farm-ray-")
     ray.init(
         num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
         _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
     )
+    return None if chosen else temp_dir
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping a local render as Ctrl-C does (exit 143 instead of 130)."""
+
+
+terminated = False
+"""Set once SIGTERM arrived (a Ctrl-C after it still ends the run as terminated)."""
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    global terminated
+    terminated = True
+    raise Terminated
 
 
 @contextlib.contextmanager
@@ -280,38 +305,44 @@ def submit_local(args) -> int:
               f"(priority {priority}) into {folder.root}", file=sys.stderr)
     import ray
 
-    if getattr(args, "in_cluster", False):
-        ray.init(address="auto", configure_logging=False)  # inside a Ray job: join its cluster
-    else:
-        start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
-
-    count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
-    bars = _Bars()
-    # a cluster job leases actors from the cluster's shared pool (farm.pool): one queue, by
-    # priority, for all separately submitted jobs; the embedded local Ray has its own actors
-    from farm.pool import POOL_NAME
-
-    pool = POOL_NAME if getattr(args, "in_cluster", False) else None
-    session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
-                            on_update=bars, pool=pool)
-    for job, frames in jobs:
-        session.add(job, only=frames)
-        if job.reused:
-            print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept", file=sys.stderr)
     in_cluster = getattr(args, "in_cluster", False)
-    # locally, SIGTERM (`timeout`, systemd, docker stop) stops as Ctrl-C does; a cluster job keeps
+    # locally, SIGTERM (`timeout`, systemd, docker stop) stops as Ctrl-C does, from Ray's start
+    # on (ray.init puts in handlers of its own: ours goes back after it); a cluster job keeps
     # Ray's handling (`farm cancel`)
     previous_term = None if in_cluster else signal.signal(signal.SIGTERM, _interrupt)
+    bars, session, temp_dir = _Bars(), None, None
     try:
+        if in_cluster:
+            ray.init(address="auto", configure_logging=False)  # inside a Ray job: join its cluster
+        else:
+            temp_dir = start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
+            signal.signal(signal.SIGTERM, _interrupt)
+        count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
+        # a cluster job leases actors from the cluster's shared pool (farm.pool): one queue, by
+        # priority, for all separately submitted jobs; the embedded local Ray has its own actors
+        from farm.pool import POOL_NAME
+
+        session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
+                                on_update=bars, pool=POOL_NAME if in_cluster else None)
+        for job, frames in jobs:
+            session.add(job, only=frames)
+            if job.reused:
+                print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept",
+                      file=sys.stderr)
         results = session.run()
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
         bars.close()
         with _uninterrupted(not in_cluster):  # a second Ctrl-C broke Ray's shutdown with a traceback
-            session.shutdown()
-            if not in_cluster:
+            if session is not None:
+                session.shutdown()
+            if not in_cluster and ray.is_initialized():
                 ray.shutdown()
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session files: logs, sockets
+            for job, _ in jobs:
+                job.out.release()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     failed = 0
     for job, _ in jobs:
         folder, plan = job.out, job.plan

@@ -432,6 +432,11 @@ ARGUMENT_CASES = [
      "--priority"),
     ("submit-device-banana", ["submit", "{good}", "--out", "{out}", "--device", "banana"],
      "expected cpu, cuda, cuda:N or mps", "--device"),
+    ("submit-device-absent", ["submit", "{good}", "--out", "{out}", "--device", "cuda:7"], "this machine has",
+     "--device cuda:7"),  # the actors failed to load their models after Ray had started
+    ("submit-out-empty", ["submit", "{good}", "--out", ""], "expected a folder or a URI", "--out ''"),
+    ("models-list-dir-is-a-file", ["models", "list", "--dir", "{file}"], "is not a folder", "--dir"),
+    ("models-verify-dir-missing", ["models", "verify", "--dir", "{missing}"], "no such folder", "--dir"),
     ("submit-out-is-a-file", ["submit", "{good}", "--out", "{file}"], "exists and is not a folder", "--out"),
     ("submit-out-unknown-protocol", ["submit", "{good}", "--out", "nosuchproto://bucket/run"],
      "unknown storage protocol 'nosuchproto://'", "--out"),
@@ -514,6 +519,41 @@ def test_an_output_location_that_cannot_be_written_names_out(tmp_path, monkeypat
     code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(blocker / "run")])
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"farm: error: --out {blocker / 'run'}: cannot write there: Not a directory"), err
+
+
+def test_a_second_submit_into_a_folder_being_rendered_is_refused(tmp_path, capsys):
+    """Two `farm submit` into one --out overwrote each other's frames, and both said they
+    succeeded. The render holds the folder; a second submit is one line, exit 2, and
+    changes nothing there."""
+    import textwrap
+
+    scene = tmp_path / "scene.yaml"
+    scene.write_text(GOOD_SCENE)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from farm.output import OutputFolder
+        folder = OutputFolder({str(out)!r})
+        folder.prepare()
+        folder.claim()
+        (folder.root / "scene.yaml").write_text("the first render's")
+        print("held", flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(capsys, ["submit", str(scene), "--out", str(out)])
+        assert code == 2 and err.splitlines() == [
+            f"farm: error: {out}: another farm submit (pid {holder.pid}) is rendering into this folder; "
+            "wait for it to end, or choose another --out"]
+        assert (out / "scene.yaml").read_text() == "the first render's"
+    finally:
+        holder.communicate("", timeout=30)
+    from farm.submit import prepare_job
+
+    _, _, folder, _, _ = prepare_job(str(scene), out, {})  # the first one ended: free again
+    assert (out / "scene.yaml").read_text() != "the first render's"
+    folder.release()
 
 
 def test_frames_from_other_settings_are_announced_before_they_are_replaced(tmp_path, capsys):
@@ -602,10 +642,13 @@ def test_each_problem_is_one_line(sandbox, capsys):
     assert ": image_prompts: '../outside/secret.png'" in lines[1] and "outside" in lines[1]
 
 
-def test_a_model_folder_that_is_a_file_is_called_that(tmp_path, capsys):
+def test_a_model_folder_that_is_a_file_is_called_that(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "models"
     blocker.write_text("x")
     code, _, err = run_cli(capsys, ["models", "download", "--dir", str(blocker), "256x256_diffusion_uncond"])
+    assert code == 2 and err.strip() == f"farm: error: --dir {blocker}: is not a folder"
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(blocker))
+    code, _, err = run_cli(capsys, ["models", "download", "256x256_diffusion_uncond"])
     assert code == 1 and err.strip() == f"farm: error: cannot create model folder {blocker}: it is a file, not a folder"
 
 

@@ -153,8 +153,8 @@ def test_sigterm_and_ctrl_c_while_stopping_end_a_local_render_in_one_line(tmp_pa
         _, err = child.communicate(timeout=60)
     finally:
         child.kill()
-    assert child.returncode == 130, err[-2000:]
+    assert child.returncode == 143, err[-2000:]
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("farm:")]
-    assert lines[-1] == "farm: interrupted; finished outputs are kept"
+    assert lines[-1] == "farm: terminated; finished outputs are kept"
     assert "SIGTERM received" not in err and "Traceback" not in err
     assert json.loads((out / "status.json").read_text())["state"] == "cancelled"

@@ -130,6 +130,22 @@ def test_animation_chain_renders_in_order_and_makes_a_video(tmp_path, reference_
 
     info = probe_video(tmp_path / "video.mp4")
     assert (info.frames, info.codec) == (4, "h264")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "video.mp4", tmp_path / "frames" / "000000.png")}
+    assert modes["video.mp4"] == modes["000000.png"], modes  # the video was private (0600), unlike the rest
+
+
+def test_ctrl_c_while_the_video_is_made_leaves_status_cancelled(tmp_path, monkeypatch, reference_anim):
+    import farm.driver
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(farm.driver, "make_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        render(ANIM, tmp_path)
+    status = OutputFolder(tmp_path).read_json("status.json")
+    assert status["state"] == "cancelled" and status["video"] is None  # was "running" for ever
+    assert frame_hashes(tmp_path) == reference_anim
 
 
 def test_a_resume_re_renders_every_frame_made_from_a_changed_setting(tmp_path, reference_anim_out, reference_anim):
