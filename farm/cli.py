@@ -52,6 +52,8 @@ def _parse_range(text: str | None, total: int) -> range:
     if not text.strip():
         raise UsageError("--frames '': expected A:B (frame numbers)")
     start, sep, stop = text.partition(":")
+    if not all(re.fullmatch(r"\s*[0-9]*\s*", part) for part in (start, stop)):  # int() takes "1_0" and "１"
+        raise UsageError(f"--frames '{text}': expected A:B (frame numbers)")
     try:
         first = int(start) if start.strip() else 0
         last = int(stop) if sep and stop.strip() else (total if sep else first + 1)

@@ -316,6 +316,8 @@ class OutputFolder:
         try:
             data = self.store.read("plan.json")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            if self.is_local and not self.store.root.exists():
+                raise OutputDamaged(f"{self.url()}: no such folder") from None
             raise OutputDamaged(f"{self.url()}: no plan.json here (not a render output folder)") from None
 
         def damaged(reason: str) -> OutputDamaged:

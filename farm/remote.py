@@ -66,8 +66,18 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(address: str):
+    from urllib.parse import urlsplit
+
     from ray.job_submission import JobSubmissionClient
 
+    where = f"cannot reach the Ray cluster at {address}{address_source(address)}"
+    try:
+        parts = urlsplit(address if "://" in address else f"http://{address}")
+        parts.port  # ray:// waited 30 s on 'x:y'
+    except ValueError:
+        raise RemoteError(f"{where}: its port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise RemoteError(f"{where}: no host name in the address")
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except Exception as error:  # connection refused, auth refused, bad address: one line

@@ -406,6 +406,9 @@ ARGUMENT_CASES = [
     ("plan-frames-5000-digits", ["plan", "{good}", "--frames", "9" * 5000], "expected A:B", "--frames"),
     ("plan-frames-past-the-end", ["plan", "{good}", "--frames", "100:200"], "the scene has 50 (0 to 49)", "--frames"),
     ("plan-frames-empty", ["plan", "{good}", "--frames", ""], "expected A:B", "--frames"),
+    ("plan-frames-underscores", ["plan", "{good}", "--frames", "1_0:2_0"], "expected A:B", "--frames"),
+    ("plan-frames-full-width-digits", ["plan", "{good}", "--frames", "\uff10:\uff12"], "expected A:B", "--frames"),
+    ("preview-missing-folder", ["preview", "{missing}"], "no such folder", "missing.yaml"),
     ("plan-frames-missing-value", ["plan", "{good}", "--frames"], "expected one argument", "--frames"),
     ("plan-set-bad-value", ["plan", "{good}", "--set", "steps=abc"], "unknown name 'abc'", "steps"),
     ("plan-set-no-key", ["plan", "{good}", "--set", "=3"], "expected key=value", "--set"),
@@ -467,6 +470,8 @@ ARGUMENT_CASES = [
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),
     ("validate-dev-zero", ["validate", "/dev/zero"], "larger than 4 MiB", "/dev/zero"),  # read bounded, not forever
     ("queue-no-address", ["queue"], "no cluster address: pass --address", "--address"),
+    ("list-address-port-word", ["list", "--address", "ray://x:y"], "its port is not a number", "ray://x:y"),
+    ("list-address-no-host", ["list", "--address", "http://"], "no host name in the address", "http://"),
     ("unknown-command", ["frobnicate"], "invalid choice: 'frobnicate'", "frobnicate"),
     ("unknown-global-flag", ["--frobnicate", "validate", "{good}"], "unrecognized arguments: --frobnicate",
      "--frobnicate"),
