@@ -534,7 +534,7 @@ def _animation_settings(scene: Scene) -> AnimationSettings:
 def _plain(value):
     """Dataclasses and tuples -> JSON-friendly values (cut schedules as DD strings)."""
     if isinstance(value, CutSchedule):
-        return {f.name: format_cut_schedule(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return dict(_plain_cut_schedule(value))
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
@@ -542,6 +542,12 @@ def _plain(value):
     if isinstance(value, float) and value.is_integer():
         return value
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_cut_schedule(schedule: CutSchedule) -> tuple[tuple[str, str], ...]:
+    """A cut schedule as DD strings (every frame of a scene has the same one: formatted once)."""
+    return tuple((f.name, format_cut_schedule(getattr(schedule, f.name))) for f in dataclasses.fields(schedule))
 
 
 def _canonical_json(value) -> str:
