@@ -211,6 +211,9 @@ class OutputFolder:
                 by = f" (pid {holder})" if holder.isdigit() else ""
                 raise OutputBusy(f"{self.root}: another farm submit{by} is rendering into this folder; "
                                  "wait for it to end, or choose another --out") from None
+            except OSError:  # a filesystem without locks (some NFS mounts): render unguarded
+                handle.close()
+                return
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
