@@ -134,12 +134,16 @@ def test_animation_chain_renders_in_order_and_makes_a_video(tmp_path, reference_
     assert modes["video.mp4"] == modes["000000.png"], modes  # the video was private (0600), unlike the rest
 
 
-def test_ctrl_c_while_the_video_is_made_leaves_status_cancelled(tmp_path, monkeypatch, reference_anim):
+def test_ctrl_c_while_the_video_is_made_leaves_status_cancelled(tmp_path, monkeypatch, reference_anim_out,
+                                                                 reference_anim):
+    import shutil
+
     import farm.driver
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    shutil.copytree(reference_anim_out, tmp_path, dirs_exist_ok=True)  # every frame done: straight to the video
     monkeypatch.setattr(farm.driver, "make_video", interrupted)
     with pytest.raises(KeyboardInterrupt):
         render(ANIM, tmp_path)
