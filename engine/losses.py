@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import InvalidSpec
+from engine.spec import WEIGHT_SUM_EPSILON
 
-WEIGHT_SUM_EPSILON = 1e-3
-"""Prompt weights whose sum has a smaller magnitude are refused (as DD)."""
 
 
 def spherical_distance_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,11 @@ CUT_SLOTS = 1000
 """Cut schedules are defined over 1000 virtual steps, indexed by `1000 - t` (as DD)."""
 
 
+
+WEIGHT_SUM_EPSILON = 1e-3
+"""A frame's prompt weights (text and image together) whose sum has a smaller magnitude
+are refused, as DD refuses them (the weights are divided by the sum)."""
+
 @dataclass(frozen=True)
 class WeightedPrompt:
     """A text (or an image-prompt key) with its weight; the weight is never encoded."""

@@ -52,7 +52,7 @@ def _parse_range(text: str | None, total: int) -> range:
     if not text.strip():
         raise UsageError("--frames '': expected A:B (frame numbers)")
     start, sep, stop = text.partition(":")
-    if not all(re.fullmatch(r"\s*[0-9]*\s*", part) for part in (start, stop)):  # int() takes "1_0" and "１"
+    if not all(re.fullmatch(r"\s*-?[0-9]*\s*", part) for part in (start, stop)):  # int() takes "1_0" and "１"
         raise UsageError(f"--frames '{text}': expected A:B (frame numbers)")
     try:
         first = int(start) if start.strip() else 0
@@ -94,10 +94,15 @@ def cmd_validate(args) -> int:
             _print_problems(exc.problems)
             status = EXIT_USAGE
             continue
-        from farm.plan import frame_count
+        from farm.plan import resolve
 
         mode = scene["animation_mode"]
-        count = frame_count(scene, _video_frames(scene))
+        try:
+            count = len(resolve(scene, _video_frames(scene)).output_frames)
+        except SceneInvalid as exc:  # a frame its settings cannot render (skips all its steps)
+            _print_problems(exc.problems)
+            status = EXIT_USAGE
+            continue
         what = f"{count} images" if mode == "None" else f"{mode} animation, {count} frames"
         print(f"{path}: ok ({what})")
     return status
@@ -190,7 +195,7 @@ _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d{1,3})?")
 def _check_submit_args(args) -> list:
     """Everything wrong with the scene, its files or the arguments is found here, before
     farm.submit imports Ray and torch (seconds) or writes or starts anything."""
-    from farm.plan import frame_count
+    from farm.plan import frame_count, resolve
     from farm.scene import load_scene
     from farm.storage import is_uri
 
@@ -209,6 +214,7 @@ def _check_submit_args(args) -> list:
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
         scenes.append((path, scene))
+        resolve(scene, _video_frames(scene))  # SceneInvalid: a frame its settings cannot render
         if args.frames is not None:
             _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
         if args.out and not is_uri(args.out):

@@ -61,6 +61,7 @@ class RenderJob:
     errors: list[dict] = field(default_factory=list)  # failed attempts, for status.json
     last_status_write: float = 0.0
     disk_full: int = 0  # frame writes that found the output's disk full
+    finished: bool = False  # its outcome (video and all) is in status.json
 
 
 def one_line(error: BaseException) -> str:
@@ -423,8 +424,7 @@ class RenderSession:
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`farm cancel`: Ray stops the job)
             for ref in list(self.inflight):
                 ray.cancel(ref)
-            for job in self.jobs.values():
-                self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
+            self.mark_cancelled()
             raise
         results = {}
         try:
@@ -432,13 +432,18 @@ class RenderSession:
             for job in self.jobs.values():
                 results[job.job_id] = self._finish(job)
         except (KeyboardInterrupt, SystemExit):  # while a video was made: its frames are all kept
-            for job in self.jobs.values():
-                if job.job_id not in results:
-                    self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
+            self.mark_cancelled()
             raise
         if self.on_update:
             self.on_update(self)
         return results
+
+    def mark_cancelled(self) -> None:
+        """status.json of every job not finished yet (video and all) says cancelled: the
+        render was interrupted."""
+        for job in self.jobs.values():
+            if not job.finished:
+                self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
 
     def _cancel_failed_jobs(self) -> None:
         for ref, (task, _, _) in list(self.inflight.items()):
@@ -469,6 +474,7 @@ class RenderSession:
         except VideoError as error:
             self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
         self._write_status(job, force=True, extra=extra)
+        job.finished = True
         return state.state
 
     def shutdown(self) -> None:

@@ -189,6 +189,10 @@ def convert_dd_settings(dd: dict, base_dir: Path | None = None) -> tuple[dict, l
         origin[name] = key
     if problems:
         raise SceneInvalid(problems)
+    if "animation_mode" not in scene and "max_frames" in scene:  # DD saves animation settings, not the mode
+        notes.append("DD's settings file does not record animation_mode or n_batches: this scene renders "
+                     f"{scene.get('n_batches', S.BY_NAME['n_batches'].default)} stills; add animation_mode "
+                     "(2D, 3D or Video Input) for an animation")
     _validate(scene, source, origin, base_dir)
     return scene, notes
 

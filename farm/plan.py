@@ -30,7 +30,7 @@ from engine.spec import (
     SamplerSettings,
 )
 from farm.cutschedule import format_cut_schedule
-from farm.scene import Scene
+from farm.scene import Problem, Scene, SceneInvalid
 
 SEED_MODULUS = 2**32
 
@@ -362,9 +362,16 @@ def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[s
         """The spec of image/frame `index`, as the first frame of its chain or not."""
         k = index if mode != "None" else 0
         steps = int(ints["steps"][k])
+        if mode == "Video Input":
+            # as DD: video_init_frames_scale on every frame, frame 0 too; video_init_skip_steps on
+            # frame 0 only with flow warp (without it, frame 0 skips as the others do)
+            init_scale = float(floats["frames_scale"][k])
+            first_skip = ints["skip_steps"][k] if scene["video_init_flow_warp"] else frames_skip[k]
+        else:
+            init_scale = float(floats["init_scale"][k] if first_of_shot else floats["frames_scale"][k])
+            first_skip = ints["skip_steps"][k]
         if first_of_shot:
-            skip = int(ints["skip_steps"][k])
-            init_scale = float(floats["init_scale"][k])
+            skip = int(first_skip)
             if mode == "Video Input":
                 init = InitSource("video", video_frame=index * scene["extract_nth_frame"])
             elif scene["init_image"]:
@@ -373,15 +380,19 @@ def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[s
                 init = InitSource("noise")
         else:
             skip = int(frames_skip[k])
-            init_scale = float(floats["frames_scale"][k])
             if mode == "Video Input":
                 init = InitSource("video", video_frame=index * scene["extract_nth_frame"],
                                   flow_from_previous=scene["video_init_flow_warp"])
             else:
                 init = InitSource("previous")
-        skip = min(max(skip, 0), steps - 1)
-        if mode == "Video Input" and scene["video_init_seed_continuity"]:
-            frame_seed = seed
+        if not 0 <= skip < steps:
+            name = source("skip_steps") if first_of_shot and (mode != "Video Input" or scene["video_init_flow_warp"]) \
+                else source("frames_skip_steps")
+            raise SceneInvalid([Problem(scene.source, None, name, f"frame {index} would skip {skip} of its {steps} "
+                                        "steps; skip fewer than steps (DD stops: you can't skip more steps than "
+                                        "your total steps)")])
+        if mode == "Video Input":  # DD adds 1 to the seed before every video frame, frame 0 too
+            frame_seed = seed if scene["video_init_seed_continuity"] else (seed + index + 1) % SEED_MODULUS
         else:
             frame_seed = (seed + index) % SEED_MODULUS
         render = RenderSpec(

@@ -21,6 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from animation.keyframes import KeyframeError, parse_keyframes
+from engine.spec import WEIGHT_SUM_EPSILON
 from farm import settings as S
 from farm.cutschedule import CutScheduleError, parse_cut_schedule
 from farm.prompts import PromptError, parse_prompt_schedule
@@ -221,7 +222,9 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             if side > S.MAX_SIDE:
                 raise _Bad(f"{name} {_fmt(side)} is above the limit {S.MAX_SIDE}")
             if side % 64:
-                raise _Bad(f"{name} {side} is not a multiple of 64 (try {max(64, round(side / 64) * 64)})")
+                down, nearest = max(64, side // 64 * 64), max(64, round(side / 64) * 64)
+                hint = f"DD rendered {down}" + (f"; or {nearest}" if nearest != down else "")
+                raise _Bad(f"{name} {side} is not a multiple of 64 ({hint})")
         return (width, height)
     if kind == "seed":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("random", "random_seed", "")):
@@ -472,7 +475,8 @@ def validate(
             problems.append(Problem(source, lines.get(key), str(key), "setting names must be text"))
             continue
         if key in S.UNSUPPORTED:
-            problem(key, f"not supported: {S.UNSUPPORTED[key]}")
+            if value is not False and value is not None:  # `vr_mode: false` asks for nothing
+                problem(key, f"not supported: {S.UNSUPPORTED[key]}")
             continue
         if key in S.IGNORED:
             continue
@@ -545,6 +549,8 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
 
     mode = values["animation_mode"]
     roots = (base_dir, *[r.resolve() for r in allowed_roots])
+    if mode != "Video Input":  # unused (DD saves it in every settings file, often a Colab path)
+        values["video_init_path"] = None
     for name in ("init_image", "video_init_path", "custom_path"):
         if not values[name]:
             continue
@@ -608,15 +614,29 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
         elif values["segment_overlap"] >= shortest // segments:
             problem(where("segment_overlap"), f"{values['segment_overlap']} must be below the segment length "
                                               f"({shortest // segments} frames)")
-    for name in ("text_prompts", "image_prompts"):
-        for start, _ in values[name].keys:
-            if mode != "None" and start >= frames:
-                problem(where(name), f"prompts start at frame {start}, after the last frame {frames - 1}")
     if not any(prompts for _, prompts in values["text_prompts"].keys) and not values["image_prompts"].keys:
         problem(where("text_prompts"), "no prompts: give text_prompts or image_prompts")
+    else:
+        _check_prompt_weights(values, where, problem, frames if mode != "None" else 1)
     if mode == "Video Input" and check_files and values["video_init_path"]:
         frames = min(frames, math.ceil(check_video(values["video_init_path"]).frames / values["extract_nth_frame"]))
     _check_schedules(values, where, problem, frames)
+
+
+def _check_prompt_weights(values, where, problem, frames: int) -> None:
+    """Each prompt set in force (from the frame it starts at; keys past the last frame, as in
+    DD, are never used) needs prompts whose text and image weights together do not sum to 0:
+    DD divides by the sum, and stops on such a frame."""
+    text, images = values["text_prompts"], values["image_prompts"]
+    starts = sorted({0} | {start for start, _ in text.keys + images.keys if start < frames})
+    for start in starts:
+        prompts = text.at(start) + images.at(start)
+        total = sum(p.weight for p in prompts)
+        if not prompts:
+            problem(where("text_prompts"), f"frame {start} has no prompts (DD stops there): give at least one")
+        elif abs(total) < WEIGHT_SUM_EPSILON:
+            problem(where("text_prompts"), f"frame {start}: the text and image prompt weights sum to {total:g}; "
+                                           "the sum must not be 0 (the weights are divided by it): change a weight")
 
 
 def _check_schedules(values, where, problem, frames: int) -> None:

@@ -95,8 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("cut_innercut", "cuts", "[4]*400+[12]*600", "Inner cuts per virtual step.", "guidance", minimum=0, maximum=MAX_CUTS),
     _s("cut_ic_pow", "cuts", "[1]*1000", "Inner cut size power per virtual step.", "guidance", minimum=0, maximum=100),
     _s("cut_icgray_p", "cuts", "[0.2]*400+[0]*600", "Grayscale probability of inner cuts per virtual step.", "guidance", minimum=0, maximum=1),
-    _s("use_horizontal_symmetry", "bool", False, "Mirror left-right during the first transformation_percent of steps.", "guidance"),
-    _s("use_vertical_symmetry", "bool", False, "Mirror top-bottom during the first transformation_percent of steps.", "guidance"),
+    _s("use_horizontal_symmetry", "bool", False, "Mirror left-right during the first transformation_percent of steps (DD: DDIM only; here PLMS too).", "guidance"),
+    _s("use_vertical_symmetry", "bool", False, "Mirror top-bottom during the first transformation_percent of steps (DD: DDIM only; here PLMS too).", "guidance"),
     _s("transformation_percent", "floats", [0.09], "Fractions of the run at which symmetry is applied.", "guidance"),
     # --- animation
     _s("animation_mode", "choice", "None", "None (stills), 2D, 3D or Video Input.", "animation", choices=("None", "2D", "3D", "Video Input")),
@@ -120,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("border_mode", "choice", "wrap", "2D warp border: wrap (DD), replicate or reflect.", "animation", choices=("wrap", "replicate", "reflect")),
     _s("frames_scale", "keyframes", 1500, "init_scale for animation frames after the first.", "animation", minimum=0),
     _s("frames_skip_steps", "skip", "60%", "skip_steps for animation frames after the first: '60%' of steps or a number.", "animation"),
-    _s("turbo_mode", "bool", False, "Diffuse only every turbo_steps-th frame; blend the frames between.", "animation"),
+    _s("turbo_mode", "bool", False, "Diffuse only every turbo_steps-th frame; blend the frames between (DD: 3D only, here 2D too; DD also blends its saved diffused frames with the warped previous one, this does not).", "animation"),
     _s("turbo_steps", "int", 3, "Turbo cadence.", "animation", minimum=2, maximum=1000),
     _s("turbo_preroll", "int", 10, "Frames diffused normally before turbo starts.", "animation", minimum=0, maximum=MAX_FRAMES),
     _s("color_coherence", "choice", "none", "Match each frame's colours to frame 0: none, LAB, HSV or RGB.", "animation", choices=("none", "LAB", "HSV", "RGB")),
@@ -149,7 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("fps", "number", 12, "Frames per second of the output video (also 's' in expressions).", "output", minimum=0.1, maximum=240),
     _s("video_crf", "int", 17, "H.264 quality (lower is better).", "output", minimum=0, maximum=51),
     _s("video_format", "choice", "mp4", "Output video format.", "output", choices=("mp4", "webm", "gif")),
-    _s("video_blend", "number", 0.0, "Blend between consecutive frames in the video (0..1).", "output", aliases=("blend",), minimum=0, maximum=1),
+    _s("video_blend", "number", 0.0, "Blend between consecutive frames in the video (0..1; DD's create-video cell used 0.5, here 0: no blend).", "output", aliases=("blend",), minimum=0, maximum=1),
 )
 
 # DD's CLIP checkboxes -> open_clip "name::pretrained".
@@ -181,7 +181,7 @@ DD_CLIP_DEFAULT_ON = ("ViTB32", "ViTB16", "RN50")
 
 # DD settings accepted for compatibility but with no effect here (value is ignored).
 IGNORED: dict[str, str] = {
-    "diffusion_steps": "always 1000 for DD's models",
+    "diffusion_steps": "derived from steps, as DD does: (1000 // steps) * steps",
     "width": "use width_height (import-dd converts it)",
     "height": "use width_height (import-dd converts it)",
     "useCPU": "the farm picks devices itself",

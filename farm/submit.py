@@ -330,6 +330,10 @@ def submit_local(args) -> int:
                 print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept",
                       file=sys.stderr)
         results = session.run()
+    except KeyboardInterrupt:  # before the render ran (run() says cancelled itself): say so too
+        if session is not None:
+            session.mark_cancelled()
+        raise
     finally:
         bars.close()
         with _uninterrupted(not in_cluster):  # a second Ctrl-C broke Ray's shutdown with a traceback

@@ -113,7 +113,6 @@ SCENE_CASES = [
     Case("prompts-not-text", "text_prompts", "expected a list of 'text:weight' strings"),
     Case("prompts-weights-sum-to-zero", "text_prompts", "sum to 0"),
     Case("prompts-infinite-weight", "text_prompts", "not finite"),
-    Case("prompts-after-last-frame", "text_prompts", "after the last frame 19"),
     Case("prompts-none", "text_prompts", "no prompts"),
     Case("cut-schedule-1001-entries", "cut_overview", "more than 1000 entries"),
     Case("cut-schedule-huge-count", "cut_overview", "more than 1000 entries"),
@@ -178,6 +177,9 @@ SCENE_CASES = [
     Case("init-outside-absolute-tmp", "init_image", "is outside the scene's folder"),
     Case("init-etc-passwd", "init_image", "is outside the scene's folder"),
     Case("init-home", "init_image", "is outside the scene's folder"),
+    Case("skip-all-steps", "skip_steps", "frame 0 would skip 10 of its 10 steps"),
+    Case("prompts-empty-at-a-frame", "text_prompts", "frame 5 has no prompts (DD stops there)"),
+    Case("prompt-weights-sum-near-zero", "text_prompts", "frame 0: the text and image prompt weights sum to 0.0005"),
     Case("depth-model-hub-id", "midas_depth_model", "expected one of dpt_large"),  # any hub repo was fetched
     Case("init-image-url", "init_image", "is a URL; URLs are not read: download the file into the scene's folder"),
     Case("image-prompt-url", "image_prompts", "is a URL; URLs are not read"),
@@ -636,7 +638,7 @@ def test_each_problem_is_one_line(sandbox, capsys):
     code, _, err = run_cli(capsys, ["validate", str(scene), str(sandbox.good)])
     assert code == 2
     assert err.splitlines() == [
-        f"{scene}:4: width_height: width 65 is not a multiple of 64 (try 64)",
+        f"{scene}:4: width_height: width 65 is not a multiple of 64 (DD rendered 64)",
         f"{scene}:9: stepz: unknown setting; did you mean 'steps'?",
     ]  # cross-field and file checks run once the fields themselves are right
     scene.write_text(GOOD_SCENE + "init_image: text.png\nimage_prompts: {0: ['../outside/secret.png']}\n")

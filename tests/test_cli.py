@@ -39,7 +39,7 @@ def test_validate_ok_and_problems(capsys, scene_file):
     assert code == 2
     lines = err.strip().splitlines()
     assert lines == [
-        f"{bad}:4: width_height: width 65 is not a multiple of 64 (try 64)",
+        f"{bad}:4: width_height: width 65 is not a multiple of 64 (DD rendered 64)",
         f"{bad}:9: stepz: unknown setting; did you mean 'steps'?",
     ]
     assert "Traceback" not in err
@@ -103,6 +103,19 @@ def test_import_dd_settings(capsys, tmp_path):
     assert scene["frames_skip_steps"] == ("percent", 60.0)
     assert scene["zoom"].values(11)[10] == pytest.approx(1.05)
     assert scene["turbo_steps"] == 3
+
+
+def test_import_dd_of_a_file_as_dd_writes_it_for_an_animation(capsys, tmp_path):
+    """DD saves video_init_path in every settings file (a Colab path: the import was refused,
+    file not found) and never animation_mode: the import says the scene renders stills."""
+    settings = json.loads((DATA / "dd_settings.txt").read_text())
+    settings["video_init_path"] = "/content/drive/MyDrive/init.mp4"
+    source = tmp_path / "TimeToDisco(0)_settings.txt"
+    source.write_text(json.dumps(settings))
+    code, _, err = run(capsys, "import-dd", str(source), "-o", str(tmp_path / "imported.yaml"))
+    assert code == 0, err
+    assert "does not record animation_mode or n_batches: this scene renders 50 stills; add animation_mode" in err
+    assert load_scene(tmp_path / "imported.yaml", overrides={"animation_mode": "2D"})["max_frames"] == 10000
 
 
 def test_import_dd_bad_input(capsys, tmp_path):

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -145,17 +147,39 @@ def test_turbo_marks_in_between_frames():
 
 def test_video_input_uses_overrides_and_video_frames(tmp_path):
     (tmp_path / "in.mp4").write_bytes(b"x")
-    scene = parse_scene(ANIM.replace("animation_mode: 2D", "animation_mode: Video Input")
-                        + "video_init_path: in.mp4\nextract_nth_frame: 2\nvideo_init_steps: 30\n"
-                        + "video_init_seed_continuity: true\n", base_dir=tmp_path)
+    text = (ANIM.replace("animation_mode: 2D", "animation_mode: Video Input")
+            + "video_init_path: in.mp4\nextract_nth_frame: 2\nvideo_init_steps: 30\nvideo_init_skip_steps: 12\n")
+    scene = parse_scene(text + "video_init_seed_continuity: true\n", base_dir=tmp_path)
     plan = resolve(scene, video_frames=9)
     assert len(plan.frames) == 5
     assert [f.init.video_frame for f in plan.frames] == [0, 2, 4, 6, 8]
     assert plan.frames[1].init.flow_from_previous
     assert {f.render.sampler.steps for f in plan.frames} == {30}
-    assert plan.frames[0].render.sampler.skip_steps == 29  # video_init_skip_steps 50, clamped below steps
+    assert plan.frames[0].render.sampler.skip_steps == 12  # video_init_skip_steps
     assert plan.frames[2].render.sampler.skip_steps == 21  # floor(70% of 30)
     assert {f.render.seed for f in plan.frames} == {5}
+    # as DD: video_init_frames_scale on every frame, frame 0 too (it got init_scale); the seed
+    # grows by 1 before every frame, frame 0 too; without flow warp frame 0 skips as the others
+    assert {f.render.guidance.init_scale for f in plan.frames} == {15000}
+    free = resolve(parse_scene(text + "video_init_flow_warp: false\n", base_dir=tmp_path), video_frames=9)
+    assert [f.render.seed for f in free.frames] == [6, 7, 8, 9, 10]
+    assert [f.render.sampler.skip_steps for f in free.frames] == [21] * 5
+
+
+@pytest.mark.parametrize("change, says", [
+    ("skip_steps: 20", "skip_steps: frame 0 would skip 20 of its 20 steps"),
+    ('frames_skip_steps: "100%"', "frames_skip_steps: frame 1 would skip 20 of its 20 steps"),
+    ('steps: "0:(20), 5:(10)"\nframes_skip_steps: 12', "frames_skip_steps: frame 4 would skip 12 of its 12 steps"),
+])
+def test_skipping_all_steps_is_refused_as_dd_refuses_it(change, says):
+    """Clamped silently before (to steps - 1: a frame that is its init with a touch of noise)."""
+    from farm.scene import SceneInvalid
+
+    base = "\n".join(line for line in ANIM.splitlines() if not line.startswith(change.split(":")[0] + ":"))
+    if "frames_skip_steps" in change:
+        base = "\n".join(line for line in base.splitlines() if not line.startswith("frames_skip_steps"))
+    with pytest.raises(SceneInvalid, match=re.escape(says)):
+        resolve(parse_scene(base + "\n" + change + "\n"))
 
 
 def test_intermediate_steps():

@@ -54,7 +54,7 @@ def test_random_seed_is_chosen_once_and_recorded():
 
 def test_width_height_must_be_multiples_of_64():
     (line,) = problems(TINY_SCENE.replace("[64, 64]", "[100, 64]"))
-    assert line == "s.yaml:4: width_height: width 100 is not a multiple of 64 (try 128)"
+    assert line == "s.yaml:4: width_height: width 100 is not a multiple of 64 (DD rendered 64; or 128)"
 
 
 def test_unsupported_dd_settings_say_why():
@@ -139,3 +139,32 @@ def test_not_a_mapping_and_missing_file(tmp_path):
     assert "must be a mapping" in line
     with pytest.raises(SceneInvalid, match="file not found"):
         load_scene(tmp_path / "nope.yaml")
+
+
+def test_what_dd_accepts_from_its_settings_files_is_accepted(tmp_path):
+    """DD saves video_init_path in every settings file (often a Colab path) and reads it only
+    in Video Input; prompts keyed past the last frame are never used; `vr_mode: false` asks
+    for nothing. Each was refused."""
+    from farm.plan import resolve
+
+    text = "\n".join(line for line in TINY_SCENE.splitlines() if not line.startswith("text_prompts"))
+    scene = parse_scene(text + "\nanimation_mode: 2D\nmax_frames: 5\n"
+                        "video_init_path: /content/drive/MyDrive/init.mp4\n"
+                        "text_prompts: {0: ['a lighthouse:1'], 100: ['a pear:1']}\n"
+                        "vr_mode: false\nresume_run: false\n", base_dir=tmp_path)
+    plan = resolve(scene)
+    assert [[p.text for p in f.render.text_prompts] for f in plan.frames] == [["a lighthouse"]] * 5
+    assert plan.animation.video_init_path is None
+    with pytest.raises(SceneInvalid, match="vr_mode: not supported"):
+        parse_scene(TINY_SCENE + "vr_mode: true\n")
+    with pytest.raises(SceneInvalid, match="video_init_path: file 'init.mp4' not found"):
+        parse_scene(TINY_SCENE + "animation_mode: Video Input\nvideo_init_path: init.mp4\n", base_dir=tmp_path)
+
+
+def test_image_prompts_count_in_the_weight_sum_of_their_frame(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:2']}\n", base_dir=tmp_path)  # 1 + 2: fine
+    with pytest.raises(SceneInvalid, match="frame 0: the text and image prompt weights sum to 0"):
+        parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:-3']}\n", base_dir=tmp_path)  # 2 + 1 - 3

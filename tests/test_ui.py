@@ -43,6 +43,7 @@ clip_models: ["tiny-vit::random"]
 width_height: [64, 64]
 seed: 3
 steps: 10
+skip_steps: 0
 n_batches: 4
 text_prompts: {0: ["a quiet harbour at night:2"]}
 """
