@@ -274,8 +274,9 @@ def _frames_skip_series(spec: tuple, steps: np.ndarray, scene: Scene) -> np.ndar
 def intermediate_steps(display_rate: int, saves: int | tuple[int, ...], steps: int, skip: int) -> tuple[int, ...]:
     """Sampler step indices (0-based over the steps run) whose previews are kept.
 
-    display_rate N: every N-th step and the last; intermediate_saves: N evenly spaced
-    saves (DD's formula) or explicit absolute step numbers.
+    As DD's sampling loop (its j counts the steps run, from 0): display_rate N: every N-th
+    step and the last; intermediate_saves N: every (steps run - 1) // (N + 1)-th step after
+    the first (DD's steps_per_checkpoint: N saves, sometimes one more); a list: those j.
     """
     run = max(steps - skip, 0)
     chosen: set[int] = set()
@@ -283,13 +284,9 @@ def intermediate_steps(display_rate: int, saves: int | tuple[int, ...], steps: i
         chosen.update(range(0, run, display_rate))
         chosen.add(run - 1)
     if isinstance(saves, tuple):
-        absolute = saves
-    elif saves > 0:
-        every = (steps - skip - 1) // (saves + 1)
-        absolute = tuple(every * k + skip for k in range(1, saves + 1)) if every > 0 else ()
-    else:
-        absolute = ()
-    chosen.update(s - skip for s in absolute if 0 <= s - skip < run)
+        chosen.update(j for j in saves if 0 <= j < run)
+    elif saves > 0 and (every := (run - 1) // (saves + 1)) > 0:
+        chosen.update(range(every, run, every))
     return tuple(sorted(chosen))
 
 

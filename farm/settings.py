@@ -59,7 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("seed", "seed", "random", "Seed (int) or 'random' (chosen once, recorded in plan.json). Still i uses seed + i; frame f uses seed + f.", "scene", aliases=("set_seed",)),
     _s("width_height", "size", [1280, 768], "Image size [width, height], multiples of 64.", "scene"),
     _s("display_rate", "int", 20, "Save a preview every N sampler steps (0 = none).", "scene", minimum=0, maximum=MAX_STEPS),
-    _s("intermediate_saves", "steps_list", 0, "N evenly spaced intermediate saves, or a list of step indices.", "scene"),
+    _s("intermediate_saves", "steps_list", 0, "N evenly spaced intermediate saves, or a list of step indices counted from the first step run (as DD).", "scene"),
     _s("interpolation", "choice", "linear", "Keyframe in-betweens: linear (DD), cubic spline, or step.", "scene", aliases=("interp_spline",), choices=("linear", "cubic", "quadratic", "step")),
     # --- models
     _s("diffusion_model", "str", "512x512_diffusion_uncond_finetune_008100", "Diffusion UNet: a catalogue name, 'custom' (with custom_path), or 'tiny' (built-in random test model).", "models"),

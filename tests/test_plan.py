@@ -184,8 +184,10 @@ def test_skipping_all_steps_is_refused_as_dd_refuses_it(change, says):
 
 def test_intermediate_steps():
     assert intermediate_steps(4, 0, 12, 2) == (0, 4, 8, 9)
-    assert intermediate_steps(0, 2, 100, 10) == (29, 58)  # DD: (100-10-1)//3 = 29 -> saves at 39, 68 absolute
-    assert intermediate_steps(0, (15, 500), 100, 10) == (5,)
+    # DD: steps_per_checkpoint (100-10-1)//3 = 29, saved where j % 29 == 0 and j > 0 (j counts the steps run)
+    assert intermediate_steps(0, 2, 100, 10) == (29, 58, 87)
+    assert intermediate_steps(0, 2, 250, 10) == (79, 158, 237)  # three saves for 2, as in DD
+    assert intermediate_steps(0, (15, 500), 100, 10) == (15,)  # a list holds j, not absolute steps
 
 
 def test_plan_record_is_json_friendly():
