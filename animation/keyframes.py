@@ -211,9 +211,10 @@ def _scan(text: str) -> list[tuple[int, Expression]]:
         keys[frame] = _compile_value(text[i + 1:close], i + 1)
         i = _skip_space(text, close + 1)
         if i < end:
-            if text[i] != ",":
+            if text[i] == ",":
+                i = _skip_space(text, i + 1)
+            elif not (i > close + 1 and "0" <= text[i] <= "9"):  # DD's parser also takes "0:(0) 4:(2)"
                 raise _error(i, f"expected ',' between keys, found {text[i]!r}")
-            i = _skip_space(text, i + 1)
     return list(keys.items())
 
 

@@ -40,6 +40,11 @@ def test_dd_docstring_example_holds_before_and_after():
     assert schedule.values_int(5).dtype == np.int64
 
 
+def test_keys_separated_by_spaces_only_are_read_as_dd_reads_them():
+    spaced, commas = parse_keyframes("0:(0) 4:(2)"), parse_keyframes("0:(0), 4:(2)")
+    assert spaced.values(6).tolist() == commas.values(6).tolist() == [0, 0.5, 1, 1.5, 2, 2]
+
+
 def test_two_segments():
     values = parse_keyframes("0: (0), 10: (10), 20: (-10)").values(25)
     assert values[5] == 5.0
@@ -260,7 +265,7 @@ def test_schedule_constructor_checks_keys():
         ("0: 1", "at character 4: expected '(' after ':'"),
         ("0: (1), 10: (1.05", "at character 13: '(' is never closed"),
         ("0: (1), 10: ((1.05)", "at character 13: '(' is never closed"),
-        ("0: (1) 10: (2)", "at character 8: expected ',' between keys, found '1'"),
+        ("0: (1)10: (2)", "at character 7: expected ',' between keys, found '1'"),
         ("0: (1), 10: (2))", "at character 16: expected ',' between keys, found ')'"),
         ("0: (1), 10: (2) garbage", "at character 17: expected ',' between keys, found 'g'"),
         ("0: (1), 0: (2)", "at character 9: frame 0 is given twice"),
