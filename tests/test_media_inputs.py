@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from animation.video import ffmpeg_exe, probe_video
+from animation.video import probe_video
 from farm.inputs import MAX_IMAGE_PIXELS, InputError, check_image, check_video, load_image, url_problem
+from tests.media import png_mov, zero_mdat
 
 
 # -- 16-bit, 32-bit and float grey --------------------------------------------------------
@@ -141,32 +141,10 @@ def test_video_with_frames_over_the_pixel_limit_is_refused(tmp_path):
     assert str(error.value) == f"frame size 8200x8200 is more than {MAX_IMAGE_PIXELS} pixels"
 
 
-def _png_mov(path, frames: int = 3):
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    f"testsrc=size=64x48:rate=12:duration={frames / 12}", "-c:v", "png",
-                    str(path)], check=True)
-    return path
-
-
-def zero_mdat(path):
-    """Zero the payload of the file's mdat box: the packets stay where the index says, but
-    hold no PNG (the audit's zeroed_png.mov)."""
-    data = bytearray(path.read_bytes())
-    at = 0
-    while at + 8 <= len(data):
-        size = int.from_bytes(data[at:at + 4], "big")
-        if data[at + 4:at + 8] == b"mdat":
-            data[at + 8:at + size] = bytes(size - 8)
-            path.write_bytes(bytes(data))
-            return path
-        at += size
-    raise AssertionError("no mdat box")
-
-
 def test_video_that_probes_but_does_not_decode_is_refused_with_the_decoders_reason(tmp_path):
-    good = _png_mov(tmp_path / "good.mov")
+    good = png_mov(tmp_path / "good.mov")
     assert check_video(good).frames == 3
-    broken = zero_mdat(_png_mov(tmp_path / "broken.mov"))
+    broken = zero_mdat(png_mov(tmp_path / "broken.mov"))
     assert probe_video(broken).frames == 3  # the packets are all there
     with pytest.raises(InputError) as error:
         check_video(broken)

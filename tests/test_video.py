@@ -6,6 +6,7 @@ import pytest
 
 from animation.video import (VideoError, VideoInfo, blend_consecutive, extract_frames,
                              probe_video, stitch)
+from tests.media import png_mov, zero_mdat
 
 WIDTH, HEIGHT, COUNT = 64, 48, 7
 
@@ -160,31 +161,6 @@ def test_stitch_reports_missing_frame_and_empty_list(frame_files, tmp_path):
 
 # -- pixel limit, undecodable packets, ffmpeg's most telling error line -----------------------
 
-def _png_mov(path, frames=3):
-    import subprocess
-
-    from animation.video import ffmpeg_exe
-
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    f"testsrc=size=64x48:rate=12:duration={frames / 12}", "-c:v", "png",
-                    str(path)], check=True)
-    return path
-
-
-def _zero_mdat(path):
-    """Zero the payload of the mdat box: the index still finds every packet, but no PNG."""
-    data = bytearray(path.read_bytes())
-    at = 0
-    while at + 8 <= len(data):
-        size = int.from_bytes(data[at:at + 4], "big")
-        if data[at + 4:at + 8] == b"mdat":
-            data[at + 8:at + size] = bytes(size - 8)
-            path.write_bytes(bytes(data))
-            return path
-        at += size
-    raise AssertionError("no mdat box")
-
-
 def test_probe_refuses_frames_over_max_pixels(frame_files, tmp_path):
     from animation.video import VideoTooLarge
 
@@ -202,9 +178,9 @@ def test_probe_refuses_frames_over_max_pixels(frame_files, tmp_path):
 def test_undecodable_packets_fail_with_the_decoders_reason_not_conversion_failed(tmp_path):
     from animation.video import decode_first_frame
 
-    good = _png_mov(tmp_path / "good.mov")
+    good = png_mov(tmp_path / "good.mov")
     decode_first_frame(good)
-    broken = _zero_mdat(_png_mov(tmp_path / "broken.mov"))
+    broken = zero_mdat(png_mov(tmp_path / "broken.mov"))
     assert probe_video(broken).frames == 3
     for call in (lambda: decode_first_frame(broken), lambda: extract_frames(broken, tmp_path / "o")):
         with pytest.raises(VideoError, match=r"broken\.mov: Invalid PNG signature") as error:
