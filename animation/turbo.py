@@ -13,6 +13,9 @@ DD v5.7's schedule (its turbo_mode, used with 3D; the math works with any warp):
   skipped frame before the next diffused one; with turbo_steps 2 the older chain gets
   weight 0. We keep DD's weights so DD settings look the same.
 - The blended frame is only written out; the chain continues from the newer chain.
+- A diffused frame after the first is written as ``1/turbo_steps`` of its new image over
+  the warped frame it started from (DD's 3D turbo: less flicker at the diffused frames);
+  the chains continue from the new image itself (``turbo_saved_frame``).
 """
 
 from __future__ import annotations
@@ -58,3 +61,11 @@ def blend_chains(older: np.ndarray, newer: np.ndarray, weight: float) -> np.ndar
 def turbo_blend(older: np.ndarray, newer: np.ndarray, frame: int, turbo_steps: int) -> np.ndarray:
     """The in-between frame DD writes for ``frame``: the two warped chains blended."""
     return blend_chains(older, newer, turbo_weight(frame, turbo_steps))
+
+
+def turbo_saved_frame(diffused: np.ndarray, warped_previous: np.ndarray, turbo_steps: int) -> np.ndarray:
+    """What DD's turbo writes out for a diffused frame after the first: ``1/turbo_steps`` of
+    its new image over the warped previous frame it started from (the chain goes on from
+    the new image)."""
+    _check_schedule(turbo_steps)
+    return blend_chains(warped_previous, diffused, 1.0 / turbo_steps)

@@ -167,6 +167,8 @@ class _RenderActor:
                  "node_id": context.get_node_id(), "pid": os.getpid()}
         if group is None and animation.save_depth_maps and result.depth is not None:  # stills have no depth
             stats["depth"] = result.depth
+        if group is None and result.chain is not None:  # turbo: pixels is blended, later frames start from this
+            stats["chain"] = result.chain
         return result.pixels, stats
 
 

@@ -157,7 +157,7 @@ class RenderSession:
             entry = {e.index: e for e in job.out.manifest()}.get(index)
             if entry is None:
                 raise RuntimeError(f"{job.job_id}: frame {index} is neither in memory nor on disk")
-            self._pixels[key] = job.out.load_frame(entry)
+            self._pixels[key] = job.out.load_source(entry)
         return self._pixels[key]
 
     def _inputs_for(self, job: RenderJob, task: Task) -> FrameInputs:
@@ -251,8 +251,9 @@ class RenderSession:
             written.append(frame.index)
             job.frame_seconds.append(elapsed / len(results))
             self.completed.append((task.job, frame.index, label))
-            if job.plan.is_animation:
-                self._pixels[(task.job, frame.index)] = np.array(image, copy=True)
+            if job.plan.is_animation:  # what later frames start from (a turbo frame's chain image)
+                source = stats.get("chain") if stats.get("chain") is not None else image
+                self._pixels[(task.job, frame.index)] = np.array(source, copy=True)
         metrics = farm_metrics()
         metrics["frames_done"].inc(len(written), {"scene": job.plan.name})
         metrics["busy_seconds"].inc(max(stats["seconds"], 0.0), {"actor": label})
@@ -279,12 +280,16 @@ class RenderSession:
 
     @staticmethod
     def _write_frame(job: RenderJob, frame, pixels: np.ndarray, stats: dict) -> None:
-        """The frame's PNG (atomically) and its manifest line; its depth map when sent."""
+        """The frame's PNG (atomically), its chain image when sent (turbo), and its manifest
+        line last; its depth map when sent."""
+        chain = stats.get("chain")
+        chain_digest = job.out.write_chain(frame.index, chain) if chain is not None else ""
         relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
         job.out.append_manifest(ManifestEntry(
             index=frame.index, kind=frame.kind, file=relative, sha256=digest,
             settings_hash=job.plan.frame_hashes[frame.index], seed=frame.render.seed, actor=stats["actor"],
-            node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now()))
+            node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now(),
+            chain_sha256=chain_digest))
         if stats.get("depth") is not None:
             job.out.write_depth(frame.index, stats["depth"])
 

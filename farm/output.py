@@ -32,7 +32,7 @@ MANIFEST = "manifest.jsonl"
 MANIFEST_DIR = "manifest.d"
 FRAME_FOLDERS = {"image": "images", "frame": "frames", "segment": "segments"}
 # what the farm writes into a folder: these must be folders, those files (`check_layout`)
-LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", MANIFEST_DIR)
+LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", "chain", MANIFEST_DIR)
 LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
 LOCK_FILE = ".lock"
 """Held (flock) by the `farm submit` rendering into the folder; holds its pid."""
@@ -104,9 +104,13 @@ class ManifestEntry:
     node: str = ""
     seconds: float = 0.0
     finished_at: str = ""
+    chain_sha256: str = ""  # turbo: the sha256 of chain/NNNNNN.png, the image later frames start from
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        record = dict(self.__dict__)
+        if not record["chain_sha256"]:
+            del record["chain_sha256"]
+        return json.dumps(record, sort_keys=True)
 
     @classmethod
     def from_json(cls, line: str) -> "ManifestEntry | None":
@@ -131,6 +135,9 @@ class ManifestEntry:
             return None
         optional = {"actor": str, "node": str, "finished_at": str}
         if any(key in record and not isinstance(record[key], kind_) for key, kind_ in optional.items()):
+            return None
+        if "chain_sha256" in record and not (isinstance(record["chain_sha256"], str)
+                                             and _SHA256.fullmatch(record["chain_sha256"])):
             return None
         seconds = record.get("seconds", 0.0)
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -360,6 +367,16 @@ class OutputFolder:
         return record
 
     # -- frames
+    @staticmethod
+    def chain_file(index: int) -> str:
+        return f"chain/{index:06d}.png"
+
+    def write_chain(self, index: int, pixels: np.ndarray) -> str:
+        """A turbo frame's chain image (see `load_source`); returns its sha256."""
+        data = png_bytes(pixels)
+        self.store.write(self.chain_file(index), data)
+        return sha256_hex(data)
+
     def write_frame(self, kind: str, index: int, pixels: np.ndarray) -> tuple[str, str]:
         """Write a finished frame atomically; returns (relative file, sha256)."""
         data = png_bytes(pixels)
@@ -442,21 +459,33 @@ class OutputFolder:
         return entries
 
     def finished(self, hashes: dict[int, str]) -> dict[int, ManifestEntry]:
-        """Frames whose manifest line matches the plan's settings hash and whose PNG verifies."""
+        """Frames whose manifest line matches the plan's settings hash and whose PNG (and
+        chain image, if it has one) verifies."""
         good: dict[int, ManifestEntry] = {}
         for entry in self.manifest():
             if hashes.get(entry.index) != entry.settings_hash:
                 continue
-            try:
-                data = self.store.read(entry.file)
-            except (OSError, OutsideOutput):  # gone, unreadable, frames/ not a folder, a link out
-                continue
-            if sha256_hex(data) == entry.sha256:
+            files = [(entry.file, entry.sha256)]
+            if entry.chain_sha256:
+                files.append((self.chain_file(entry.index), entry.chain_sha256))
+            if all(self._verifies(relative, digest) for relative, digest in files):
                 good[entry.index] = entry
         return good
 
+    def _verifies(self, relative: str, digest: str) -> bool:
+        try:
+            data = self.store.read(relative)
+        except (OSError, OutsideOutput):  # gone, unreadable, frames/ not a folder, a link out
+            return False
+        return sha256_hex(data) == digest
+
     def load_frame(self, entry: ManifestEntry) -> np.ndarray:
         return read_png(self.store.read(entry.file))
+
+    def load_source(self, entry: ManifestEntry) -> np.ndarray:
+        """The image later frames start from: the chain image of a turbo frame written out
+        blended, else the frame itself."""
+        return read_png(self.store.read(self.chain_file(entry.index))) if entry.chain_sha256 else self.load_frame(entry)
 
     def _rewrite_manifest(self, keep: dict[int, ManifestEntry], folded: list[str]) -> None:
         """manifest.jsonl whole first, then the manifest.d/ objects it replaces (a crash in

@@ -80,6 +80,13 @@ class FrameSpec:
         return hashlib.sha256(_canonical_json(hashed).encode()).hexdigest()
 
 
+def saves_turbo_blend(frame: FrameSpec, animation: "AnimationSettings") -> bool:
+    """A turbo frame that is diffused and made from another: written out blended with the
+    frame it started from (``animation.turbo.turbo_saved_frame``), its chain image kept apart."""
+    return (animation.turbo_mode and animation.mode in ("2D", "3D") and frame.diffuse
+            and frame.previous is not None)
+
+
 @dataclass(frozen=True)
 class FrameDependencies:
     """Finished frames (by index) a frame is made from; see Plan.dependencies."""
@@ -218,6 +225,8 @@ class Plan:
                            "inputs": [digests.get(name, name) for name in files],
                            "carried_by": carry if sources else None,
                            "from": [hashes[source] for source in sources]}
+                if saves_turbo_blend(frame, self.animation):
+                    made_of["saved"] = "turbo blend"
                 hashes[index] = hashlib.sha256(_canonical_json(made_of).encode()).hexdigest()
         return hashes
 

@@ -120,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("border_mode", "choice", "wrap", "2D warp border: wrap (DD), replicate or reflect.", "animation", choices=("wrap", "replicate", "reflect")),
     _s("frames_scale", "keyframes", 1500, "init_scale for animation frames after the first.", "animation", minimum=0),
     _s("frames_skip_steps", "skip", "60%", "skip_steps for animation frames after the first: '60%' of steps or a number.", "animation"),
-    _s("turbo_mode", "bool", False, "Diffuse only every turbo_steps-th frame; blend the frames between (DD: 3D only, here 2D too; DD also blends its saved diffused frames with the warped previous one, this does not).", "animation"),
+    _s("turbo_mode", "bool", False, "Diffuse only every turbo_steps-th frame; blend the frames between; diffused frames are written blended 1/turbo_steps over where they started, as DD (DD: 3D only, here 2D too).", "animation"),
     _s("turbo_steps", "int", 3, "Turbo cadence.", "animation", minimum=2, maximum=1000),
     _s("turbo_preroll", "int", 10, "Frames diffused normally before turbo starts.", "animation", minimum=0, maximum=MAX_FRAMES),
     _s("color_coherence", "choice", "none", "Match each frame's colours to frame 0: none, LAB, HSV or RGB.", "animation", choices=("none", "LAB", "HSV", "RGB")),

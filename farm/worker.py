@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from farm.plan import AnimationSettings, FrameSpec
+from farm.plan import AnimationSettings, FrameSpec, saves_turbo_blend
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class FrameResult:
     steps: int
     init: np.ndarray | None = None  # the init image used (for inspection and tests)
     depth: np.ndarray | None = None  # 3D: depth of the frame this one was warped from
+    chain: np.ndarray | None = None  # turbo: the new image later frames start from (pixels is blended)
 
 
 def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
@@ -162,7 +163,12 @@ class FrameRenderer:
         pixels = self.renderer.render(frame.render, init=init, image_prompt_images=inputs.image_prompts,
                                       on_intermediate=on_intermediate, should_stop=should_stop)
         steps = frame.render.sampler.steps - frame.render.sampler.skip_steps
-        return FrameResult(pixels, time.perf_counter() - started, steps, init, depth)
+        chain = None
+        if saves_turbo_blend(frame, animation) and init is not None:
+            from animation.turbo import turbo_saved_frame
+
+            chain, pixels = pixels, turbo_saved_frame(pixels, init, animation.turbo_steps)
+        return FrameResult(pixels, time.perf_counter() - started, steps, init, depth, chain)
 
     def render_group(self, frames: tuple[FrameSpec, ...], animation: AnimationSettings, inputs: FrameInputs,
                      on_intermediate: Callable[[int, np.ndarray], None] | None = None,

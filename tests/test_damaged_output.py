@@ -50,7 +50,7 @@ GOOD = {"index": 0, "kind": "frame", "file": "frames/000000.png", "sha256": "0" 
 @pytest.mark.parametrize("change", [
     {"index": [0]}, {"index": "0"}, {"index": True}, {"index": -1}, {"index": 1.0}, {"file": 5}, {"file": None},
     {"sha256": 5}, {"sha256": "x"}, {"settings_hash": ["h"]}, {"seed": "1"}, {"kind": "movie"}, {"kind": ["frame"]},
-    {"actor": 3}, {"seconds": "slow"}, {"finished_at": {}},
+    {"actor": 3}, {"seconds": "slow"}, {"finished_at": {}}, {"chain_sha256": "x"}, {"chain_sha256": 5},
 ], ids=repr)
 def test_a_manifest_line_with_a_wrong_type_is_skipped(tmp_path, change):
     folder = finished_folder(tmp_path)

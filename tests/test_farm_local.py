@@ -265,6 +265,13 @@ def test_3d_turbo_animation_saves_depth_maps_and_previews(tmp_path, capsys):
     assert main(["preview", str(tmp_path)]) == 0
     assert probe_video(tmp_path / "preview.mp4").frames == 4
     assert "preview (4 of 4 frames)" in capsys.readouterr().out
+    # diffused frames after the first are written blended; their chain images are kept apart
+    assert sorted(p.name for p in (tmp_path / "chain").iterdir()) == ["000001.png", "000002.png"]
+    written = frame_hashes(tmp_path)
+    (tmp_path / "chain" / "000002.png").unlink()  # frame 3 starts from it: frame 2 is rendered again
+    session, results = render(scene, tmp_path, actors=1)
+    assert results == {"t": "succeeded"} and session.jobs["t"].reused == 3
+    assert frame_hashes(tmp_path) == written and (tmp_path / "chain" / "000002.png").exists()
 
 
 def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference_stills):

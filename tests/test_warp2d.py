@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from animation.motion import Motion
-from animation.turbo import blend_chains, is_diffused_frame, turbo_blend, turbo_weight
+from animation.turbo import blend_chains, is_diffused_frame, turbo_blend, turbo_saved_frame, turbo_weight
 from animation.warp2d import ImageError, affine_matrix_2d, warp_2d
 
 
@@ -126,6 +126,13 @@ def test_turbo_schedule_matches_dd():
     diffused = [f for f in range(16) if is_diffused_frame(f, turbo_steps=3, turbo_preroll=4)]
     assert diffused == [0, 1, 2, 3, 4, 6, 9, 12, 15]
     assert all(is_diffused_frame(f, 1, 0) for f in range(10))
+
+
+def test_a_turbo_diffused_frame_is_written_as_dd_writes_it():
+    """DD: cv2.addWeighted(new, 1/turbo_steps, warped previous, 1 - 1/turbo_steps, 0)."""
+    new, warped = np.full((2, 2, 3), 200, np.uint8), np.full((2, 2, 3), 100, np.uint8)
+    assert (turbo_saved_frame(new, warped, 4) == 125).all()
+    assert np.array_equal(turbo_saved_frame(new, warped, 1), new)
 
 
 def test_turbo_weights_match_dd():

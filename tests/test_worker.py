@@ -22,11 +22,13 @@ def renderer():
     return FrameRenderer(plan.frames[0].render.models, device="cpu", threads=2)
 
 
-def render_chain(renderer, plan, video=None):
-    outputs, inits = [], []
+def render_chain(renderer, plan, video=None, chains=None):
+    """Each frame's written pixels and init; later frames start from `chains` (a turbo
+    frame's unblended image, else its pixels), filled in when a list is given."""
+    outputs, inits, sources = [], [], []
     for frame in plan.frames:
         needs = plan.dependencies(frame)
-        pixel = lambda i: outputs[i] if i is not None else None  # noqa: E731
+        pixel = lambda i: sources[i] if i is not None else None  # noqa: E731
         inputs = FrameInputs(
             previous=pixel(needs.previous), reference=pixel(needs.reference),
             previous_motions=needs.previous_motions, older=pixel(needs.older), older_motions=needs.older_motions,
@@ -35,6 +37,9 @@ def render_chain(renderer, plan, video=None):
         result = renderer.render(frame, plan.animation, inputs)
         outputs.append(result.pixels)
         inits.append(result.init)
+        sources.append(result.chain if result.chain is not None else result.pixels)
+    if chains is not None:
+        chains.extend(sources)
     return outputs, inits
 
 
@@ -88,7 +93,8 @@ def test_turbo_skipped_frames_blend_two_warped_chains_like_dd(renderer):
                                + 'animation_mode: 2D\nzoom: "0:(1.05)"\nangle: "0:(3)"\n'
                                + "turbo_mode: true\nturbo_steps: 3\nturbo_preroll: 2\n"))
     assert [f.diffuse for f in plan.frames] == [True, True, True, True, False, False, True]  # DD's schedule
-    outputs, inits = render_chain(renderer, plan)
+    chains = []
+    outputs, inits = render_chain(renderer, plan, chains=chains)
 
     def warp(image, frames):
         for f in frames:
@@ -96,10 +102,33 @@ def test_turbo_skipped_frames_blend_two_warped_chains_like_dd(renderer):
         return image
 
     # frame 5: newer chain from diffused frame 3 (warped by 4 and 5), older from frame 2 (warped by 3, 4, 5)
-    expected = turbo_blend(warp(outputs[2], (3, 4, 5)), warp(outputs[3], (4, 5)), 5, 3)
+    expected = turbo_blend(warp(chains[2], (3, 4, 5)), warp(chains[3], (4, 5)), 5, 3)
     assert np.array_equal(outputs[5], expected) and np.array_equal(inits[5], expected)
     # the next diffused frame continues the newer chain, not the blended frame
-    assert np.array_equal(inits[6], warp(outputs[3], (4, 5, 6)))
+    assert np.array_equal(inits[6], warp(chains[3], (4, 5, 6)))
+
+
+def test_turbo_writes_diffused_frames_blended_over_where_they_started_as_dd(renderer):
+    """DD's 3D turbo writes a diffused frame after the first as 1/turbo_steps of its new
+    image over the warped frame it started from; the chain continues from the new image."""
+    from animation.turbo import turbo_saved_frame
+
+    plan = resolve(parse_scene(FAST.replace("max_frames: 3", "max_frames: 4")
+                               + 'animation_mode: 3D\ntranslation_z: "0:(20)"\n'
+                               + "turbo_mode: true\nturbo_steps: 2\nturbo_preroll: 1\n"))
+    assert [f.diffuse for f in plan.frames] == [True, True, True, False]
+    chains = []
+    outputs, inits = render_chain(renderer, plan, chains=chains)
+    assert np.array_equal(outputs[0], chains[0])  # the first frame is written as rendered
+    for f in (1, 2):
+        assert not np.array_equal(outputs[f], chains[f])
+        assert np.array_equal(outputs[f], turbo_saved_frame(chains[f], inits[f], 2))
+    depth = renderer.depth_model("dpt_large")
+    from animation.warp3d import warp_3d
+
+    expected = warp_3d(chains[1], depth.predict(chains[1]), plan.frames[2].motion, near_plane=200,
+                       far_plane=10000, fov=40, padding_mode="border", sampling_mode="bicubic")
+    assert np.array_equal(inits[2], expected)  # made from frame 1's chain image, not its written blend
 
 
 @pytest.mark.parametrize("mode", ["optical flow", "linear", "none"])
