@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,10 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             _check_range(setting, number)
             return parse_keyframes(number)
         if isinstance(value, str):
+            respaced = re.fullmatch(r"\s*(ddim|plms)\s*(\d+)\s*", value, re.IGNORECASE)
+            if respaced and setting.name in ("steps", "video_init_steps"):  # guided-diffusion's respacing string
+                raise _Bad(f"expected a number of steps: '{value.strip()}' is steps: {respaced.group(2)} with "
+                           f"diffusion_sampling_mode: {respaced.group(1).lower()}")
             try:
                 return parse_keyframes(value)
             except KeyframeError as exc:

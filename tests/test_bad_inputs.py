@@ -176,6 +176,7 @@ SCENE_CASES = [
     Case("init-outside-absolute-tmp", "init_image", "is outside the scene's folder"),
     Case("init-etc-passwd", "init_image", "is outside the scene's folder"),
     Case("init-home", "init_image", "is outside the scene's folder"),
+    Case("steps-respacing-string", "steps", "'ddim250' is steps: 250 with diffusion_sampling_mode: ddim"),
     Case("skip-all-steps", "skip_steps", "frame 0 would skip 10 of its 10 steps"),
     Case("prompts-empty-at-a-frame", "text_prompts", "frame 5 has no prompts (DD stops there)"),
     Case("prompt-weights-sum-near-zero", "text_prompts", "frame 0: the text and image prompt weights sum to 0.0005"),
