@@ -212,7 +212,13 @@ def _convert_size(dd: dict, scene: dict, notes: list[str], origin: dict[str, str
                          "(width and height become width_height)")
     if "width_height" in dd:
         notes.append("dropped width_height: width and height are used")
-    scene["width_height"] = [dd.get("width"), dd.get("height")]
+    size = [dd.get("width"), dd.get("height")]
+    for position, key in enumerate(("width", "height")):
+        side = size[position]
+        if isinstance(side, int) and not isinstance(side, bool) and side >= 64 and side % 64:
+            size[position] = side // 64 * 64  # what DD rendered: it rounds down to a multiple of 64
+            notes.append(f"{key} {side} -> {size[position]}: DD rendered {size[position]} (a multiple of 64)")
+    scene["width_height"] = size
     origin["width_height"] = _SIZE_LABEL
 
 

@@ -116,6 +116,11 @@ def test_import_dd_of_a_file_as_dd_writes_it_for_an_animation(capsys, tmp_path):
     assert code == 0, err
     assert "does not record animation_mode or n_batches: this scene renders 50 stills; add animation_mode" in err
     assert load_scene(tmp_path / "imported.yaml", overrides={"animation_mode": "2D"})["max_frames"] == 10000
+    settings.update(width=1000, height=700)  # DD rounds down to multiples of 64 (the import refused it)
+    source.write_text(json.dumps(settings))
+    code, _, err = run(capsys, "import-dd", str(source), "-o", str(tmp_path / "sized.yaml"))
+    assert code == 0 and "width 1000 -> 960: DD rendered 960" in err and "height 700 -> 640" in err
+    assert load_scene(tmp_path / "sized.yaml")["width_height"] == (960, 640)
 
 
 def test_import_dd_bad_input(capsys, tmp_path):
