@@ -214,9 +214,10 @@ def _check_submit_args(args) -> list:
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
         scenes.append((path, scene))
-        resolve(scene, _video_frames(scene))  # SceneInvalid: a frame its settings cannot render
+        video_frames = _video_frames(scene)
+        resolve(scene, video_frames)  # SceneInvalid: a frame its settings cannot render
         if args.frames is not None:
-            _parse_range(args.frames, frame_count(scene, _video_frames(scene)))
+            _parse_range(args.frames, frame_count(scene, video_frames))
         if args.out and not is_uri(args.out):
             target = Path(args.out).expanduser()
             target = target / scene["name"] if len(args.scenes) > 1 else target

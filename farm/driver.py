@@ -252,8 +252,8 @@ class RenderSession:
             job.frame_seconds.append(elapsed / len(results))
             self.completed.append((task.job, frame.index, label))
             if job.plan.is_animation:  # what later frames start from (a turbo frame's chain image)
-                source = stats.get("chain") if stats.get("chain") is not None else image
-                self._pixels[(task.job, frame.index)] = np.array(source, copy=True)
+                chain = stats.get("chain")
+                self._pixels[(task.job, frame.index)] = np.array(image if chain is None else chain, copy=True)
         metrics = farm_metrics()
         metrics["frames_done"].inc(len(written), {"scene": job.plan.name})
         metrics["busy_seconds"].inc(max(stats["seconds"], 0.0), {"actor": label})
@@ -499,14 +499,13 @@ def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = 
     settings = plan.animation
     codec = {"mp4": "h264", "webm": "webm", "gif": "gif"}[settings.video_format]
     name = name or f"video.{settings.video_format}"
+    indices = sorted(entries)
     blend, blend_pair = min(settings.video_blend, 0.99), None
-    if settings.mode == "Video Input" and settings.video_init_blend_mode == "none":
+    video_mode = settings.video_init_blend_mode if settings.mode == "Video Input" else "linear"
+    if video_mode == "none":
         blend = 0.0
-    elif (settings.mode == "Video Input" and settings.video_init_blend_mode == "optical flow" and blend
-          and inputs is not None and inputs.video_frames_dir is not None):
+    elif video_mode == "optical flow" and blend and inputs is not None and inputs.video_frames_dir is not None:
         from animation.flow import flow_blend_frames
-
-        indices = sorted(entries)
 
         def blend_pair(previous, current, position):
             before, now = (plan.frames[indices[p]] for p in (position - 1, position))
@@ -516,7 +515,7 @@ def make_video(out: OutputFolder, plan: Plan, entries: dict, name: str | None = 
                                      inputs.video_frame(now.init.video_frame, settings.extract_nth_frame, size),
                                      blend, use_mask=settings.video_init_check_consistency)
     # ffmpeg needs local files: a URI's frames are copied to a temporary folder, the video uploaded
-    with out.local_files([entries[i].file for i in sorted(entries)]) as frames, out.local_target(name) as target:
+    with out.local_files([entries[i].file for i in indices]) as frames, out.local_target(name) as target:
         stitch(frames, target, fps=settings.fps, crf=settings.video_crf, codec=codec, blend=blend,
                blend_pair=blend_pair)
     return name

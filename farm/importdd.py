@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import yaml
 
 from farm import settings as S
+from farm.inputs import is_url
 from farm.scene import Problem, SceneInvalid, parse_scene
 from farm.yamlio import MAX_FILE_BYTES
 
@@ -25,7 +25,6 @@ MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 100
 """An integer longer than this means nothing in a scene (seeds have at most 10 digits)."""
 PATH_SETTINGS = ("init_image", "video_init_path", "custom_path")
-_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 _SIZE_LABEL = "width/height"
 
 
@@ -225,7 +224,7 @@ def _convert_size(dd: dict, scene: dict, notes: list[str], origin: dict[str, str
 def _first_url(value: object) -> str | None:
     """The first URL among a path setting's value or an image-prompt schedule's texts."""
     if isinstance(value, str):
-        return value.strip() if _URL.match(value) else None
+        return value.strip() if is_url(value) else None
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for item in items:
         found = _first_url(item)

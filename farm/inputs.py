@@ -22,10 +22,15 @@ class InputError(ValueError):
 _URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
+def is_url(text: object) -> bool:
+    """An input path given as a URL (``scheme://...``: http, https, file, s3, ...)."""
+    return isinstance(text, str) and _URL.match(text) is not None
+
+
 def url_problem(text: str) -> str | None:
-    """The one-line problem with an input path that is a URL (``scheme://...``: http, https,
-    file, s3, ...), or None for a path. URLs are never fetched."""
-    if not isinstance(text, str) or not _URL.match(text):
+    """The one-line problem with an input path that is a URL, or None for a path. URLs are
+    never fetched."""
+    if not is_url(text):
         return None
     return (f"'{text.strip()}' is a URL; URLs are not read: download the file into the "
             "scene's folder and give its path")

@@ -371,18 +371,20 @@ class OutputFolder:
     def chain_file(index: int) -> str:
         return f"chain/{index:06d}.png"
 
+    def _write_png(self, relative: str, pixels: np.ndarray) -> str:
+        """Write an image atomically; returns its sha256."""
+        data = png_bytes(pixels)
+        self.store.write(relative, data)
+        return sha256_hex(data)
+
     def write_chain(self, index: int, pixels: np.ndarray) -> str:
         """A turbo frame's chain image (see `load_source`); returns its sha256."""
-        data = png_bytes(pixels)
-        self.store.write(self.chain_file(index), data)
-        return sha256_hex(data)
+        return self._write_png(self.chain_file(index), pixels)
 
     def write_frame(self, kind: str, index: int, pixels: np.ndarray) -> tuple[str, str]:
         """Write a finished frame atomically; returns (relative file, sha256)."""
-        data = png_bytes(pixels)
         relative = self.frame_file(kind, index)
-        self.store.write(relative, data)
-        return relative, sha256_hex(data)
+        return relative, self._write_png(relative, pixels)
 
     def write_preview(self, index: int, png: bytes) -> None:
         self.store.write(f"previews/{index:06d}.png", png)

@@ -372,31 +372,25 @@ def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[s
             # as DD: video_init_frames_scale on every frame, frame 0 too; video_init_skip_steps on
             # frame 0 only with flow warp (without it, frame 0 skips as the others do)
             init_scale = float(floats["frames_scale"][k])
-            first_skip = ints["skip_steps"][k] if scene["video_init_flow_warp"] else frames_skip[k]
+            skips_as_first = first_of_shot and scene["video_init_flow_warp"]
         else:
             init_scale = float(floats["init_scale"][k] if first_of_shot else floats["frames_scale"][k])
-            first_skip = ints["skip_steps"][k]
-        if first_of_shot:
-            skip = int(first_skip)
-            if mode == "Video Input":
-                init = InitSource("video", video_frame=index * scene["extract_nth_frame"])
-            elif scene["init_image"]:
-                init = InitSource("image", path=scene["init_image"])
-            else:
-                init = InitSource("noise")
+            skips_as_first = first_of_shot
+        skip_setting = source("skip_steps" if skips_as_first else "frames_skip_steps")
+        skip = int(ints["skip_steps"][k] if skips_as_first else frames_skip[k])
+        if mode == "Video Input":
+            init = InitSource("video", video_frame=index * scene["extract_nth_frame"],
+                              flow_from_previous=not first_of_shot and scene["video_init_flow_warp"])
+        elif not first_of_shot:
+            init = InitSource("previous")
+        elif scene["init_image"]:
+            init = InitSource("image", path=scene["init_image"])
         else:
-            skip = int(frames_skip[k])
-            if mode == "Video Input":
-                init = InitSource("video", video_frame=index * scene["extract_nth_frame"],
-                                  flow_from_previous=scene["video_init_flow_warp"])
-            else:
-                init = InitSource("previous")
+            init = InitSource("noise")
         if not 0 <= skip < steps:
-            name = source("skip_steps") if first_of_shot and (mode != "Video Input" or scene["video_init_flow_warp"]) \
-                else source("frames_skip_steps")
-            raise SceneInvalid([Problem(scene.source, None, name, f"frame {index} would skip {skip} of its {steps} "
-                                        "steps; skip fewer than steps (DD stops: you can't skip more steps than "
-                                        "your total steps)")])
+            raise SceneInvalid([Problem(scene.source, None, skip_setting,
+                                        f"frame {index} would skip {skip} of its {steps} steps; skip fewer than "
+                                        "steps (DD stops: you can't skip more steps than your total steps)")])
         if mode == "Video Input":  # DD adds 1 to the seed before every video frame, frame 0 too
             frame_seed = seed if scene["video_init_seed_continuity"] else (seed + index + 1) % SEED_MODULUS
         else:

@@ -131,14 +131,13 @@ def _load_inputs(scene: Scene, inputs) -> None:
     from farm.inputs import load_image
 
     size = tuple(scene["width_height"])
+    paths = input_paths(scene)
     if scene["init_image"]:
-        inputs.init_image = load_image(scene["init_image"], size)
+        inputs.init_image = load_image(paths[scene["init_image"]], size)
     for _, prompts in scene["image_prompts"].keys:
         for prompt in prompts:
             if prompt.text not in inputs.image_prompts:
-                path = Path(prompt.text)
-                inputs.image_prompts[prompt.text] = _image_prompt(path if path.is_absolute() else scene.base_dir / path,
-                                                                  size)
+                inputs.image_prompts[prompt.text] = _image_prompt(paths[prompt.text], size)
 
 
 def _image_prompt(path: Path, frame_size: tuple[int, int]):
