@@ -12,8 +12,9 @@ with ``cv2.warpPerspective`` as a forward map, ``BORDER_WRAP``):
 - ``translation_x`` > 0 moves the content right, ``translation_y`` > 0 moves it down (pixels).
 
 One deliberate difference from DD: the centre is the true image centre
-``((w - 1) / 2, (h - 1) / 2)``; DD used ``(w // 2, h // 2)``, half a pixel off, which made
-a pure rotation drift slowly over many frames. DD's 2D warp resampled bilinearly (OpenCV's
+``((w - 1) / 2, (h - 1) / 2)``; DD used ``(w // 2, h // 2)``, half a pixel right of and
+below it, so its zoom and rotation were a little lopsided (about 0.2 grey levels per frame
+on average; 2.3 after 20 frames of zoom 1.05). DD's 2D warp resampled bilinearly (OpenCV's
 default); that is our default too.
 """
 

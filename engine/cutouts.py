@@ -8,9 +8,12 @@ Per cut batch (DD's ``MakeCutoutsDango``):
   uniform in [0, 1), ``max`` the short image side and ``min`` min(short side, cut
   size), at a uniform random offset; crop ``i`` is grayscale when
   ``i <= int(icgray_p * innercut)`` (so the first one always is, as in DD).
-- then, unless ``skip_augs``, augmentations: mirror (p 0.5), noise, rotation of up
-  to 10 degrees with up to 5% translation, noise, grayscale (p 0.1), noise and a
-  colour jitter (brightness, contrast, saturation 0.1, hue 0.1).
+- then, unless ``skip_augs``, augmentations (``engine.spec.CutAugmentations``; DD picks
+  them by animation mode): for stills mirror (p 0.5), noise, rotation of up to 10
+  degrees with up to 5% translation, noise, grayscale (p 0.1), noise and a colour jitter
+  (brightness, contrast, saturation 0.1, hue 0.1); 2D/3D animation the same with mirror
+  p 0.4 and hue 0.3; Video Input a nearest-neighbour rotation of up to 15 degrees with
+  10% translation, a perspective warp (0.4, p 0.7), grayscale p 0.15 and no jitter.
 
 Differences from DD, on purpose: augmentation parameters are drawn per cut (DD's
 torchvision transforms drew one set for the whole batch), all cuts of all cut
@@ -21,6 +24,7 @@ bicubic instead of ResizeRight's. Crop geometry comes from a host ``random.Rando
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from engine.spec import STILL_AUGMENTATIONS, CutAugmentations
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -132,12 +138,12 @@ def affine_grids(angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch
 
 
 def rotate_translate(images: torch.Tensor, angles_deg: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
-                     mirror: torch.Tensor | None = None) -> torch.Tensor:
+                     mirror: torch.Tensor | None = None, mode: str = "bilinear") -> torch.Tensor:
     """Rotate each image about its centre and shift it (shifts in fractions of the side),
-    mirrored first where ``mirror`` is True; one bilinear resampling, zeros outside."""
+    mirrored first where ``mirror`` is True; one resampling (``mode``), zeros outside."""
     theta = affine_grids(angles_deg, shift_x, shift_y, mirror).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 # Colour operations as per-image 3x3 matrices acting on RGB.
@@ -237,6 +243,11 @@ class CutAugmentation:
     hue_turns: torch.Tensor
     noise: torch.Tensor
     noise_scale: float
+    nearest: bool = False  # nearest-neighbour rotation (DD's Video Input)
+    colour: bool = True  # brightness/contrast/saturation/hue jitter
+    corners: torch.Tensor | None = None  # perspective: [N,4,2] target corners
+    perspective: torch.Tensor | None = None  # [N] which cuts are warped
+    perspective_noise: torch.Tensor | None = None  # [N,3,S,S] noise after the warp
 
 
 def draw_augmentation(
@@ -244,51 +255,65 @@ def draw_augmentation(
     generator: torch.Generator,
     device,
     dtype=torch.float32,
-    *,
-    flip_p: float = 0.5,
-    degrees: float = 10.0,
-    translate: float = 0.05,
-    gray_p: float = 0.1,
-    jitter: float = 0.1,
-    hue: float = 0.1,
-    noise: float = 0.01,
+    augmentations: CutAugmentations = STILL_AUGMENTATIONS,
+    **overrides: float,
 ) -> CutAugmentation:
-    """Draw the parameters of DD's augmentations for cuts of ``cuts_shape`` (DD's
-    defaults: mirror p 0.5, rotation up to 10 degrees, shift up to 5% in whole pixels,
-    grayscale p 0.1, brightness/contrast/saturation jitter 0.1, hue 0.1, noise 0.01)."""
+    """Draw the parameters of DD's augmentations for cuts of ``cuts_shape``: one value per
+    cut for each of ``augmentations`` (fields of it may be given as keywords too)."""
+    a = dataclasses.replace(augmentations, **overrides) if overrides else augmentations
     n, side = cuts_shape[0], cuts_shape[-1]
-    max_shift = translate * side
-    return CutAugmentation(
-        mirror=torch.rand(n, generator=generator, device=device) < flip_p,
-        angles_deg=_uniform(n, -degrees, degrees, generator, device),
+    max_shift = a.translate * side
+    drawn = dict(
+        mirror=torch.rand(n, generator=generator, device=device) < a.flip_p,
+        angles_deg=_uniform(n, -a.degrees, a.degrees, generator, device),
         shift_x=torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side,
         shift_y=torch.round(_uniform(n, -max_shift, max_shift, generator, device)) / side,
-        gray=torch.rand(n, generator=generator, device=device) < gray_p,
-        brightness=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
-        contrast=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
-        saturation=_uniform(n, 1 - jitter, 1 + jitter, generator, device),
-        hue_turns=_uniform(n, -hue, hue, generator, device),
+        gray=torch.rand(n, generator=generator, device=device) < a.gray_p,
+        brightness=_uniform(n, 1 - a.jitter, 1 + a.jitter, generator, device),
+        contrast=_uniform(n, 1 - a.jitter, 1 + a.jitter, generator, device),
+        saturation=_uniform(n, 1 - a.jitter, 1 + a.jitter, generator, device),
+        hue_turns=_uniform(n, -a.hue, a.hue, generator, device),
         noise=torch.randn((2, *cuts_shape), generator=generator, device=device, dtype=dtype),
-        noise_scale=noise,
     )
+    if a.perspective_p > 0:  # drawn after the others: the other modes' streams stay as they were
+        drawn.update(corners=perspective_corners(n, a.perspective, generator, device),
+                     perspective=torch.rand(n, generator=generator, device=device) < a.perspective_p,
+                     perspective_noise=torch.randn(cuts_shape, generator=generator, device=device, dtype=dtype))
+    return CutAugmentation(**drawn, noise_scale=a.noise, nearest=a.nearest, colour=bool(a.jitter or a.hue))
+
+
+def perspective_corners(n: int, distortion: float, generator: torch.Generator, device) -> torch.Tensor:
+    """[N,4,2] corners (normalised, top-left, top-right, bottom-right, bottom-left), each
+    moved towards the centre by up to ``distortion`` of the half side in x and y
+    (torchvision's RandomPerspective)."""
+    base = constant_matrix(((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)), torch.device(device), torch.float32)
+    amount = torch.rand(n, 4, 2, generator=generator, device=device) * distortion
+    return base - base * amount
 
 
 def apply_augmentation(cuts: torch.Tensor, a: CutAugmentation) -> torch.Tensor:
-    """DD's order: mirror, noise, rotate+shift, noise, grayscale, noise, then the colour
-    jitter (brightness, contrast, saturation, hue; each clamped to [0, 1]). Fewer passes,
-    same distribution: the mirror is folded into the rotation's sampling grid (mirroring
-    the noise with the image), the grayscale and brightness are one per-cut 3x3 matrix, the
-    noises around the grayscale are one noise image mixed by ``merged_noise_matrices``
-    (scaled by the brightness with the image), the other colour steps are 3x3 matrices too."""
+    """DD's order: mirror, noise, rotate+shift, noise, [perspective, noise,] grayscale,
+    noise, then the colour jitter (brightness, contrast, saturation, hue; each clamped to
+    [0, 1]). Fewer passes, same distribution: the mirror is folded into the rotation's
+    sampling grid (mirroring the noise with the image), the grayscale and brightness are
+    one per-cut 3x3 matrix, the noises around the grayscale are one noise image mixed by
+    ``merged_noise_matrices`` (scaled by the brightness with the image), the other colour
+    steps are 3x3 matrices too (skipped where there is no jitter: DD's Video Input)."""
     dtype = cuts.dtype
     x = torch.add(cuts, a.noise[0], alpha=a.noise_scale)
-    x = rotate_translate(x, a.angles_deg, a.shift_x, a.shift_y, a.mirror)
+    x = rotate_translate(x, a.angles_deg, a.shift_x, a.shift_y, a.mirror, mode="nearest" if a.nearest else "bilinear")
+    if a.corners is not None:
+        x = torch.add(x, a.perspective_noise, alpha=a.noise_scale)
+        x = torch.where(_per_image(a.perspective), perspective_warp(x, a.corners), x)
     gray = constant_matrix(GRAY, cuts.device, a.saturation.dtype)
     eye = constant_matrix(IDENTITY, cuts.device, a.saturation.dtype)
     brightness = a.brightness[:, None, None]
     image_mix = torch.where(a.gray[:, None, None], gray, eye) * brightness
     noise_mix = merged_noise_matrices(a.gray) * (brightness * a.noise_scale)
-    x = clamp01(mix_two(x, image_mix, a.noise[1], noise_mix))
+    x = mix_two(x, image_mix, a.noise[1], noise_mix)
+    if not a.colour:
+        return x
+    x = clamp01(x)
     mean_luma = x.mean(dim=(2, 3)) @ gray[0].to(dtype)
     contrast = a.contrast.to(dtype)
     x = clamp01(torch.addcmul(_per_image((1 - contrast) * mean_luma), x, _per_image(contrast)))
@@ -296,9 +321,10 @@ def apply_augmentation(cuts: torch.Tensor, a: CutAugmentation) -> torch.Tensor:
     return clamp01(mix_channels(x, hue_matrices(a.hue_turns)))
 
 
-def augment(cuts: torch.Tensor, generator: torch.Generator, **settings: float) -> torch.Tensor:
+def augment(cuts: torch.Tensor, generator: torch.Generator, augmentations: CutAugmentations = STILL_AUGMENTATIONS,
+            **overrides: float) -> torch.Tensor:
     """DD's cut augmentations with parameters drawn per cut (differentiable)."""
-    params = draw_augmentation(tuple(cuts.shape), generator, cuts.device, cuts.dtype, **settings)
+    params = draw_augmentation(tuple(cuts.shape), generator, cuts.device, cuts.dtype, augmentations, **overrides)
     return apply_augmentation(cuts, params)
 
 
@@ -374,10 +400,7 @@ def image_prompt_cutouts(
     shift_x = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
     shift_y = torch.round(_uniform(n, -0.1 * cut_size, 0.1 * cut_size, generator, device)) / cut_size
     x = add_noise(rotate_translate(x, angles, shift_x, shift_y, mirror))
-    base = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
-    inward = -base  # each corner moves towards the centre by up to distortion/2 of the side
-    amount = torch.rand(n, 4, 2, generator=generator, device=device) * 0.4
-    corners = base + inward * amount
+    corners = perspective_corners(n, 0.4, generator, device)
     apply = _per_image(torch.rand(n, generator=generator, device=device) < 0.7)
     x = add_noise(torch.where(apply, perspective_warp(x, corners), x))
     gray = _per_image(torch.rand(n, generator=generator, device=device) < 0.15)

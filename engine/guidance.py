@@ -111,7 +111,7 @@ class Guidance:
                                         s.cutn_batches, random_streams.host_rng)
                 if not s.skip_augs:
                     with record_function("augment"):
-                        cuts = augment(cuts, random_streams.generator)
+                        cuts = augment(cuts, random_streams.generator, s.augmentations)
                 per_image.append(cuts)
             cuts_per_image = per_image[0].shape[0]
             cuts = torch.cat(per_image) if len(per_image) > 1 else per_image[0]

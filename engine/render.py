@@ -333,13 +333,14 @@ class Renderer:
             if texts:
                 text_embeds = self._text_embeddings(clip, texts)
                 for prompt, embed in zip(spec.text_prompts, text_embeds):
-                    embeddings.append(embed[None])
-                    weights.append(prompt.weight)
-                    if g.fuzzy_prompt:
-                        for _ in range(FUZZY_COPIES):
-                            noise = torch.randn(embed.shape, generator=generator, device=device)
-                            embeddings.append((embed + noise * g.rand_mag).clamp(0, 1)[None])
-                            weights.append(prompt.weight)
+                    if not g.fuzzy_prompt:
+                        embeddings.append(embed[None])
+                        weights.append(prompt.weight)
+                        continue
+                    for _ in range(FUZZY_COPIES):  # as DD: the noisy copies stand in for the prompt
+                        noise = torch.randn(embed.shape, generator=generator, device=device)
+                        embeddings.append((embed + noise * g.rand_mag).clamp(0, 1)[None])
+                        weights.append(prompt.weight)
             for prompt in spec.image_prompts:
                 embeds = self._image_prompt_embeddings(clip, prompt.text, prompt_pixels[prompt.text], g.skip_augs)
                 embeddings.append(embeds)

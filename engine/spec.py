@@ -42,6 +42,43 @@ class CutSchedule:
 
 
 @dataclass(frozen=True)
+class CutAugmentations:
+    """The random augmentations of each cut before CLIP sees it: DD's MakeCutoutsDango
+    picks them by animation mode (`augmentations_for_mode`). Mirror with ``flip_p``, rotate
+    up to ``degrees`` and shift up to ``translate`` of the side (nearest-neighbour when
+    ``nearest``), a perspective distortion of ``perspective`` with probability
+    ``perspective_p``, grayscale with ``gray_p``, brightness/contrast/saturation jitter and
+    hue, and ``noise`` between the steps."""
+
+    flip_p: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.05
+    nearest: bool = False
+    perspective: float = 0.0
+    perspective_p: float = 0.0
+    gray_p: float = 0.1
+    jitter: float = 0.1
+    hue: float = 0.1
+    noise: float = 0.01
+
+
+STILL_AUGMENTATIONS = CutAugmentations()
+ANIMATION_AUGMENTATIONS = CutAugmentations(flip_p=0.4, hue=0.3)
+"""DD's 2D and 3D animation modes: mirror p 0.4 and hue jitter 0.3."""
+VIDEO_AUGMENTATIONS = CutAugmentations(degrees=15.0, translate=0.1, nearest=True, perspective=0.4,
+                                       perspective_p=0.7, gray_p=0.15, jitter=0.0, hue=0.0)
+"""DD's Video Input mode: a wider nearest-neighbour affine, a perspective distortion
+(0.4, p 0.7), grayscale p 0.15, no colour jitter."""
+
+
+def augmentations_for_mode(animation_mode: str) -> CutAugmentations:
+    """The augmentations DD's MakeCutoutsDango uses in ``animation_mode`` (None, 2D, 3D,
+    Video Input)."""
+    return {"2D": ANIMATION_AUGMENTATIONS, "3D": ANIMATION_AUGMENTATIONS,
+            "Video Input": VIDEO_AUGMENTATIONS}.get(animation_mode, STILL_AUGMENTATIONS)
+
+
+@dataclass(frozen=True)
 class GuidanceSettings:
     """Loss weights and gradient handling (DD names and defaults)."""
 
@@ -57,6 +94,7 @@ class GuidanceSettings:
     clip_denoised: bool = False
     fuzzy_prompt: bool = False
     rand_mag: float = 0.05
+    augmentations: CutAugmentations = STILL_AUGMENTATIONS
 
 
 @dataclass(frozen=True)

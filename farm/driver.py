@@ -96,6 +96,7 @@ class RenderSession:
         self._write_failures = 0
         self.progress: dict[tuple[str, int], dict] = {}
         self._pixels: dict[tuple[str, int], np.ndarray] = {}
+        self._on_disk: dict[str, dict[int, object]] = {}  # per job: manifest entries by index, read on a miss
         self._model_specs: dict[str, object] = {}
         self.completed: list[tuple[str, int, str]] = []  # (job, frame, actor) in finishing order
         self.actor_nodes: dict[str, str] = {}  # actor label -> Ray node id it last rendered on
@@ -154,7 +155,10 @@ class RenderSession:
     def _frame_pixels(self, job: RenderJob, index: int) -> np.ndarray:
         key = (job.job_id, index)
         if key not in self._pixels:
-            entry = {e.index: e for e in job.out.manifest()}.get(index)
+            entry = self._on_disk.get(job.job_id, {}).get(index)
+            if entry is None:  # read the manifest once per miss of a frame written since
+                self._on_disk[job.job_id] = {e.index: e for e in job.out.manifest()}
+                entry = self._on_disk[job.job_id].get(index)
             if entry is None:
                 raise RuntimeError(f"{job.job_id}: frame {index} is neither in memory nor on disk")
             self._pixels[key] = job.out.load_source(entry)
@@ -278,18 +282,20 @@ class RenderSession:
             return job.out.write_problem(relative, error)
         return None
 
-    @staticmethod
-    def _write_frame(job: RenderJob, frame, pixels: np.ndarray, stats: dict) -> None:
+    def _write_frame(self, job: RenderJob, frame, pixels: np.ndarray, stats: dict) -> None:
         """The frame's PNG (atomically), its chain image when sent (turbo), and its manifest
         line last; its depth map when sent."""
         chain = stats.get("chain")
         chain_digest = job.out.write_chain(frame.index, chain) if chain is not None else ""
         relative, digest = job.out.write_frame(frame.kind, frame.index, pixels)
-        job.out.append_manifest(ManifestEntry(
+        entry = ManifestEntry(
             index=frame.index, kind=frame.kind, file=relative, sha256=digest,
             settings_hash=job.plan.frame_hashes[frame.index], seed=frame.render.seed, actor=stats["actor"],
             node=stats["node"], seconds=round(stats["seconds"], 3), finished_at=utc_now(),
-            chain_sha256=chain_digest))
+            chain_sha256=chain_digest)
+        job.out.append_manifest(entry)
+        if job.job_id in self._on_disk:  # a frame rendered again replaces its older line
+            self._on_disk[job.job_id][frame.index] = entry
         if stats.get("depth") is not None:
             job.out.write_depth(frame.index, stats["depth"])
 

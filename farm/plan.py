@@ -23,11 +23,13 @@ import numpy as np
 from animation.motion import Motion
 from animation.turbo import is_diffused_frame
 from engine.spec import (
+    STILL_AUGMENTATIONS,
     CutSchedule,
     GuidanceSettings,
     ModelSetSpec,
     RenderSpec,
     SamplerSettings,
+    augmentations_for_mode,
 )
 from farm.cutschedule import format_cut_schedule
 from farm.scene import Problem, Scene, SceneInvalid
@@ -77,6 +79,10 @@ class FrameSpec:
         hashed = _plain(dataclasses.replace(self, render=dataclasses.replace(self.render, models=models)))
         if not hashed["group"]:  # rendered alone: the hash of builds before images_per_call
             del hashed["group"]
+        if self.render.guidance.augmentations == STILL_AUGMENTATIONS:  # stills: as before the modes had their own
+            del hashed["render"]["guidance"]["augmentations"]
+        if self.render.guidance.fuzzy_prompt:  # since 2026-11-26 without the clean embedding, as DD
+            hashed["fuzzy"] = "noisy copies only"
         return hashlib.sha256(_canonical_json(hashed).encode()).hexdigest()
 
 
@@ -124,7 +130,7 @@ class AnimationSettings:
     video_init_path: str | None = None
     extract_nth_frame: int = 2
     video_init_flow_blend: float = 0.999
-    video_init_check_consistency: bool = True
+    video_init_check_consistency: bool = False
     video_init_blend_mode: str = "optical flow"
     video_crf: int = 17
     video_format: str = "mp4"
@@ -133,7 +139,7 @@ class AnimationSettings:
     segment_overlap: int = 0
 
 
-CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "midas_depth_model", "midas_weight",
+CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "midas_depth_model",
                   "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
                   "video_init_check_consistency")
 """Scene-wide settings that decide how finished frames are carried into the next one
@@ -360,6 +366,7 @@ def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[s
     shot_starts = (0, *scene["cuts"]) if mode != "None" else (0,)
     seed = scene["seed"]
     turbo = scene["turbo_mode"] and mode in ("2D", "3D")
+    augmentations = augmentations_for_mode(mode)  # DD's cut augmentations differ by mode
     text_prompts = scene["text_prompts"]
     if scene["prompt_crossfade"]:
         text_prompts = dataclasses.replace(text_prompts, crossfade=scene["prompt_crossfade"])
@@ -414,6 +421,7 @@ def resolve(scene: Scene, video_frames: int | None = None, input_digests: dict[s
                 clip_denoised=scene["clip_denoised"],
                 fuzzy_prompt=scene["fuzzy_prompt"],
                 rand_mag=float(floats["rand_mag"][k]),
+                augmentations=augmentations,
             ),
             sampler=SamplerSettings(
                 mode=scene["diffusion_sampling_mode"],

@@ -207,12 +207,15 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             return ("percent", percent)
         if isinstance(value, str):
             try:
-                value = float(value.strip())
+                float(value.strip())
             except ValueError:
                 try:
                     return ("keyframes", parse_keyframes(value))
                 except KeyframeError as exc:
                     raise _Bad(f"expected '60%', a number or a keyframe string: {exc}") from None
+            # DD reads its string '30' as 30% (it strips a '%'); a plain number here is steps
+            raise _Bad(f"'{value.strip()}' is ambiguous: write '{value.strip()}%' for a percentage of steps "
+                       f"(as DD reads it) or {value.strip()} without quotes for a number of steps")
         number = _as_int(value)
         if not 0 <= number <= S.MAX_STEPS:
             raise _Bad(f"{_fmt(number)} must be between 0 and {S.MAX_STEPS} steps")

@@ -157,7 +157,10 @@ class FrameRenderer:
                 depths.append(model.predict(image))
                 return depths[-1]
         init = frame_init(frame, animation, inputs, depth_of)
-        depth = depths[-1] if depths else None
+        # the depth of the last warp of the chain this frame continues (turbo warps the
+        # older chain after it)
+        newer_warps = len(inputs.previous_motions or (frame.motion,))
+        depth = depths[min(newer_warps, len(depths)) - 1] if depths else None
         if not frame.diffuse:
             return FrameResult(init, time.perf_counter() - started, 0, init, depth)
         pixels = self.renderer.render(frame.render, init=init, image_prompt_images=inputs.image_prompts,

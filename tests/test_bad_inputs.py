@@ -118,6 +118,7 @@ SCENE_CASES = [
     Case("cut-schedule-code", "cut_overview", "is not of the form [numbers]*count"),
     Case("cut-schedule-letters", "cut_innercut", "'a' is not a number"),
     Case("frames-skip-150-percent", "frames_skip_steps", "between 0% and 100%"),
+    Case("frames-skip-string-number", "frames_skip_steps", "'30' is ambiguous: write '30%'"),
     Case("frames-skip-negative", "frames_skip_steps", "must be between 0 and"),
     Case("transformation-percent-2", "transformation_percent", "fractions between 0 and 1"),
     Case("shot-cuts-decreasing", "cuts", "increasing positive frame numbers"),

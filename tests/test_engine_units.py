@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -223,6 +224,39 @@ def test_augment_is_per_cut_deterministic_differentiable_and_in_range():
     out = augment(same, torch.Generator().manual_seed(3))
     # Parameters are drawn per cut: identical inputs come out different.
     assert not torch.allclose(out[0], out[1], atol=1e-2)
+
+
+def test_cut_augmentations_follow_the_animation_mode_as_dd():
+    """DD's MakeCutoutsDango: stills mirror p 0.5 and hue 0.1; 2D/3D mirror p 0.4, hue 0.3
+    (same random draws otherwise); Video Input a nearest-neighbour affine, a perspective
+    warp on about 70% of the cuts, grayscale p 0.15 and no colour jitter."""
+    from engine.spec import ANIMATION_AUGMENTATIONS, VIDEO_AUGMENTATIONS, augmentations_for_mode
+
+    assert augmentations_for_mode("None").flip_p == 0.5 and augmentations_for_mode("None").hue == 0.1
+    assert augmentations_for_mode("2D") == augmentations_for_mode("3D") == ANIMATION_AUGMENTATIONS
+    assert (ANIMATION_AUGMENTATIONS.flip_p, ANIMATION_AUGMENTATIONS.hue) == (0.4, 0.3)
+    assert augmentations_for_mode("Video Input") == VIDEO_AUGMENTATIONS
+    shape = (400, 3, 16, 16)
+    still = draw_augmentation(shape, torch.Generator().manual_seed(1), "cpu")
+    anim = draw_augmentation(shape, torch.Generator().manual_seed(1), "cpu", augmentations=ANIMATION_AUGMENTATIONS)
+    assert torch.equal(still.angles_deg, anim.angles_deg) and torch.equal(still.noise, anim.noise)
+    assert anim.hue_turns.abs().max() > 0.2 >= still.hue_turns.abs().max()
+    assert anim.mirror.sum() < still.mirror.sum() and still.corners is None
+    video = draw_augmentation(shape, torch.Generator().manual_seed(1), "cpu", augmentations=VIDEO_AUGMENTATIONS)
+    assert video.angles_deg.abs().max() > 12 and video.nearest and not video.colour
+    assert 0.6 < video.perspective.float().mean() < 0.8 and 0.1 < video.gray.float().mean() < 0.2
+    # nearest-neighbour rotation, no jitter: with noise, grayscale and perspective off, every
+    # output pixel is an input pixel or the zero fill
+    cuts = torch.rand(16, 3, 16, 16)
+    plain = dataclasses.replace(VIDEO_AUGMENTATIONS, noise=0.0, gray_p=0.0, perspective_p=0.0)
+    out = augment(cuts, torch.Generator().manual_seed(2), plain)
+    values = set(cuts.flatten().tolist()) | {0.0}
+    assert set(out.flatten().tolist()) <= values
+    # the perspective warp moves pixels: cuts that were warped differ from the unwarped ones
+    warped = dataclasses.replace(plain, perspective_p=1.0, degrees=0.0, translate=0.0, flip_p=0.0)
+    out = augment(cuts, torch.Generator().manual_seed(2), warped)
+    assert (out - cuts).abs().amax(dim=(1, 2, 3)).min() > 0.05
+    assert out.shape == cuts.shape
 
 
 def _augment_step_by_step(cuts, a, noises):

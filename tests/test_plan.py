@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import numpy as np
@@ -29,6 +30,19 @@ def test_stills_use_seed_plus_index_and_frame_zero_settings():
     assert {f.kind for f in plan.frames} == {"image"}
     assert all(f.init.kind == "noise" and f.previous is None for f in plan.frames)
     assert len({f.settings_hash for f in plan.frames}) == 5
+
+
+def test_frames_get_dds_cut_augmentations_of_their_mode():
+    from engine.spec import ANIMATION_AUGMENTATIONS, STILL_AUGMENTATIONS
+
+    still = resolve(parse_scene(TINY_SCENE)).frames[0]
+    anim = resolve(parse_scene(ANIM)).frames[0]
+    assert still.render.guidance.augmentations == STILL_AUGMENTATIONS
+    assert anim.render.guidance.augmentations == ANIMATION_AUGMENTATIONS
+    # an animation frame's hash covers them (frames of earlier builds are rendered again)
+    other = dataclasses.replace(anim, render=dataclasses.replace(anim.render, guidance=dataclasses.replace(
+        anim.render.guidance, augmentations=STILL_AUGMENTATIONS)))
+    assert other.settings_hash != anim.settings_hash
 
 
 def test_animation_frames_chain_with_keyframed_settings():

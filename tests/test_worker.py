@@ -22,9 +22,10 @@ def renderer():
     return FrameRenderer(plan.frames[0].render.models, device="cpu", threads=2)
 
 
-def render_chain(renderer, plan, video=None, chains=None):
+def render_chain(renderer, plan, video=None, chains=None, depths=None):
     """Each frame's written pixels and init; later frames start from `chains` (a turbo
-    frame's unblended image, else its pixels), filled in when a list is given."""
+    frame's unblended image, else its pixels), filled in when a list is given, as are
+    `depths` (each frame's saved depth map)."""
     outputs, inits, sources = [], [], []
     for frame in plan.frames:
         needs = plan.dependencies(frame)
@@ -38,6 +39,8 @@ def render_chain(renderer, plan, video=None, chains=None):
         outputs.append(result.pixels)
         inits.append(result.init)
         sources.append(result.chain if result.chain is not None else result.pixels)
+        if depths is not None:
+            depths.append(result.depth)
     if chains is not None:
         chains.extend(sources)
     return outputs, inits
@@ -129,6 +132,11 @@ def test_turbo_writes_diffused_frames_blended_over_where_they_started_as_dd(rend
     expected = warp_3d(chains[1], depth.predict(chains[1]), plan.frames[2].motion, near_plane=200,
                        far_plane=10000, fov=40, padding_mode="border", sampling_mode="bicubic")
     assert np.array_equal(inits[2], expected)  # made from frame 1's chain image, not its written blend
+    # frame 3 (not diffused) blends the newer chain (frame 2 warped) and the older one
+    # (frame 1 warped twice): its depth map is the newer chain's, of frame 2's chain image
+    depths = []
+    render_chain(renderer, plan, depths=depths)
+    assert np.array_equal(depths[3], depth.predict(chains[2]))
 
 
 @pytest.mark.parametrize("mode", ["optical flow", "linear", "none"])
