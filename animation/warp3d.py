@@ -1,4 +1,4 @@
-"""3D camera motion: re-project the previous frame through a moving pinhole camera.
+"""3D camera motion: re-project the previous frame through a moving camera.
 
 Disco Diffusion v5.7 moves a pytorch3d ``FoVPerspectiveCameras`` by ``R, T`` and samples
 the previous frame with ``grid_sample``; we write the same geometry out in plain torch.
@@ -21,22 +21,27 @@ What the viewer sees, per unit of motion:
 - ``rotation_3d_y`` > 0: content slides left (camera pans right).
 - ``rotation_3d_z`` > 0: content turns counter-clockwise as displayed.
 
-Resampling (backward warp): each output pixel needs the previous-frame point that the
-motion carries onto it. It is found by fixed-point steps (sample the depth under the
-estimate, move it by the miss), started from the pixel's own depth and from the nearest
-depth within reach; if both land, the nearer wins (near content covers far content);
-if neither lands (background newly revealed), the farther one stretches the background
-into the gap. The previous frame is then sampled there with ``grid_sample``
-(align_corners=False, ``padding_mode`` outside the frame). Pure rotations are exact.
-DD sampled at ``pixel - offset(pixel's own depth)`` in one step, so near objects moving
-sideways lost their leading edge to the background every frame.
+Two camera models (``camera``):
 
-Differences from DD: DD used the grid coordinates themselves as world x/y instead of
-unprojecting them (x/y offsets match ours to first order, but its forward zoom was
-``1 / (tan(fov/2) * depth)`` times ours); DD's NDC was square whatever the aspect, here
-pixels are square and ``fov`` spans the image width. ``near_plane``/``far_plane`` are
-validated but, as in DD (they only reached pytorch3d's discarded clip-space z), they do
-not change the image.
+- ``dd`` (default): DD's ``transform_image_3d`` exactly. Each pixel's grid coordinates
+  (``linspace(-1, 1)``, not unprojected) with its depth are a world point; both cameras
+  project ``(x, y) / (tan(fov / 2) * z)`` (square NDC whatever the aspect); each output
+  pixel samples at itself minus its own point's offset, in one step. So near content
+  moves faster than in a true camera (forward zoom ``1 / (tan(fov/2) * depth)`` times a
+  pinhole's), vertical motion is scaled like horizontal, and a near object moving sideways
+  loses its leading edge to the background. This is the motion DD users tuned their
+  keyframes to.
+- ``pinhole``: a true pinhole camera (pixels unprojected with ``fov`` across the width,
+  square pixels). Each output pixel gets the previous-frame point the motion carries onto
+  it, found by fixed-point steps (sample the depth under the estimate, move it by the
+  miss) from the pixel's own depth and from the nearest depth within reach; if both
+  land, the nearer wins (near content covers far content); if neither lands (background
+  newly revealed), the farther one stretches the background into the gap. Pure rotations
+  are exact.
+
+Either way the previous frame is sampled with ``grid_sample`` (align_corners=False,
+``padding_mode`` outside the frame). ``near_plane``/``far_plane`` are validated but, as in
+DD (they only reached pytorch3d's discarded clip-space z), they do not change the image.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from animation.warp2d import ImageError, check_image
 
 TRANSLATION_SCALE = 1.0 / 200.0
 PADDING_MODES = ("border", "reflection", "zeros")
+CAMERA_MODELS = ("dd", "pinhole")
 SAMPLING_MODES = ("bicubic", "bilinear", "nearest")
 MIN_CAMERA_DEPTH = 1e-6  # rays at or behind a camera have no source pixel
 OUTSIDE = 4.0  # grid value for pixels with no source: handled by the padding mode
@@ -218,11 +224,36 @@ def sampling_grid_3d(depth: torch.Tensor, rotation: np.ndarray, translation: np.
     return grid[None]
 
 
+def dd_sampling_grid(depth: torch.Tensor, rotation: np.ndarray, translation: np.ndarray,
+                     fov: float) -> torch.Tensor:
+    """DD's 1xHxWx2 ``grid_sample`` grid: the pixel grid minus each pixel's projected offset.
+
+    As ``transform_image_3d``: the world point of pixel (i, j) is (linspace x, linspace y,
+    its depth); both cameras project with ``(x, y) / (tan(fov / 2) * z)``; a point that
+    ends at or behind the new camera has no source (the padding mode fills it).
+    """
+    height, width = depth.shape
+    focal = 1.0 / math.tan(math.radians(fov) / 2.0)
+    ys = torch.linspace(-1.0, 1.0, height, dtype=depth.dtype, device=depth.device)
+    xs = torch.linspace(-1.0, 1.0, width, dtype=depth.dtype, device=depth.device)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    world = torch.stack([x, y, depth], dim=-1)
+    moved = world @ torch.as_tensor(rotation, dtype=depth.dtype, device=depth.device) \
+        + torch.as_tensor(translation, dtype=depth.dtype, device=depth.device)
+    ahead = moved[..., 2] > MIN_CAMERA_DEPTH
+    safe = torch.where(ahead, moved[..., 2], torch.ones_like(moved[..., 2]))
+    offset = moved[..., :2] * focal / safe[..., None] - world[..., :2] * focal / depth[..., None]
+    grid = pixel_grid(height, width, depth.dtype, depth.device) - offset
+    grid = torch.where(ahead[..., None], grid.clamp(-OUTSIDE, OUTSIDE), torch.full_like(grid, OUTSIDE))
+    return grid[None]
+
+
 def warp_3d(image: np.ndarray, depth: np.ndarray, motion: Motion, near_plane: float = 200.0,
             far_plane: float = 10000.0, fov: float = 40.0, padding_mode: str = "border",
-            sampling_mode: str = "bicubic", device: str | torch.device | None = None
-            ) -> np.ndarray:
-    """Re-project ``image`` (HxWx3 uint8 or float32, 0-255) by DD 3D ``motion``.
+            sampling_mode: str = "bicubic", device: str | torch.device | None = None,
+            camera: str = "dd") -> np.ndarray:
+    """Re-project ``image`` (HxWx3 uint8 or float32, 0-255) by DD 3D ``motion`` with the
+    ``camera`` model (``dd`` or ``pinhole``, see the module's text).
 
     ``depth`` is the image's HxW depth (float, > 0; ``DepthModel.predict``). Returns the
     same shape and dtype; uint8 results are rounded and clipped, float32 ones are not.
@@ -232,11 +263,13 @@ def warp_3d(image: np.ndarray, depth: np.ndarray, motion: Motion, near_plane: fl
     check_depth_map(depth, (height, width))
     check_option(padding_mode, PADDING_MODES, "padding mode")
     check_option(sampling_mode, SAMPLING_MODES, "sampling mode")
+    check_option(camera, CAMERA_MODELS, "camera model")
     check_camera(near_plane, far_plane, fov)
     rotation, translation = camera_motion(motion)
     device = torch.device(device) if device is not None else torch.device("cpu")
     depth_t = torch.as_tensor(np.ascontiguousarray(depth), dtype=torch.float32, device=device)
-    grid = sampling_grid_3d(depth_t, rotation, translation, fov)
+    grid_of = dd_sampling_grid if camera == "dd" else sampling_grid_3d
+    grid = grid_of(depth_t, rotation, translation, fov)
     pixels = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)),
                              device=device).float()[None]
     warped = torch.nn.functional.grid_sample(pixels, grid, mode=sampling_mode,

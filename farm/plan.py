@@ -117,6 +117,7 @@ class AnimationSettings:
     border_mode: str = "wrap"
     padding_mode: str = "border"
     sampling_mode: str = "bicubic"
+    camera_model: str = "dd"
     midas_depth_model: str = "dpt_large"
     midas_weight: float = 0.3
     near_plane: float = 200.0
@@ -139,7 +140,7 @@ class AnimationSettings:
     segment_overlap: int = 0
 
 
-CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "midas_depth_model",
+CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "camera_model", "midas_depth_model",
                   "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
                   "video_init_check_consistency")
 """Scene-wide settings that decide how finished frames are carried into the next one

@@ -117,6 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("fov", "number", 40, "3D camera field of view, degrees.", "animation", minimum=1, maximum=179),
     _s("padding_mode", "choice", "border", "3D resampling border: border, reflection or zeros.", "animation", choices=("border", "reflection", "zeros")),
     _s("sampling_mode", "choice", "bicubic", "Resampling filter.", "animation", choices=("bicubic", "bilinear", "nearest")),
+    _s("camera_model", "choice", "dd", "3D camera: dd moves content as DD's transform_image_3d (each pixel's grid position at its depth, one-step offsets: near content moves faster, vertical like horizontal; the motion DD keyframes were tuned to); pinhole is a true pinhole camera with fov across the width, near content covering far.", "animation", choices=("dd", "pinhole")),
     _s("border_mode", "choice", "wrap", "2D warp border: wrap (DD), replicate or reflect.", "animation", choices=("wrap", "replicate", "reflect")),
     _s("frames_scale", "keyframes", 1500, "init_scale for animation frames after the first.", "animation", minimum=0),
     _s("frames_skip_steps", "skip", "60%", "skip_steps for animation frames after the first: '60%' of steps or a number.", "animation"),

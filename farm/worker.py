@@ -106,7 +106,8 @@ def carry_forward(image: np.ndarray, motions, animation: AnimationSettings,
                 raise ValueError("3D motion needs a depth model")
             image = warp_3d(image, depth_of(image), motion, near_plane=animation.near_plane,
                             far_plane=animation.far_plane, fov=animation.fov,
-                            padding_mode=animation.padding_mode, sampling_mode=animation.sampling_mode)
+                            padding_mode=animation.padding_mode, sampling_mode=animation.sampling_mode,
+                            camera=animation.camera_model)
         else:
             from animation.warp2d import warp_2d
 

@@ -1,4 +1,5 @@
-"""3D camera motion: pinhole re-projection of the previous frame through its depth map."""
+"""3D camera motion: DD's camera (the default) and the pinhole re-projection of the
+previous frame through its depth map."""
 
 import math
 
@@ -9,12 +10,16 @@ import torch
 from animation.depth import DepthError
 from animation.motion import Motion
 from animation.warp2d import ImageError
-from animation.warp3d import (PADDING_MODES, SAMPLING_MODES, TRANSLATION_SCALE, camera_motion,
-                              pixel_grid, rotation_matrix_xyz, sampling_grid_3d, warp_3d)
+from animation.warp3d import (CAMERA_MODELS, PADDING_MODES, SAMPLING_MODES, TRANSLATION_SCALE, camera_motion,
+                              dd_sampling_grid, pixel_grid, rotation_matrix_xyz, sampling_grid_3d, warp_3d)
 
 torch.set_num_threads(1)
 FOV = 40.0
 TAN_HALF = math.tan(math.radians(FOV / 2))
+
+
+def warp_pinhole(*args, **kwargs):
+    return warp_3d(*args, camera="pinhole", **kwargs)
 
 
 def random_image(height=64, width=64, seed=0):
@@ -39,12 +44,13 @@ def centred_square(size=8, extent=64):
     return image
 
 
+@pytest.mark.parametrize("camera", CAMERA_MODELS)
 @pytest.mark.parametrize("sampling", SAMPLING_MODES)
 @pytest.mark.parametrize("padding", PADDING_MODES)
-def test_zero_motion_is_identity(sampling, padding):
+def test_zero_motion_is_identity(sampling, padding, camera):
     image = random_image()
     depth = np.random.default_rng(1).uniform(0.5, 5.0, (64, 64)).astype(np.float32)
-    out = warp_3d(image, depth, Motion(), padding_mode=padding, sampling_mode=sampling)
+    out = warp_3d(image, depth, Motion(), padding_mode=padding, sampling_mode=sampling, camera=camera)
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert np.abs(out.astype(int) - image).mean() < 1e-6
 
@@ -56,13 +62,13 @@ def test_float_images_stay_float():
     assert np.abs(out - image).max() < 1e-3
 
 
-def test_sideways_translation_moves_near_content_more_than_far():
+def test_pinhole_sideways_translation_moves_near_content_more_than_far():
     image = np.zeros((64, 64, 3), np.uint8)
     image[28:36, 28:36, 0] = 255  # near square, red
     image[10:14, 50:54, 1] = 255  # far marker, green
     depth = flat_depth(10.0)
     depth[28:36, 28:36] = 1.0
-    out = warp_3d(image, depth, Motion(translation_x=10), sampling_mode="bilinear")
+    out = warp_pinhole(image, depth, Motion(translation_x=10), sampling_mode="bilinear")
     # T = 10/200 scene units; image shift = T / (depth * tan(fov/2)) half-widths
     expected_near = 0.05 / (1.0 * TAN_HALF) * 32
     expected_far = 0.05 / (10.0 * TAN_HALF) * 32
@@ -87,21 +93,21 @@ def test_flat_depth_translation_matches_dd_offsets():
     assert np.allclose(grid, identity - offset, atol=1e-9)
 
 
-def test_forward_translation_magnifies_the_centre():
+def test_pinhole_forward_translation_magnifies_the_centre():
     image = centred_square(8)
-    out = warp_3d(image, flat_depth(1.0), Motion(translation_z=50), sampling_mode="bilinear")
+    out = warp_pinhole(image, flat_depth(1.0), Motion(translation_z=50), sampling_mode="bilinear")
     # moving 50/200 = 0.25 closer to a plane at depth 1 scales it by 1 / 0.75
     width = out[31, :, 0].astype(float).sum() / 255
     assert width == pytest.approx(8 / 0.75, abs=0.3)
     assert centroid(out[..., 0]) == pytest.approx((31.5, 31.5))
-    back = warp_3d(image, flat_depth(1.0), Motion(translation_z=-50), sampling_mode="bilinear")
+    back = warp_pinhole(image, flat_depth(1.0), Motion(translation_z=-50), sampling_mode="bilinear")
     assert back[31, :, 0].astype(float).sum() / 255 == pytest.approx(8 / 1.25, abs=0.3)
 
 
-def test_forward_translation_magnifies_near_content_more():
+def test_pinhole_forward_translation_magnifies_near_content_more():
     image = centred_square(8)
-    near = warp_3d(image, flat_depth(1.0), Motion(translation_z=20), sampling_mode="bilinear")
-    far = warp_3d(image, flat_depth(4.0), Motion(translation_z=20), sampling_mode="bilinear")
+    near = warp_pinhole(image, flat_depth(1.0), Motion(translation_z=20), sampling_mode="bilinear")
+    far = warp_pinhole(image, flat_depth(4.0), Motion(translation_z=20), sampling_mode="bilinear")
     near_width = near[31, :, 0].astype(float).sum() / 255
     far_width = far[31, :, 0].astype(float).sum() / 255
     assert near_width == pytest.approx(8 / (1 - 0.1), abs=0.3)  # 0.1 closer to depth 1
@@ -110,20 +116,20 @@ def test_forward_translation_magnifies_near_content_more():
 
 
 @pytest.mark.parametrize("depth_value", [1.0, 5.0])
-def test_positive_rotation_3d_y_slides_content_left(depth_value):
+def test_pinhole_positive_rotation_3d_y_slides_content_left(depth_value):
     image = centred_square(8)
-    out = warp_3d(image, flat_depth(depth_value), Motion(rotation_3d_y=5),
+    out = warp_pinhole(image, flat_depth(depth_value), Motion(rotation_3d_y=5),
                   sampling_mode="bilinear")
     row, col = centroid(out[..., 0])
     expected = math.tan(math.radians(5)) / TAN_HALF * 32
     assert col == pytest.approx(31.5 - expected, abs=0.3)
     assert row == pytest.approx(31.5, abs=0.1)
-    left = warp_3d(image, flat_depth(depth_value), Motion(rotation_3d_y=-5),
+    left = warp_pinhole(image, flat_depth(depth_value), Motion(rotation_3d_y=-5),
                    sampling_mode="bilinear")
     assert centroid(left[..., 0])[1] == pytest.approx(31.5 + expected, abs=0.3)
 
 
-def test_rotation_does_not_depend_on_depth():
+def test_pinhole_rotation_does_not_depend_on_depth():
     image = random_image()
     motion = Motion(rotation_3d_x=2, rotation_3d_y=-3, rotation_3d_z=4)
     depth = np.random.default_rng(2).uniform(0.5, 5.0, (64, 64)).astype(np.float32)
@@ -131,18 +137,18 @@ def test_rotation_does_not_depend_on_depth():
     grids = [sampling_grid_3d(torch.tensor(d, dtype=torch.float64), rotation, translation, FOV)
              for d in (depth, flat_depth(3.0))]
     assert torch.allclose(grids[0], grids[1], atol=1e-9)
-    difference = warp_3d(image, depth, motion).astype(int) - warp_3d(image, flat_depth(3.0), motion)
+    difference = warp_pinhole(image, depth, motion).astype(int) - warp_pinhole(image, flat_depth(3.0), motion)
     assert np.abs(difference).max() <= 1  # float32 rounding only
 
 
-def test_rotation_3d_x_slides_down_and_rotation_3d_z_turns_counter_clockwise():
+def test_pinhole_rotation_3d_x_slides_down_and_rotation_3d_z_turns_counter_clockwise():
     image = centred_square(8)
-    down = warp_3d(image, flat_depth(2.0), Motion(rotation_3d_x=5), sampling_mode="bilinear")
+    down = warp_pinhole(image, flat_depth(2.0), Motion(rotation_3d_x=5), sampling_mode="bilinear")
     assert centroid(down[..., 0])[0] == pytest.approx(31.5 + math.tan(math.radians(5))
                                                       / TAN_HALF * 32, abs=0.3)
     marker = np.zeros((64, 64, 3), np.uint8)
     marker[30:34, 52:56] = 255  # right of centre
-    turned = warp_3d(marker, flat_depth(2.0), Motion(rotation_3d_z=30), sampling_mode="bilinear")
+    turned = warp_pinhole(marker, flat_depth(2.0), Motion(rotation_3d_z=30), sampling_mode="bilinear")
     row, col = centroid(turned[..., 0])
     # counter-clockwise on screen: a point right of centre moves up (rows grow downwards)
     radius, angle = 53.5 - 31.5, math.radians(30)
@@ -227,3 +233,54 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs, error, words):
     with pytest.raises(error, match=words) as caught:
         warp_3d(**arguments)
     assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+
+
+def _dd_transform_image_3d_grid(depth, motion, fov, near=200.0, far=10000.0):
+    """DD's transform_image_3d written out with pytorch3d's 4x4 matrices: world-to-view
+    [R 0; T 1] for row vectors, FoVPerspectiveCameras' projection (pixel aspect 1), the
+    homogeneous divide, offsets subtracted from affine_grid's identity grid."""
+    h, w = depth.shape
+    rotation, translation = camera_motion(motion)
+    tan_half = math.tan(math.radians(fov) / 2)
+    projection = np.zeros((4, 4))
+    projection[0, 0] = projection[1, 1] = 2 * near / (2 * tan_half * near)
+    projection[2, 2], projection[2, 3], projection[3, 2] = far / (far - near), -far * near / (far - near), 1.0
+    def ndc_xy(view):  # row vectors: clip = view @ P^T
+        clip = np.concatenate([view, np.ones((len(view), 1))], 1) @ projection.T
+        return clip[:, :2] / clip[:, 3:4]
+    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    world = np.stack([x.ravel(), y.ravel(), depth.ravel().astype(np.float64)], 1)
+    world_to_new = np.eye(4)
+    world_to_new[:3, :3], world_to_new[3, :3] = rotation, translation
+    new_view = (np.concatenate([world, np.ones((len(world), 1))], 1) @ world_to_new)[:, :3]
+    offset = (ndc_xy(new_view) - ndc_xy(world)).reshape(h, w, 2)
+    identity = torch.nn.functional.affine_grid(torch.tensor([[[1.0, 0, 0], [0, 1, 0]]], dtype=torch.float64),
+                                               [1, 1, h, w], align_corners=False)[0].numpy()
+    return identity - offset
+
+
+@pytest.mark.parametrize("motion", [Motion(translation_z=10), Motion(translation_x=7, translation_y=-4),
+                                    Motion(rotation_3d_x=2, rotation_3d_y=-3, rotation_3d_z=4),
+                                    Motion(translation_x=3, translation_z=-8, rotation_3d_y=1.5)])
+def test_the_dd_camera_is_dds_transform_image_3d(motion):
+    depth = np.random.default_rng(4).uniform(0.8, 3.0, (40, 64))
+    rotation, translation = camera_motion(motion)
+    grid = dd_sampling_grid(torch.tensor(depth), rotation, translation, 60.0)[0].numpy()
+    assert np.allclose(grid, _dd_transform_image_3d_grid(depth, motion, 60.0), atol=1e-9)
+
+
+def test_the_dd_camera_zooms_near_content_faster_than_a_pinhole_as_dd_users_know():
+    image = centred_square(8)
+    dd = warp_3d(image, flat_depth(1.0), Motion(translation_z=10), sampling_mode="bilinear")
+    pinhole = warp_pinhole(image, flat_depth(1.0), Motion(translation_z=10), sampling_mode="bilinear")
+    # DD: a grid point x at depth 1 projects to x / tan; 0.05 closer it moves by
+    # x / tan * (1 / 0.95 - 1), so the output samples at u * (1 - that / x)
+    magnification = 1 / (1 - (1 / 0.95 - 1) / TAN_HALF)
+    assert dd[31, :, 0].astype(float).sum() / 255 == pytest.approx(8 * magnification, abs=0.3)
+    assert pinhole[31, :, 0].astype(float).sum() / 255 == pytest.approx(8 / 0.95, abs=0.3)
+    # vertical motion is scaled like horizontal on a wide frame (DD's square NDC)
+    wide = np.zeros((40, 64, 3), np.uint8)
+    wide[18:22, 30:34] = 255
+    moved = warp_3d(wide, flat_depth(2.0, 40, 64), Motion(translation_y=10), sampling_mode="bilinear")
+    expected_rows = 0.05 / (2.0 * TAN_HALF) * 20  # NDC offset times half the height in pixels
+    assert centroid(moved[..., 0])[0] == pytest.approx(19.5 + expected_rows, abs=0.2)
