@@ -72,6 +72,7 @@ class DiffusionModelEntry:
 
     file: ModelFile
     unet_settings: tuple[tuple[str, object], ...]
+    style: str = ""  # KaliYuga's fine-tunes: "pixel art" or "watercolor" (DD gives them their own cut schedules)
 
     @property
     def name(self) -> str:
@@ -130,11 +131,19 @@ _KALIYUGA_256_UNET = (
 
 
 def _entry(name: str, filename: str, sha256: str, urls: tuple[str, ...], size_hint: int | None,
-           settings: tuple[tuple[str, object], ...], image_size: int) -> DiffusionModelEntry:
+           settings: tuple[tuple[str, object], ...], image_size: int, style: str = "") -> DiffusionModelEntry:
     return DiffusionModelEntry(
         file=ModelFile(name=name, filename=filename, sha256=sha256, urls=urls, size_hint=size_hint),
         unet_settings=settings + (("image_size", image_size),),
+        style=style,
     )
+
+
+def _kaliyuga(name: str, sha256: str, style: str, filename: str | None = None, repo: str | None = None) -> DiffusionModelEntry:
+    """One of KaliYuga's 256 px fine-tunes, published on the Hugging Face hub (DD v5.7's list)."""
+    filename = filename or f"{name}.pt"
+    url = f"https://huggingface.co/KaliYuga/{repo or name}/resolve/main/{filename}"
+    return _entry(name, filename, sha256, (url,), None, _KALIYUGA_256_UNET, 256, style)
 
 
 DIFFUSION_MODELS: dict[str, DiffusionModelEntry] = {
@@ -170,24 +179,20 @@ DIFFUSION_MODELS: dict[str, DiffusionModelEntry] = {
             _PORTRAIT_UNET,
             512,
         ),
-        _entry(
-            "pixelartdiffusion_expanded",
-            "PADexpanded.pt",
-            "a73b40556634034bf43b5a716b531b46fb1ab890634d854f5bcbbef56838739a",
-            ("https://huggingface.co/KaliYuga/PADexpanded/resolve/main/PADexpanded.pt",),
-            None,
-            _KALIYUGA_256_UNET,
-            256,
-        ),
-        _entry(
-            "watercolordiffusion_2",
-            "watercolordiffusion_2.pt",
-            "49c281b6092c61c49b0f1f8da93af9b94be7e0c20c71e662e2aa26fee0e4b1a9",
-            ("https://huggingface.co/KaliYuga/watercolordiffusion_2/resolve/main/watercolordiffusion_2.pt",),
-            None,
-            _KALIYUGA_256_UNET,
-            256,
-        ),
+        _kaliyuga("pixelartdiffusion_expanded", "a73b40556634034bf43b5a716b531b46fb1ab890634d854f5bcbbef56838739a",
+                  "pixel art", filename="PADexpanded.pt", repo="PADexpanded"),
+        _kaliyuga("pixel_art_diffusion_hard_256", "be4a9de943ec06eef32c65a1008c60ad017723a4d35dc13169c66bb322234161",
+                  "pixel art"),
+        _kaliyuga("pixel_art_diffusion_soft_256", "d321590e46b679bf6def1f1914b47c89e762c76f19ab3e3392c8ca07c791039c",
+                  "pixel art"),
+        _kaliyuga("pixelartdiffusion4k", "a1ba4f13f6dabb72b1064f15d8ae504d98d6192ad343572cc416deda7cccac30",
+                  "pixel art"),
+        _kaliyuga("PulpSciFiDiffusion", "b79e62613b9f50b8a3173e5f61f0320c7dbb16efad42a92ec94d014f6e17337f",
+                  "pixel art"),  # DD gives it the pixel-art cut schedules
+        _kaliyuga("watercolordiffusion_2", "49c281b6092c61c49b0f1f8da93af9b94be7e0c20c71e662e2aa26fee0e4b1a9",
+                  "watercolor"),
+        _kaliyuga("watercolordiffusion", "a3e6522f0c8f278f90788298d66383b11ac763dd5e0d62f8252c962c23950bd6",
+                  "watercolor"),
     )
 }
 

@@ -537,6 +537,22 @@ def validate(
     return Scene(MappingProxyType(values), source, base_dir, MappingProxyType(dict(data)), seed_was_random)
 
 
+STYLE_CUT_SCHEDULES = {"pixel art": "pad_or_pulp", "watercolor": "watercolor"}
+CUT_SCHEDULE_SETTINGS = ("cut_overview", "cut_innercut", "cut_ic_pow", "cut_icgray_p")
+
+
+def _apply_model_defaults(values: dict, given_as: Mapping[str, str], entry) -> None:
+    """DD's per-model settings: a 256 px model renders at width_height_for_256x256_models
+    and KaliYuga's fine-tunes take their style's cut schedules, unless the scene gives
+    width_height (only) or the cut_* schedules itself, as DD's settings files do."""
+    if entry.image_size == 256 and ("width_height" not in given_as or "width_height_for_256x256_models" in given_as):
+        values["width_height"] = values["width_height_for_256x256_models"]
+    prefix = STYLE_CUT_SCHEDULES.get(entry.style)
+    for name in CUT_SCHEDULE_SETTINGS if prefix else ():
+        if name not in given_as:
+            values[name] = values[f"{prefix}_{name}"]
+
+
 def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tuple[Path, ...],
                   check_files: bool = False) -> None:
     """Checks that involve several settings, files on disk, or the model catalogue."""
@@ -554,6 +570,8 @@ def _cross_checks(values, given_as, problem, base_dir: Path, allowed_roots: tupl
         problem(where("diffusion_model"), f"unknown diffusion model '{model}'{hint}")
     if model == "custom" and not values["custom_path"]:
         problem(where("diffusion_model"), "'custom' needs custom_path (the checkpoint file)")
+    if model in DIFFUSION_MODELS:
+        _apply_model_defaults(values, given_as, DIFFUSION_MODELS[model])
 
     mode = values["animation_mode"]
     roots = (base_dir, *[r.resolve() for r in allowed_roots])

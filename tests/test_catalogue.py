@@ -29,7 +29,12 @@ EXPECTED_SHA = {
     "256x256_diffusion_uncond": "a37c32fffd316cd494cf3f35b339936debdc1576dad13fe57c42399a5dbc78b1",
     "portrait_generator_v001": "b7e8c747af880d4480b6707006f1ace000b058dd0eac5bb13558ba3752d9b5b9",
     "pixelartdiffusion_expanded": "a73b40556634034bf43b5a716b531b46fb1ab890634d854f5bcbbef56838739a",
+    "pixel_art_diffusion_hard_256": "be4a9de943ec06eef32c65a1008c60ad017723a4d35dc13169c66bb322234161",
+    "pixel_art_diffusion_soft_256": "d321590e46b679bf6def1f1914b47c89e762c76f19ab3e3392c8ca07c791039c",
+    "pixelartdiffusion4k": "a1ba4f13f6dabb72b1064f15d8ae504d98d6192ad343572cc416deda7cccac30",
+    "PulpSciFiDiffusion": "b79e62613b9f50b8a3173e5f61f0320c7dbb16efad42a92ec94d014f6e17337f",
     "watercolordiffusion_2": "49c281b6092c61c49b0f1f8da93af9b94be7e0c20c71e662e2aa26fee0e4b1a9",
+    "watercolordiffusion": "a3e6522f0c8f278f90788298d66383b11ac763dd5e0d62f8252c962c23950bd6",
     "secondary_model_imagenet_2": "983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a",
     "vgg16": "397923af",  # torchvision publishes an 8-digit prefix (in the file name)
 }

@@ -168,3 +168,27 @@ def test_image_prompts_count_in_the_weight_sum_of_their_frame(tmp_path):
     parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:2']}\n", base_dir=tmp_path)  # 1 + 2: fine
     with pytest.raises(SceneInvalid, match="frame 0: the text and image prompt weights sum to 0"):
         parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:-3']}\n", base_dir=tmp_path)  # 2 + 1 - 3
+
+
+def test_dds_per_model_sizes_and_cut_schedules():
+    """DD v5.7: 256 px models render at width_height_for_256x256_models; KaliYuga's
+    pixel-art (and PulpSciFi) and watercolor models take their own cut schedules. A scene
+    (or a DD settings file, which records what DD used) that gives width_height alone or
+    cut_* keeps them."""
+    from farm.cutschedule import parse_cut_schedule
+
+    def scene(model: str, extra: str = ""):
+        return parse_scene(f"diffusion_model: {model}\ntext_prompts: {{0: [a]}}\n{extra}")
+
+    pixel = scene("pixel_art_diffusion_hard_256")
+    assert pixel["width_height"] == (512, 448)
+    assert pixel["cut_icgray_p"] == pixel["pad_or_pulp_cut_icgray_p"] == tuple(parse_cut_schedule(
+        "[0.87]*100+[0.78]*50+[0.73]*50+[0.64]*60+[0.56]*40+[0.50]*50+[0.33]*100+[0.19]*150+[0]*400"))
+    water = scene("watercolordiffusion", 'cut_overview: "[3]*1000"\nwidth_height: [256, 256]\n')
+    assert water["width_height"] == (256, 256) and water["cut_overview"] == (3.0,) * 1000
+    assert water["cut_innercut"] == water["watercolor_cut_innercut"] != scene("watercolordiffusion")["cut_overview"]
+    both = scene("256x256_diffusion_uncond", "width_height: [256, 256]\nwidth_height_for_256x256_models: [320, 256]\n")
+    assert both["width_height"] == (320, 256)
+    plain = scene("256x256_diffusion_uncond")
+    assert plain["width_height"] == (512, 448) and plain["cut_overview"] == scene("tiny")["cut_overview"]
+    assert scene("512x512_diffusion_uncond_finetune_008100")["width_height"] == (1280, 768)
