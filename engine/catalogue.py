@@ -20,6 +20,7 @@ __all__ = [
     "ModelFile",
     "DiffusionModelEntry",
     "DIFFUSION_MODELS",
+    "CUSTOM_MODEL_UNET",
     "SECONDARY_MODEL",
     "ModelError",
     "UnknownModel",
@@ -128,6 +129,11 @@ _KALIYUGA_256_UNET = (
     ("use_fp16", False),
     ("use_scale_shift_norm", False),
 )
+
+
+CUSTOM_MODEL_UNET: dict[str, object] = dict(_KALIYUGA_256_UNET, image_size=256)
+"""DD's settings for ``diffusion_model: custom`` (its "else" branch, like KaliYuga's
+fine-tunes); ``custom_model_settings`` overrides them."""
 
 
 def _entry(name: str, filename: str, sha256: str, urls: tuple[str, ...], size_hint: int | None,

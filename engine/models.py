@@ -245,9 +245,9 @@ class ModelSet:
         elif spec.diffusion_model in catalogue.DIFFUSION_MODELS:
             settings = dict(defaults)
             settings.update(catalogue.DIFFUSION_MODELS[spec.diffusion_model].unet_kwargs())
-        elif spec.custom_model_path:
+        elif spec.custom_model_path:  # DD's custom model: the settings of KaliYuga's 256 px fine-tunes
             settings = dict(defaults)
-            settings.update(catalogue.DIFFUSION_MODELS[base_name].unet_kwargs())
+            settings.update(catalogue.CUSTOM_MODEL_UNET)
         else:
             known = ", ".join([*catalogue.DIFFUSION_MODELS, tiny.TINY_DIFFUSION_MODEL])
             raise UnknownModelName(

@@ -65,7 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- models
     _s("diffusion_model", "str", "512x512_diffusion_uncond_finetune_008100", "Diffusion UNet: a catalogue name, 'custom' (with custom_path), or 'tiny' (built-in random test model).", "models"),
     _s("custom_path", "path", None, "Checkpoint file for diffusion_model 'custom'.", "models"),
-    _s("custom_model_settings", "mapping", {}, "UNet settings for a custom checkpoint (guided-diffusion names).", "models"),
+    _s("custom_model_settings", "mapping", {}, "UNet settings for a custom checkpoint (guided-diffusion names), over DD's defaults for custom models (KaliYuga's 256 px layout: attention at 16, 128 channels, 1 head, no scale-shift norm).", "models"),
     _s("use_secondary_model", "bool", True, "Predict x0 with the small secondary model (no gradient through the UNet).", "models"),
     _s("diffusion_sampling_mode", "choice", "ddim", "Sampler: ddim or plms.", "models", choices=("ddim", "plms")),
     _s("clip_models", "clip_models", ["ViT-B-32::openai", "ViT-B-16::openai", "RN50::openai"], "CLIP models as open_clip 'name::pretrained' (DD's ViTB32/RN50... booleans also work).", "models"),

@@ -53,6 +53,14 @@ def test_catalogue_names_hashes_and_urls():
     assert SECONDARY_MODEL.urls[1].startswith("https://the-eye.eu/")
 
 
+def test_custom_models_start_from_dds_else_branch():
+    from engine.catalogue import CUSTOM_MODEL_UNET
+
+    assert CUSTOM_MODEL_UNET == {**DIFFUSION_MODELS["pixel_art_diffusion_soft_256"].unet_kwargs()}
+    assert (CUSTOM_MODEL_UNET["attention_resolutions"], CUSTOM_MODEL_UNET["num_channels"], CUSTOM_MODEL_UNET["num_heads"],
+            CUSTOM_MODEL_UNET["use_scale_shift_norm"], CUSTOM_MODEL_UNET["image_size"]) == ("16", 128, 1, False, 256)
+
+
 def test_dd_unet_settings():
     big = DIFFUSION_MODELS["512x512_diffusion_uncond_finetune_008100"].unet_kwargs()
     assert big["attention_resolutions"] == "32, 16, 8"

@@ -456,8 +456,9 @@ def test_files_load_through_the_catalogue_and_custom_path(tmp_path, monkeypatch,
     monkeypatch.setenv("DISCO_FARM_MODELS", str(tmp_path))
     settings = tuple(
         (k, full_renderer.models.unet_settings[k])
-        for k in ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "num_head_channels")
-    )
+        for k in ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "num_head_channels",
+                  "num_heads", "resblock_updown", "use_scale_shift_norm")
+    )  # over DD's custom-model defaults (KaliYuga's layout)
     spec = ModelSetSpec(
         diffusion_model="custom",
         custom_model_path=str(unet_file),
