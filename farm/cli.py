@@ -195,6 +195,7 @@ _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d{1,3})?")
 def _check_submit_args(args) -> list:
     """Everything wrong with the scene, its files or the arguments is found here, before
     farm.submit imports Ray and torch (seconds) or writes or starts anything."""
+    from farm.output import OutputDamaged, OutputFolder
     from farm.plan import frame_count, resolve
     from farm.scene import load_scene
     from farm.storage import is_uri
@@ -224,6 +225,10 @@ def _check_submit_args(args) -> list:
             if target.resolve() == Path(path).resolve().parent:
                 raise UsageError(f"--out {args.out}: is the folder of {path} itself; a render writes scene.yaml, "
                                  "frames/ and video.mp4 there: give a new folder")
+            try:
+                OutputFolder(target).check_is_render()
+            except OutputDamaged as error:
+                raise UsageError(f"--out {error}") from None
         if scene["name"] in named:  # their folders would be one: the later would overwrite the earlier
             raise UsageError(f"{path}: name '{scene['name']}' is also the name of {named[scene['name']]}; "
                              "scenes submitted together need different names (the name is the output folder)")

@@ -185,7 +185,8 @@ class OutputFolder:
         return f"{FRAME_FOLDERS[kind]}/{index:06d}.png"
 
     def prepare(self) -> None:
-        """Create the folder (if it is not there) and check what is in it (`check_layout`)."""
+        """Create the folder (if it is not there) and check what is in it (`check_layout`,
+        `check_is_render`)."""
         if self.is_local and self.store.root.exists() and not self.store.root.is_dir():
             raise OutputDamaged(f"{self.root} is a file, not a folder")
         try:
@@ -194,6 +195,23 @@ class OutputFolder:
             raise OutputWriteError(error, f"cannot create the output folder {self.root}: "
                                           f"{error.strerror or error}") from None
         self.check_layout()
+        self.check_is_render()
+
+    def check_is_render(self) -> None:
+        """OutputDamaged when a local folder holds files but was never a render's (no
+        plan.json, never claimed by a submit): the render would overwrite the user's own
+        scene.yaml, video.mp4, frames ... Missing or empty folders are fine."""
+        root = self.store.root if self.is_local else None
+        if root is None or not root.is_dir() or (root / "plan.json").exists() or (root / LOCK_FILE).exists():
+            return
+        try:
+            names = sorted(os.listdir(root))
+        except OSError:
+            return  # unreadable: creating and writing report it
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise OutputDamaged(f"{self.root}: holds files that are not a Disco Farm render ({shown}); a render "
+                                "would overwrite them: give a new or empty folder")
 
     def claim(self) -> None:
         """Hold this folder for this process (an exclusive lock on its .lock file, kept

@@ -468,6 +468,8 @@ ARGUMENT_CASES = [
     ("preview-fps-huge", ["preview", "{out}", "--fps", "1e300"], "at most 1000", "--fps 1e+300"),
     ("submit-out-the-scenes-own-folder", ["submit", "{good}", "--out", "{scenes}"], "is the folder of",
      "--out"),
+    ("submit-out-a-folder-of-other-files", ["submit", "{good}", "--out", "{work}"],  # would overwrite them
+     "holds files that are not a Disco Farm render (loop-a, loop-b, not-a-folder)", "--out"),
     ("submit-out-memory", ["submit", "{good}", "--out", "memory://bucket/run"],
      "memory:// lives only as long as this command", "--out"),
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),
@@ -490,7 +492,8 @@ def test_bad_arguments_are_one_line(argv, says, names, sandbox, capsys):
     loop.symlink_to("loop-b")
     (sandbox.root / "work" / "loop-b").symlink_to("loop-a")
     values = {"good": str(sandbox.good), "out": str(sandbox.out), "file": str(plain_file),
-              "missing": str(sandbox.scenes / "missing.yaml"), "loop": str(loop), "scenes": str(sandbox.scenes)}
+              "missing": str(sandbox.scenes / "missing.yaml"), "loop": str(loop), "scenes": str(sandbox.scenes),
+              "work": str(sandbox.root / "work")}
     argv = [arg.format(**values) if arg.startswith("{") else arg for arg in argv]
     before = snapshot(sandbox.root)
     code, out, err = run_cli(capsys, argv)

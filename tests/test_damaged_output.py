@@ -265,7 +265,8 @@ def bare_session(monkeypatch):
     session = driver.RenderSession.__new__(driver.RenderSession)
     session.__dict__.update(
         stall_seconds=600.0, poll_seconds=0.01, on_update=None, scheduler=Scheduler(), jobs={}, slots={}, inflight={},
-        _write_failures=0, progress={}, _pixels={}, _model_specs={}, completed=[], actor_nodes={}, actor_pids={},
+        _write_failures=0, progress={}, _pixels={}, _on_disk={}, _model_specs={}, completed=[], actor_nodes={},
+        actor_pids={},
         _board=SimpleNamespace(clear=SimpleNamespace(remote=lambda *a: None)),
         source=SimpleNamespace(ended=lambda slot, crashed=False: None))
 
