@@ -34,14 +34,16 @@ def _parse_set(items: list[str] | None) -> dict[str, object]:
     overrides: dict[str, object] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
+        shown = item if len(item) <= 60 else f"{item[:56]}..."
         if not sep or not key.strip():
-            raise UsageError(f"--set '{item}': expected key=value")
+            raise UsageError(f"--set '{shown}': expected key=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text) if text.strip() else ""
         except yaml.constructor.ConstructorError:
-            raise UsageError(f"--set '{item}': YAML tags that build objects are not allowed") from None
+            raise UsageError(f"--set '{shown}': YAML tags that build objects are not allowed") from None
         except (yaml.YAMLError, ValueError, RecursionError):
-            raise UsageError(f"--set '{item}': the value is not valid YAML") from None
+            hint = "; quote keyframes: --set 'zoom=\"0: (1)\"'" if ":" in text else ""
+            raise UsageError(f"--set '{shown}': the value is not valid YAML{hint}") from None
     return overrides
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from engine.spec import CUT_SLOTS
@@ -14,13 +15,18 @@ class CutScheduleError(ValueError):
 _TERM = re.compile(r"\s*\[\s*([^\[\]]*?)\s*\]\s*(?:\*\s*(\d+)\s*)?")
 
 
+def _shown(text: str) -> str:
+    """A value as errors quote it: long ones cut short."""
+    return text if len(text) <= 24 else f"{text[:20]}..."
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise CutScheduleError(f"'{text}' is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise CutScheduleError(f"'{text}' is not a finite number")
+        raise CutScheduleError(f"'{_shown(text)}' is not a number") from None
+    if not math.isfinite(value):
+        raise CutScheduleError(f"'{_shown(text)}' is not a finite number")
     return value
 
 
@@ -29,7 +35,7 @@ def parse_cut_schedule(value: object) -> tuple[float, ...]:
     if isinstance(value, bool):
         raise CutScheduleError("expected a schedule string like \"[12]*400+[4]*600\" or a number, got a boolean")
     if isinstance(value, (int, float)):
-        return (float(value),) * CUT_SLOTS
+        return (_number(str(value)),) * CUT_SLOTS
     if isinstance(value, list):
         values = [_number(str(v)) for v in value]
     elif isinstance(value, str):
@@ -48,7 +54,10 @@ def parse_cut_schedule(value: object) -> tuple[float, ...]:
             items = [_number(item) for item in match.group(1).split(",") if item.strip()]
             if not items:
                 raise CutScheduleError(f"term {index + 1} '{part.strip()}' has an empty list")
-            count = int(match.group(2)) if match.group(2) else 1
+            count_text = match.group(2) or "1"
+            if len(count_text) > 4:  # more than 1000 entries in any case (and int() of 4300+ digits fails)
+                raise CutScheduleError(f"term {index + 1}: count {_shown(count_text)} is far more than {CUT_SLOTS}")
+            count = int(count_text)
             if len(values) + len(items) * count > CUT_SLOTS:
                 raise CutScheduleError(f"schedule has more than {CUT_SLOTS} entries")
             values.extend(items * count)

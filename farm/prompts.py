@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from engine.spec import WeightedPrompt
+from farm.settings import MAX_MAGNITUDE
 
 
 class PromptError(ValueError):
@@ -28,6 +29,8 @@ def parse_prompt(entry: str) -> WeightedPrompt:
         raise PromptError(f"prompt '{entry}' has no text")
     if not math.isfinite(weight):
         raise PromptError(f"prompt '{entry}' has a weight that is not finite")
+    if abs(weight) > MAX_MAGNITUDE:  # 1e308 + 1e308 overflows DD's sum and zeroes every weight
+        raise PromptError(f"prompt '{entry}' has the weight {weight:g}, beyond the limit of ±{MAX_MAGNITUDE:.0f}")
     return WeightedPrompt(text, weight)
 
 
@@ -56,8 +59,10 @@ class PromptSchedule:
 
 
 def _scaled(prompts: tuple[WeightedPrompt, ...], factor: float) -> tuple[WeightedPrompt, ...]:
-    total = sum(p.weight for p in prompts)
-    norm = total if abs(total) > 1e-9 else 1.0
+    """Weights divided by the magnitude of their sum, as DD (engine.losses.normalised_weights)
+    divides them: signs are kept, so a repelling prompt repels through the whole fade."""
+    total = abs(sum(p.weight for p in prompts))
+    norm = total if total > 1e-9 else 1.0
     return tuple(WeightedPrompt(p.text, p.weight / norm * factor) for p in prompts)
 
 
@@ -83,7 +88,10 @@ def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
             entries = [entries]
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
             raise PromptError(f"frame {frame}: expected a list of 'text:weight' strings")
-        prompts = tuple(parse_prompt(e) for e in entries)
+        try:
+            prompts = tuple(parse_prompt(e) for e in entries)
+        except PromptError as exc:
+            raise PromptError(f"frame {frame}: {exc}") from None
         if prompts and abs(sum(p.weight for p in prompts)) < 1e-6:
             raise PromptError(f"frame {frame}: the prompt weights sum to 0 (DD divides by the sum)")
         keys.append((frame, prompts))

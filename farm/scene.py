@@ -37,8 +37,13 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line and self.line > 0 else self.file
+        field = f"--set {self.field}" if self.line == SET_BY_ARGUMENT else self.field
+        return f"{where}: {field}: {self.message}" if field else f"{where}: {self.message}"
+
+
+SET_BY_ARGUMENT = -1
+"""Problem.line of a setting given by ``--set`` (reported as such, not as a line of the file)."""
 
 
 class SceneInvalid(ValueError):
@@ -182,9 +187,7 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
                 if not key_frames:
                     raise _Bad("key_frames is false, so a plain number is required") from None
         if _is_number(value):
-            number = float(value)
-            if not math.isfinite(number):
-                raise _Bad(f"expected a finite number, got {value}")
+            number = _as_number(value)  # finite, not too large for a float
             if kind == "int_keyframes" and not number.is_integer():
                 raise _Bad(f"expected a whole number, got {value}")
             _check_range(setting, number)
@@ -198,7 +201,8 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
                 return parse_keyframes(value)
             except KeyframeError as exc:
                 raise _Bad(f"bad keyframe string: {exc}") from None
-        raise _Bad(f"expected a number or a keyframe string like \"0: (1), 10: (1.05)\", got {_describe(value)}")
+        quote = " (quote keyframe strings: unquoted, YAML reads \"0: (1)\" as a mapping)" if isinstance(value, dict) else ""
+        raise _Bad(f"expected a number or a keyframe string like \"0: (1), 10: (1.05)\", got {_describe(value)}{quote}")
     if kind == "skip":
         if isinstance(value, str) and value.strip().endswith("%"):
             percent = _as_number(value.strip()[:-1], "a percentage like '60%'")
@@ -253,6 +257,10 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
             raise _Bad(str(exc)) from None
         for number in (min(values), max(values)):
             _check_range(setting, number)
+        if setting.name.endswith(("_overview", "_innercut")):  # cut counts: DD fails on fractions
+            fraction = next((v for v in values if not float(v).is_integer()), None)
+            if fraction is not None:
+                raise _Bad(f"{_fmt(fraction)} is not a whole number of cuts")
         return values
     if kind == "path":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
@@ -451,7 +459,7 @@ def parse_scene(
             for other in [k for k in data if isinstance(k, str) and k != key and S.canonical_name(k) == name]:
                 del data[other]
         data[key] = value
-        lines[key] = None
+        lines[key] = SET_BY_ARGUMENT
     if not data:
         raise SceneInvalid([Problem(source, None, "", "the scene is empty: it sets nothing (write at least text_prompts)")])
     return validate(data, source=source, lines=lines, base_dir=base_dir or Path.cwd(), allowed_roots=allowed_roots,

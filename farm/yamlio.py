@@ -1,12 +1,19 @@
 """Safe YAML reading that remembers where each key was written.
 
 Scene files are data: PyYAML's SafeLoader (no object construction), a bound on the
-expanded size (a billion-laughs file is refused, not expanded), duplicate keys refused,
-and a line number for every mapping key so errors can point at it.
+number of values written and on their expanded size (a billion-laughs file is refused,
+not expanded), duplicate keys refused, and a line number for every mapping key so errors
+can point at it.
+
+Numbers are read as YAML 1.2's core schema reads them, not with YAML 1.1's implicit forms
+that PyYAML follows: `10:5` (a keyframe without its parentheses) is not the sexagesimal
+605, `017` is 17 (not octal 15), and `1_000` or `0b101` stay strings, so the scene
+validator reports them as bad values instead of rendering a different constant.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -31,9 +38,79 @@ class Document:
     """Path of keys (e.g. ("text_prompts", 100)) -> 1-based line of that key."""
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution); .inf/.nan spelt as
+# PyYAML's YAML 1.1 resolver spells them (as before). \Z, not $: `$` also matches before "\n".
+_INT_12 = re.compile(r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
+_FLOAT_12 = re.compile(r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z")
+
+
+def _yaml12_number_resolvers(resolvers: dict) -> dict:
+    """A copy of `resolvers` (never modified: it is SafeLoader's class state) whose int and
+    float resolvers are YAML 1.2's; the others (bool, null, timestamp...) stay as they are."""
+    copied = {first: [(tag, regexp) for tag, regexp in entries if tag not in (_INT_TAG, _FLOAT_TAG)]
+              for first, entries in resolvers.items()}
+    for first in "-+0123456789.":
+        numbers = [(_FLOAT_TAG, _FLOAT_12)] if first == "." else [(_INT_TAG, _INT_12), (_FLOAT_TAG, _FLOAT_12)]
+        copied[first] = numbers + copied.get(first, [])  # first match wins: int before float (`5`)
+    return copied
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if not _INT_12.match(text):  # only an explicit !!int tag gets here with other text
+        raise yaml.constructor.ConstructorError(
+            None, None, f"'{text}' is not an integer (write digits, 0x.. or 0o..)", node.start_mark)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node)
+    if not _FLOAT_12.match(text):  # only an explicit !!float tag gets here with other text
+        raise yaml.constructor.ConstructorError(
+            None, None, f"'{text}' is not a number (write e.g. 1.5, -2e3, .inf)", node.start_mark)
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return float("-inf") if lowered.startswith("-") else float("inf")
+    if lowered == ".nan":
+        return float("nan")
+    return float(text)
+
+
 class _DepthLimitedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting while scanning: PyYAML's scanner slows down
-    quadratically with [ { nesting (3000 levels: seconds) and its composer recurses."""
+    """SafeLoader that reads numbers as YAML 1.2 does, counts the values it composes, and
+    refuses deep nesting while scanning: PyYAML's scanner slows down quadratically with
+    [ { nesting (3000 levels: seconds) and its composer recurses."""
+
+    yaml_implicit_resolvers = _yaml12_number_resolvers(yaml.SafeLoader.yaml_implicit_resolvers)
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._composed = 0
+
+    def _count_node(self) -> None:
+        """Refuse a document with too many values as it is read, not after reading it all."""
+        self._composed += 1
+        if self._composed > MAX_EXPANDED_NODES:
+            raise YamlError(f"document holds more than {MAX_EXPANDED_NODES} values (a scene needs far fewer)")
+
+    def compose_scalar_node(self, anchor):
+        self._count_node()
+        return super().compose_scalar_node(anchor)
+
+    def compose_sequence_node(self, anchor):
+        self._count_node()
+        return super().compose_sequence_node(anchor)
+
+    def compose_mapping_node(self, anchor):
+        self._count_node()
+        return super().compose_mapping_node(anchor)
 
     def _refuse_depth(self) -> None:
         raise YamlError(f"document is nested more than {MAX_DEPTH} levels deep", self.get_mark().line + 1)
@@ -47,6 +124,10 @@ class _DepthLimitedLoader(yaml.SafeLoader):
         if len(self.indents) >= MAX_DEPTH:
             self._refuse_depth()
         return super().add_indent(column)
+
+
+_DepthLimitedLoader.add_constructor(_INT_TAG, _construct_int)
+_DepthLimitedLoader.add_constructor(_FLOAT_TAG, _construct_float)
 
 
 def _expanded_size(node, memo: dict[int, int]) -> int:
@@ -101,9 +182,9 @@ def load_yaml(text: str) -> Document:
         if node is None:
             return Document({}, {})
         if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-            raise YamlError(
-                f"document expands to more than {MAX_EXPANDED_NODES} values (aliases nested too deep?)"
-            )
+            # it holds at most MAX_EXPANDED_NODES values (counted while composing): aliases expand it
+            raise YamlError(f"document expands to more than {MAX_EXPANDED_NODES} values through aliases "
+                            "(*name) nested too deep; a scene needs far fewer")
         lines: dict[tuple, int] = {}
         _key_lines(node, loader, (), lines, set())
         data = loader.construct_document(node)
