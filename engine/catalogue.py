@@ -35,6 +35,8 @@ __all__ = [
 
 TINY_MODEL_PREFIX = "tiny-"
 """Names starting with this are built-in, random-initialised test models (no file)."""
+TINY_CLIP_ARCHS = ("tiny-vit", "tiny-rn")
+"""The built-in CLIP test models (``engine.tiny``), as ``tiny-vit::random``."""
 
 
 class ModelError(ValueError):
@@ -339,6 +341,9 @@ def parse_clip_name(name: str, known: tuple[Sequence[str], Mapping[str, Sequence
     text = name.strip()
     if text.startswith(TINY_MODEL_PREFIX):
         arch, _, tag = text.partition("::")
+        if arch not in TINY_CLIP_ARCHS or tag not in ("", "random"):
+            raise UnknownModel(f"unknown built-in CLIP model {name!r} (built-in: "
+                               f"{', '.join(f'{a}::random' for a in TINY_CLIP_ARCHS)})")
         return arch, tag
 
     if "::" in text:

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 import torch
 
+from engine.catalogue import TINY_CLIP_ARCHS  # defined there: scene checks need it without torch
+
 TINY_DIFFUSION_MODEL = "tiny"
-TINY_CLIP_ARCHS = ("tiny-vit", "tiny-rn")
 TINY_CLIP_MODELS = tuple(f"{arch}::random" for arch in TINY_CLIP_ARCHS)
 TINY_SECONDARY_BASE_CHANNELS = 8
 TINY_SEED = 20211029

@@ -154,6 +154,8 @@ def convert_dd_settings(dd: dict, base_dir: Path | None = None) -> tuple[dict, l
         enabled.update(clip_flags)
         scene["clip_models"] = [S.DD_CLIP_FLAGS[f] for f, on in enabled.items() if on]
         origin["clip_models"] = ", ".join(clip_flags)
+        if not scene["clip_models"]:
+            problem(origin["clip_models"], "every CLIP model is switched off; enable at least one")
     for key, value in dd.items():
         if key in ("width", "height", "width_height") or key in S.DD_CLIP_FLAGS:
             continue
@@ -245,7 +247,7 @@ def _validate(scene: dict, source: str, origin: dict[str, str], base_dir: Path |
     """Validate the scene text exactly as it will be written; report against the settings file."""
     text = scene_yaml(scene, Path(source).name)
     try:
-        parse_scene(text, source=source, base_dir=base_dir or Path.cwd(), allowed_roots=(Path("/"),))
+        parse_scene(text, source=source, base_dir=base_dir or Path.cwd())  # input files as the scene will read them
     except SceneInvalid as exc:
         problems = []
         for found in exc.problems:

@@ -8,6 +8,7 @@ wrong. Nothing here renders or imports Ray.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 import functools
 import json
 import math
@@ -127,16 +128,43 @@ def _check_range(setting: S.Setting, number: float) -> None:
         raise _Bad(f"{_fmt(number)} is beyond the limit of ±{_fmt(S.MAX_MAGNITUDE)}")
 
 
+def _holds_unencodable_text(value: object) -> bool:
+    """Whether a string in ``value`` (or in its lists and mappings) cannot be UTF-8 encoded:
+    YAML's "\\ud800" escape makes an unpaired surrogate, which no file name or CLIP
+    tokenizer takes."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def _check_folder_name(name: str) -> None:
     """A scene name becomes one folder inside the output folder: no path, nothing odd."""
     if "/" in name or "\\" in name:
         raise _Bad(f"'{name}' must be a folder name, not a path (no / or \\)")
     if name in (".", ".."):
         raise _Bad(f"'{name}' is not a usable folder name")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise _Bad("must not contain control characters (newlines, tabs, NUL)")
+    if name.startswith("."):
+        raise _Bad(f"'{name}' starts with '.': a hidden folder (farm ui and farm fetch skip those)")
+    if "::" in name:  # fsspec reads '::' in a URI as a chain of filesystems
+        raise _Bad(f"'{name}' must not contain '::' (it would split an output URI)")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in name):
+        raise _Bad("must not contain control, invisible or unassigned characters (newlines, tabs, NUL, "
+                   "zero-width spaces, direction marks, unpaired surrogates)")
     if len(name) > S.MAX_NAME_LENGTH:
         raise _Bad(f"is {len(name)} characters long; at most {S.MAX_NAME_LENGTH}")
+    if len(name.encode("utf-8")) > 255:
+        raise _Bad(f"is {len(name.encode('utf-8'))} bytes in UTF-8; a folder name holds at most 255")
 
 
 def _fmt(number: float) -> str:
@@ -512,6 +540,9 @@ def validate(
             problem(key, f"given twice (also as '{given_as[name]}')")
             continue
         given_as[name] = key
+        if _holds_unencodable_text(value):
+            problem(key, "holds text that is not valid Unicode (an unpaired surrogate such as \\ud800)")
+            continue
         try:
             values[name] = _normalise(S.BY_NAME[name], value, key_frames)
         except _Bad as exc:

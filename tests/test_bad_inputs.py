@@ -211,7 +211,12 @@ SCENE_CASES = [
     Case("name-path", "name", "must be a folder name, not a path"),
     Case("name-absolute", "name", "must be a folder name, not a path"),
     Case("name-dotdot", "name", "is not a usable folder name"),
-    Case("name-newline", "name", "must not contain control characters"),
+    Case("name-newline", "name", "must not contain control, invisible or unassigned characters"),
+    Case("name-zero-width-space", "name", "must not contain control, invisible or unassigned characters"),
+    Case("name-hidden", "name", "starts with '.': a hidden folder"),
+    Case("name-fsspec-chain", "name", "must not contain '::'"),
+    Case("name-too-many-bytes", "name", "is 400 bytes in UTF-8; a folder name holds at most 255"),
+    Case("clip-unknown-builtin", "clip_models", "unknown built-in CLIP model 'tiny-vit::foo'"),
     Case("name-too-long", "name", "is 101 characters long; at most 100"),
     # --- values the engine cannot render
     Case("cut-schedule-negative", "cut_overview", "-2 is below the minimum 0"),

@@ -153,8 +153,8 @@ def test_cached_path_error_names_the_fetch_command(monkeypatch, tmp_path):
         ("RN50_yffcc15m", ("RN50", "yfcc15m")),
         ("RN50_quickgelu_cc12m", ("RN50-quickgelu", "cc12m")),
         ("RN101_quickgelu_yfcc15m", ("RN101-quickgelu", "yfcc15m")),
-        ("tiny-clip", ("tiny-clip", "")),
-        ("tiny-clip::seed3", ("tiny-clip", "seed3")),
+        ("tiny-vit", ("tiny-vit", "")),
+        ("tiny-rn::random", ("tiny-rn", "random")),
     ],
 )
 def test_parse_clip_name(spelling, expected):
@@ -172,6 +172,8 @@ def test_parse_clip_name_accepts_local_weights_file(tmp_path):
         ("ViT-B-23::openai", r"unknown CLIP architecture 'ViT-B-23'.*did you mean 'ViT-B-32'"),
         ("ViT-B-32::laion2b_e61", r"unknown pretrained tag 'laion2b_e61' for CLIP 'ViT-B-32'.*did you mean 'laion2b_e16'"),
         ("ViT-B-32::", r"empty pretrained tag"),
+        ("tiny-clip::random", r"unknown built-in CLIP model 'tiny-clip::random'"),
+        ("tiny-vit::seed3", r"unknown built-in CLIP model 'tiny-vit::seed3'"),
         ("ViT-B-16-plus-240", r"needs a pretrained tag.*laion400m_e31"),
         ("", r"non-empty"),
     ],

@@ -101,6 +101,8 @@ def test_long_integer_nested(capsys, tmp_path):
     ({"text_prompts": {"zero": ["x"]}}, ["text_prompts:", "'zero'"]),
     ({"steps": float("nan")}, ["steps:", "finite"]),
     ({"ViTB32": "yes"}, ["ViTB32:", "true or false"]),
+    ({"ViTB32": False, "ViTB16": False, "RN50": False}, ["ViTB32, ViTB16, RN50:", "every CLIP model is switched off"]),
+    ({"init_image": "/etc/passwd"}, ["init_image:", "outside the scene's folder"]),
 ])
 def test_scene_problems_name_the_settings_file_and_dd_key(capsys, tmp_path, extra, needles):
     settings = {**GOOD, **extra}

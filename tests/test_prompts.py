@@ -38,3 +38,29 @@ def test_bad_frame_keys():
         parse_prompt_schedule({"soon": ["a"]})
     with pytest.raises(PromptError, match="negative"):
         parse_prompt_schedule({-1: ["a"]})
+
+
+def test_huge_weights_are_refused_naming_the_prompt_and_the_frame():
+    # 1e308 + 1e308 overflows the sum DD divides by: every weight would become 0
+    with pytest.raises(PromptError) as info:
+        parse_prompt_schedule({0: ["a:1"], 5: ["a lighthouse:1e308", "a ship:1e308"]})
+    assert str(info.value) == "frame 5: prompt 'a lighthouse:1e308' has the weight 1e+308, beyond the limit of ±1000000000"
+    with pytest.raises(PromptError, match="frame 0: prompt 'a:-2e9' has the weight -2e"):
+        parse_prompt_schedule(["a:-2e9"])
+    assert parse_prompt("a:1e9") == WeightedPrompt("a", 1e9)  # the limit itself is allowed
+    with pytest.raises(PromptError, match="frame 3: prompt ':2' has no text"):
+        parse_prompt_schedule({3: [":2"]})
+
+
+def test_a_repelling_prompt_repels_through_the_whole_crossfade():
+    """DD divides the weights by the magnitude of their sum: "b:-1" alone is -1, so fading in
+    b must give it negative weights all the way (it used to be +0.33, +0.67, then -1)."""
+    schedule = parse_prompt_schedule({0: ["a:1"], 3: ["b:-1"]}, crossfade=2)
+    weights = [{p.text: p.weight for p in schedule.at(frame)} for frame in range(7)]
+    assert weights[:3] == [{"a": 1.0}] * 3
+    assert weights[3] == pytest.approx({"a": 2 / 3, "b": -1 / 3})
+    assert weights[4] == pytest.approx({"a": 1 / 3, "b": -2 / 3})
+    assert weights[5:] == [{"b": -1.0}] * 2
+    # fading out of a set whose weights sum to a negative number keeps its signs too
+    schedule = parse_prompt_schedule({0: ["c:1", "d:-3"], 4: ["e:2"]}, crossfade=1)
+    assert {p.text: p.weight for p in schedule.at(4)} == pytest.approx({"c": 0.25, "d": -0.75, "e": 0.5})

@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import yaml
+
+import farm.yamlio
+from farm.scene import SceneInvalid, parse_scene
+from farm.yamlio import YamlError, load_yaml
+from tests.conftest import TINY_SCENE
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(SceneInvalid) as info:
+        parse_scene(text, source="s.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+@pytest.mark.parametrize("text", [
+    "10:5",      # a keyframe without its parentheses: YAML 1.1 made it the sexagesimal 605
+    "1:30",      # 90
+    "-1:30",     # -90
+    "1:30.5",    # sexagesimal float 90.5
+    "1_000",     # 1000
+    "1_000.5",   # 1000.5
+    "0b101",     # 5
+    "-0x1F",     # YAML 1.2 hex has no sign
+    "0x",
+    "1.2.3",
+    "+",
+    ".",
+])
+def test_yaml_1_1_number_forms_stay_strings(text):
+    assert load_yaml(f"a: {text}\n").data == {"a": text}
+
+
+@pytest.mark.parametrize("text, value", [
+    ("017", 17),          # decimal, not YAML 1.1's octal 15
+    ("-017", -17),
+    ("+5", 5),
+    ("0", 0),
+    ("0x1F", 31),
+    ("0o17", 15),
+    ("1.5", 1.5),
+    ("1.", 1.0),
+    (".5", 0.5),
+    ("-.5e-3", -0.0005),
+    ("1e5", 100000.0),    # YAML 1.1 wanted a dot and a signed exponent: "1e5" was a string
+    ("2.5E+2", 250.0),
+])
+def test_numbers_are_read_as_yaml_1_2_reads_them(text, value):
+    (read,) = load_yaml(f"a: {text}\n").data.values()
+    assert read == value and type(read) is type(value)
+
+
+def test_infinities_nan_booleans_and_nulls_are_read_as_before():
+    data = load_yaml("a: [.inf, -.inf, +.inf, .Inf, .nan, .NaN, yes, no, on, off, True, y, n, ~, null]\n").data["a"]
+    assert data[:4] == [math.inf, -math.inf, math.inf, math.inf]
+    assert math.isnan(data[4]) and math.isnan(data[5])
+    assert data[6:] == [True, False, True, False, True, "y", "n", None, None]
+    # booleans, nulls and dates as PyYAML's SafeLoader reads them
+    same = "b: [yes, No, ON, off, TRUE, false, y, n, ~, null, '', 2001-12-14]\n"
+    assert load_yaml(same).data == yaml.safe_load(same)
+
+
+def test_mapping_keys_are_read_the_same_way():
+    document = load_yaml("1:30: x\n017: y\n")
+    assert document.data == {"1:30": "x", 17: "y"}
+    assert document.lines == {("1:30",): 1, (17,): 2}
+
+
+def test_pyyamls_safe_loader_is_left_as_it_was():
+    load_yaml("a: 1\n")
+    assert yaml.safe_load("a: 10:5\nb: 017\n") == {"a": 605, "b": 15}
+
+
+def test_explicit_number_tags_follow_yaml_1_2_too():
+    assert load_yaml("a: !!int 017\nb: !!float 5\nc: !!int 0x10\n").data == {"a": 17, "b": 5.0, "c": 16}
+    with pytest.raises(YamlError, match="'1:30' is not an integer") as info:
+        load_yaml("a: 1\nb: !!int 1:30\n")
+    assert info.value.line == 2
+    with pytest.raises(YamlError, match="'1_0.5' is not a number"):
+        load_yaml("b: !!float 1_0.5\n")
+
+
+def test_a_keyframe_without_parentheses_is_a_bad_keyframe_not_a_constant():
+    (line,) = problems(TINY_SCENE + "animation_mode: 2D\nmax_frames: 3\nangle: 10:5\n")
+    assert line.startswith("s.yaml:11: angle: bad keyframe string") and "'('" in line
+
+
+def test_sexagesimal_and_binary_seeds_are_refused_and_leading_zeros_are_decimal():
+    (line,) = problems(TINY_SCENE.replace("seed: 5", "seed: 1:30"))
+    assert line == "s.yaml:5: seed: expected a whole number, got '1:30'"
+    (line,) = problems(TINY_SCENE.replace("seed: 5", "seed: 0b101"))
+    assert line == "s.yaml:5: seed: expected a whole number, got '0b101'"
+    assert parse_scene(TINY_SCENE.replace("seed: 5", "seed: 017"))["seed"] == 17
+
+
+def test_a_sexagesimal_prompt_frame_key_is_not_frame_90():
+    (line,) = problems(TINY_SCENE.replace('text_prompts: {0: ["a red apple:2", "blue:1"]}',
+                                          'text_prompts:\n  0: ["a"]\n  1:30: ["b"]'))
+    assert "text_prompts: frame key '1:30' is not a frame number" in line
+
+
+def test_a_big_plain_document_is_refused_as_big_not_as_aliases(monkeypatch):
+    monkeypatch.setattr(farm.yamlio, "MAX_EXPANDED_NODES", 1000)
+    load_yaml("[" + ", ".join(["1"] * 999) + "]")  # 999 values and the list itself
+    with pytest.raises(YamlError) as info:
+        load_yaml("[" + ", ".join(["1"] * 1000) + "]")
+    assert str(info.value) == "document holds more than 1000 values (a scene needs far fewer)"
+
+
+def test_a_big_document_is_refused_while_it_is_read(monkeypatch):
+    """Counting as values are read stops at the limit: what comes after it is never read
+    (here, a syntax error that reading the whole document would have reported)."""
+    monkeypatch.setattr(farm.yamlio, "MAX_EXPANDED_NODES", 1000)
+    with pytest.raises(YamlError, match="document holds more than 1000 values"):
+        load_yaml("[" + ", ".join(["1"] * 2000) + "]]]]\n")
+
+
+def test_only_an_alias_expansion_mentions_aliases(monkeypatch):
+    monkeypatch.setattr(farm.yamlio, "MAX_EXPANDED_NODES", 1000)
+    text = "a: &a [" + ", ".join(["x"] * 100) + "]\nb: [" + ", ".join(["*a"] * 20) + "]\n"  # 125 written
+    with pytest.raises(YamlError) as info:
+        load_yaml(text)
+    assert str(info.value).startswith("document expands to more than 1000 values through aliases")
