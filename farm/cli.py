@@ -220,6 +220,9 @@ def _check_submit_args(args) -> list:
         video_frames = _video_frames(scene)
         resolve(scene, video_frames)  # SceneInvalid: a frame its settings cannot render
         if args.frames is not None:
+            if scene.is_animation and scene["parallel_segments"] > 1:
+                raise UsageError(f"--frames: {path} renders in {scene['parallel_segments']} parallel_segments, "
+                                 "whose seams need renders from outside any range; submit the whole scene")
             _parse_range(args.frames, frame_count(scene, video_frames))
         if args.out and not is_uri(args.out):
             target = Path(args.out).expanduser()
@@ -227,8 +230,13 @@ def _check_submit_args(args) -> list:
             if target.resolve() == Path(path).resolve().parent:
                 raise UsageError(f"--out {args.out}: is the folder of {path} itself; a render writes scene.yaml, "
                                  "frames/ and video.mp4 there: give a new folder")
+            folder = OutputFolder(target)
             try:
-                OutputFolder(target).check_is_render()
+                folder.check_layout()  # the specific damage first (a file where frames/ belongs ...)
+            except OutputDamaged as error:
+                raise UsageError(str(error)) from None
+            try:
+                folder.check_is_render()
             except OutputDamaged as error:
                 raise UsageError(f"--out {error}") from None
         if scene["name"] in named:  # their folders would be one: the later would overwrite the earlier
@@ -299,7 +307,8 @@ def cmd_preview(args) -> int:
     _resolvable(args.dir, args.dir)
     folder = OutputFolder(args.dir)
     record = folder.read_plan()
-    entries = folder.finished({f["index"]: f["settings_hash"] for f in record["frames"]})
+    film = [f for f in record["frames"] if f.get("kind") != "segment"]  # segment renders are not frames
+    entries = folder.finished({f["index"]: f["settings_hash"] for f in film})
     if not entries:
         raise UsageError(f"{args.dir}: no finished frames yet")
     from animation.video import stitch
@@ -308,7 +317,7 @@ def cmd_preview(args) -> int:
     with folder.local_files([entries[i].file for i in sorted(entries)]) as frames, \
             folder.local_target("preview.mp4") as target:
         stitch(frames, target, fps=fps)
-    print(f"preview ({len(entries)} of {len(record['frames'])} frames): {folder.url('preview.mp4')}")
+    print(f"preview ({len(entries)} of {len(film)} frames): {folder.url('preview.mp4')}")
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from farm.output import (DISK_FULL_ERRORS, MANIFEST, PERSISTENT_WRITE_ERRORS, Ma
 from farm.plan import Plan, plan_record
 from farm.pool import OwnedActors, PoolConfig, PooledActors, Slot
 from farm.scheduler import Scheduler, Task
+from farm.storage import OutsideOutput
 from farm.worker import FrameInputs
 
 
@@ -124,8 +125,17 @@ class RenderSession:
         try:
             job.out.write_json(what, plan_record(job.plan))
             finished = job.out.finished(hashes)
+            recorded = {entry.index: entry for entry in job.out.manifest()}
+            keep = dict(finished)
+            if only is not None:  # frames outside --frames stay recorded as they are
+                wanted = set(only)
+                keep.update({i: e for i, e in recorded.items() if i not in finished and i not in wanted})
+            if any(i in hashes and i not in finished for i in recorded):  # frames to be replaced: the video
+                what = "video"  # and contact sheet made of them are out of date
+                for name in ("video.mp4", "video.webm", "video.gif", "contact_sheet.png", "preview.mp4"):
+                    job.out.store.remove([name])  # one by one: a missing one must not stop the others
             what = MANIFEST
-            job.out.compact_manifest(finished)
+            job.out.compact_manifest(keep)
         except OSError as error:  # nothing renders yet; a full disk, say
             raise OutputWriteError(error, f"{job.job_id}: {job.out.write_problem(what, error)}; finished frames "
                                           f"are kept: submit again with --out {job.out.root} to resume") from None
@@ -241,12 +251,13 @@ class RenderSession:
         for frame, image in results:
             try:
                 self._write_frame(job, frame, image, stats)
-            except OSError as error:  # a full disk, say: nothing half-written stays; retry the frame
+            except (OSError, OutsideOutput) as error:  # a full disk, say: nothing half-written stays; retry
                 self._write_failures += 1
-                message = f"could not write {frame.task_name}: {error.strerror or error}"
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                message = f"could not write {frame.task_name}: {reason}"
                 if written:
                     self.scheduler.succeeded(task, written)
-                fatal = self._fatal_write_error(job, frame, error)
+                fatal = str(error) if isinstance(error, OutsideOutput) else self._fatal_write_error(job, frame, error)
                 if fatal:  # rendering it again cannot help: the job fails now, once
                     self.scheduler.fail(task.job, fatal)
                 self.scheduler.failed(task, "output", message, f"write#{self._write_failures}")
@@ -310,12 +321,13 @@ class RenderSession:
             pixels = blend_chains(first, second, frame.blend)
             try:
                 self._write_frame(job, frame, pixels, {"actor": "driver (seam blend)", "node": "", "seconds": 0.0})
-            except OSError as error:  # the driver blends it: no actor to retry on; the job fails
-                message = job.out.write_problem(OutputFolder.frame_file(frame.kind, frame.index), error)
+            except (OSError, OutsideOutput) as error:  # the driver blends it: no actor to retry on; the job fails
+                message = (str(error) if isinstance(error, OutsideOutput)
+                           else job.out.write_problem(OutputFolder.frame_file(frame.kind, frame.index), error))
                 self.scheduler.fail(task.job, message)
                 self.scheduler.failed(task, "output", message)
-                self._record_error(job, task, "output", f"could not write {frame.task_name}: "
-                                                        f"{error.strerror or error}")
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                self._record_error(job, task, "output", f"could not write {frame.task_name}: {reason}")
                 continue
             self.completed.append((task.job, frame.index, "driver"))
             self.scheduler.succeeded(task)
@@ -383,8 +395,8 @@ class RenderSession:
                    for (job_id, index), r in sorted(self.progress.items()) if job_id == job.job_id]
         return {
             "name": job.plan.name, "state": state.state if state.finished or state.error else "running",
-            "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.frames),
-            "done": len(state.done), "reused": job.reused, "failed": len(job.errors),
+            "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.output_indices),
+            "done": len(job.plan.output_indices & state.done), "reused": job.reused, "failed": len(job.errors),
             "started_at": job.started_at, "updated_at": utc_now(),
             "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
             "current": current, "errors": job.errors[-20:], "error": state.error,

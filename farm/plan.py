@@ -74,9 +74,12 @@ class FrameSpec:
     def settings_hash(self) -> str:
         """Stable hash of everything that decides this frame's pixels. ``compile_unet`` is
         left out: it says how the UNet runs, and with ``auto`` it follows the scene's length,
-        so adding images to a scene must not make its finished ones stale."""
+        so adding images to a scene must not make its finished ones stale; so are the
+        steps whose previews are kept (``display_rate``, ``intermediate_saves``)."""
         models = dataclasses.replace(self.render.models, compile_unet=False)
-        hashed = _plain(dataclasses.replace(self, render=dataclasses.replace(self.render, models=models)))
+        render = dataclasses.replace(self.render, models=models, intermediate_steps=())
+        hashed = _plain(dataclasses.replace(self, render=render))
+        del hashed["render"]["intermediate_steps"]
         if not hashed["group"]:  # rendered alone: the hash of builds before images_per_call
             del hashed["group"]
         if self.render.guidance.augmentations == STILL_AUGMENTATIONS:  # stills: as before the modes had their own
@@ -263,6 +266,11 @@ class Plan:
     def output_frames(self) -> list[FrameSpec]:
         """The frames that make the film (not the extra segment renders)."""
         return [f for f in self.frames if f.kind != "segment"]
+
+    @functools.cached_property
+    def output_indices(self) -> frozenset[int]:
+        """Indices of `output_frames` (what progress counts: segment renders are not frames)."""
+        return frozenset(f.index for f in self.output_frames)
 
 
 # --------------------------------------------------------------------------- helpers

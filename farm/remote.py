@@ -293,14 +293,34 @@ def cmd_fetch(args) -> int:
         if not source:
             raise RemoteError(f"job {args.job} has no output folder recorded")
     target = Path(args.dir)
-    count = fetch_outputs(source, target)
-    print(f"fetched {count} files into {target}")
+    skipped: list[str] = []
+    count = fetch_outputs(source, target, skipped)
+    extra = f" ({len(skipped)} skipped: see above)" if skipped else ""
+    print(f"fetched {count} files into {target}{extra}")
     return 0
 
 
-def fetch_outputs(source: str, target: Path) -> int:
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a file name printed to a terminal)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _local_filesystem(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def fetch_outputs(source: str, target: Path, skipped: list[str] | None = None) -> int:
     """Copy every file of an output folder or URI (hidden top-level names left out) into
-    `target`; returns how many files were copied."""
+    `target`; returns how many files were copied.
+
+    Nothing is read from outside the source, nothing is written outside `target`: from a
+    local folder (a path or file://) a symlink is followed only when it resolves to a file
+    inside the source folder; a wrapped filesystem (simplecache::file://...) copies no
+    symlinks; a key whose path would leave the source (`..`) or whose destination would
+    leave `target` (`..`, a symlink already in `target`) is skipped. Each skipped entry is
+    reported in one line on stderr and appended to `skipped` (its relative path)."""
     import fsspec
 
     from farm.storage import OutputLocationError, is_uri, open_filesystem
@@ -318,15 +338,43 @@ def fetch_outputs(source: str, target: Path) -> int:
         raise RemoteError(
             f"the output folder {source} is not reachable from here: use a shared path or an object-store URI "
             f"for --out, or copy it with: ray rsync-down cluster.yaml {source} {target}")
+    local = _local_filesystem(fs)
+    real_root = os.path.realpath(root) if local else None
     target.mkdir(parents=True, exist_ok=True)
+    real_target = target.resolve()
+
+    def skip(name: str, why: str) -> None:
+        if skipped is not None:
+            skipped.append(name)
+        print(f"farm fetch: skipped {_printable(name)}: {why}", file=sys.stderr, flush=True)
+
     count = 0
-    for path in fs.find(root):
+    for path, info in sorted(fs.find(root, detail=True).items()):
         relative = posixpath.relpath(path, root)
-        if relative.startswith("..") or relative.split("/")[0].startswith("."):
+        if relative.startswith("..") or relative.startswith("/"):
+            skip(path, "its key leaves the source folder ('..')")
+            continue
+        if relative.split("/")[0].startswith("."):
+            continue  # hidden top-level names: lock files, temporary names
+        from_path = path
+        if local:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, real_root]) != real_root:
+                skip(relative, "a symlink to outside the source folder (not followed)")
+                continue
+            if not os.path.isfile(real):
+                skip(relative, "not a file (a symlink to a folder, a device, ...)")
+                continue
+            from_path = real  # the checked file, not the link (which could be changed)
+        elif isinstance(info, dict) and (info.get("islink") or info.get("type") == "link"):
+            skip(relative, "a symlink (followed only from a local folder or file://)")
             continue
         destination = target / relative
+        if not destination.resolve().is_relative_to(real_target) or destination.resolve() == real_target:
+            skip(relative, f"it would be written outside {target}")
+            continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(path, str(destination))
+        fs.get_file(from_path, str(destination))
         count += 1
     return count
 

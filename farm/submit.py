@@ -87,11 +87,13 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
     return scene, plan, folder, inputs, frames
 
 
-def replaced_frames(folder: OutputFolder, plan) -> int:
-    """Frames of this plan that the folder holds from other settings (a changed scene, a
-    different scene sent to the same --out): they will be rendered again and replaced."""
+def replaced_frames(folder: OutputFolder, plan, only: range | None = None) -> int:
+    """Frames of this plan (of `only`, with --frames) that the folder holds from other
+    settings (a changed scene, a different scene sent to the same --out): they will be
+    rendered again and replaced."""
     hashes = plan.frame_hashes
-    entries = [e for e in folder.manifest() if e.index in hashes]
+    wanted = hashes.keys() if only is None else set(only) & hashes.keys()
+    entries = [e for e in folder.manifest() if e.index in wanted]
     current = {e.index for e in entries if e.settings_hash == hashes[e.index]}
     return len({e.index for e in entries} - current)
 
@@ -248,10 +250,11 @@ class _Bars:
             bar = self.bars.get(job_id)
             if bar is None:
                 unit = "frame" if job.plan.is_animation else "image"
-                bar = self.bars[job_id] = self._tqdm(total=len(job.plan.frames), desc=job.plan.name, unit=unit,
-                                                     file=sys.stderr, dynamic_ncols=True)
-            changed = bar.n != len(state.done)
-            bar.n = len(state.done)
+                bar = self.bars[job_id] = self._tqdm(total=len(job.plan.output_indices), desc=job.plan.name,
+                                                     unit=unit, file=sys.stderr, dynamic_ncols=True)
+            done = len(job.plan.output_indices & state.done)  # film frames (not segment renders)
+            changed = bar.n != done
+            bar.n = done
             current = [f"#{i}:{r.get('step', 0)}/{r.get('steps', 0)}"
                        for (j, i), r in sorted(session.progress.items()) if j == job_id]
             eta = session.eta_seconds(job)
@@ -293,7 +296,7 @@ def submit_local(args) -> int:
         except OSError as error:  # a read-only, full or impossible location: name it
             where = f"--out {args.out}" if args.out else f"output folder {error.filename or ''}".rstrip()
             raise SubmitError(f"{where}: cannot write there: {error.strerror or error}") from None
-        if (replaced := replaced_frames(folder, plan)):
+        if (replaced := replaced_frames(folder, plan, frames)):
             print(f"farm: {plan.name}: {replaced} finished {'frames' if plan.is_animation else 'images'} in "
                   f"{folder.root} were rendered with other settings (the scene changed?) and will be rendered "
                   "again", file=sys.stderr)

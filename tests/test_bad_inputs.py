@@ -479,6 +479,8 @@ ARGUMENT_CASES = [
      "--out"),
     ("submit-out-a-folder-of-other-files", ["submit", "{good}", "--out", "{work}"],  # would overwrite them
      "holds files that are not a Disco Farm render (loop-a, loop-b, not-a-folder)", "--out"),
+    ("submit-frames-with-segments", ["submit", "{good}", "--out", "{out}", "--set", "animation_mode=2D", "--set",
+                                     "parallel_segments=2", "--frames", "0:3"], "parallel_segments", "--frames"),
     ("submit-out-memory", ["submit", "{good}", "--out", "memory://bucket/run"],
      "memory:// lives only as long as this command", "--out"),
     ("submit-missing-scene", ["submit", "{missing}", "--out", "{out}"], "file not found", "missing.yaml"),

@@ -369,3 +369,52 @@ def test_a_full_disk_before_rendering_is_one_line_naming_the_folder(tmp_path, ba
                                  f"device): free some space; finished frames are kept: submit again with --out "
                                  f"{tmp_path} to resume")
     assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+
+
+def test_a_frame_file_linked_out_of_the_folder_fails_the_job_and_says_so(tmp_path, bare_session):
+    """A link where a frame's PNG goes, pointing out of the output folder: never written
+    through; the job fails once with the reason in status.json (it stayed 'running')."""
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("keep me")
+    out = tmp_path / "out"
+    job = add_job(bare_session, out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "images" / "000001.png").symlink_to(outside)
+    while bare_session.render_next("t"):
+        pass
+    state = bare_session.scheduler.jobs["t"]
+    assert state.state == "failed" and "outside the output folder" in state.error
+    assert outside.read_text() == "keep me"
+    assert bare_session._finish(job) == "failed"
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "outside the output folder" in status["error"]
+
+
+def test_a_frames_range_after_a_settings_change_leaves_the_other_frames_recorded(tmp_path, bare_session):
+    """--frames 0:1 after the scene changed: only image 0 is announced and rendered again;
+    the others keep their manifest lines (they were dropped, leaving unrecorded files);
+    the contact sheet made from the old images goes."""
+    from farm.driver import RenderJob
+    from farm.submit import replaced_frames
+
+    out = tmp_path / "out"
+    folder = OutputFolder(out)
+    folder.prepare()
+    folder.claim()  # as farm submit does before the session adds the job
+    try:
+        for index in range(3):
+            relative, digest = folder.write_frame("image", index, pixels(index))
+            folder.append_manifest(ManifestEntry(index, "image", relative, digest, "old settings", index))
+        (out / "contact_sheet.png").write_bytes(b"made from the old images")
+        plan = resolve(parse_scene(STILLS))
+        assert replaced_frames(folder, plan, range(0, 1)) == 1 and replaced_frames(folder, plan) == 3
+        bare_session.add(RenderJob("t", plan, OutputFolder(out)), only=range(0, 1))
+        assert not (out / "contact_sheet.png").exists()
+        lines = {entry.index: entry for entry in folder.manifest()}
+        assert sorted(lines) == [1, 2] and {e.settings_hash for e in lines.values()} == {"old settings"}
+        while bare_session.render_next("t"):
+            pass
+        lines = {entry.index: entry for entry in folder.manifest()}
+        assert sorted(lines) == [0, 1, 2] and lines[0].settings_hash == plan.frame_hashes[0]
+    finally:
+        folder.release()

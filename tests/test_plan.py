@@ -196,6 +196,15 @@ def test_skipping_all_steps_is_refused_as_dd_refuses_it(change, says):
         resolve(parse_scene(base + "\n" + change + "\n"))
 
 
+def test_preview_settings_do_not_make_finished_frames_stale():
+    """display_rate and intermediate_saves only choose which previews are kept: changing
+    them keeps every frame's hash (a resume keeps the frames)."""
+    base = resolve(parse_scene(ANIM))
+    changed = resolve(parse_scene(ANIM + "display_rate: 3\nintermediate_saves: 2\n"))
+    assert changed.frames[0].render.intermediate_steps != base.frames[0].render.intermediate_steps
+    assert changed.frame_hashes == base.frame_hashes
+
+
 def test_intermediate_steps():
     assert intermediate_steps(4, 0, 12, 2) == (0, 4, 8, 9)
     # DD: steps_per_checkpoint (100-10-1)//3 = 29, saved where j % 29 == 0 and j > 0 (j counts the steps run)

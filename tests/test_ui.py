@@ -31,7 +31,7 @@ from animation.video import stitch  # noqa: E402
 from farm.plan import plan_record, resolve  # noqa: E402
 from farm.scene import load_scene  # noqa: E402
 from farm.ui.app import (UIError, clean_relative, create_app, finite_number,  # noqa: E402
-                         plan_summary, resolve_inside, safe_link)
+                         host_allowed, plan_summary, resolve_inside, safe_link)
 from farm.ui.command import bind_socket, register  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,12 +165,26 @@ def output_root(tmp_path_factory) -> Path:
     (root / RUNNING / "frames" / "escape.png").symlink_to(secret / "passwords.txt")
     (root / RUNNING / "frames" / "alias.png").symlink_to(root / RUNNING / "frames/000000.png")
     (root / RUNNING / ".status.json.x.tmp").write_text("half-written")
+    (root / "lockalias.txt").symlink_to(root / RUNNING / ".status.json.x.tmp")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "frame.png").write_text("hidden-folder")
+    (root / RUNNING / "frames" / "hidden.png").symlink_to(root / ".hidden" / "frame.png")
+    (root / "smoke" / "hidden-link").symlink_to(root / ".hidden", target_is_directory=True)
     return root
+
+
+UI_URL = "http://127.0.0.1:8470"   # the Host the app is asked for: a loopback name and port
+
+
+def ui_client(app) -> starlette_testclient.TestClient:
+    """A test client that talks to the app as a browser on this machine does (the app
+    refuses other Host headers: DNS rebinding)."""
+    return starlette_testclient.TestClient(app, base_url=UI_URL)
 
 
 @pytest.fixture(scope="module")
 def client(output_root):
-    with starlette_testclient.TestClient(create_app(output_root)) as test_client:
+    with ui_client(create_app(output_root)) as test_client:
         yield test_client
 
 
@@ -198,6 +212,11 @@ def test_resolve_inside_follows_symlinks_but_stays_inside(output_root):
     assert resolve_inside(base, f"{RUNNING}/frames/escape.png") is None
     assert resolve_inside(base, f"{RUNNING}/frames") is None            # a folder, not a file
     assert resolve_inside(base, f"{RUNNING}/frames", want_dir=True) is not None
+    # a visible name whose target inside the root is hidden is refused like the hidden name
+    assert resolve_inside(base, "lockalias.txt") is None
+    assert resolve_inside(base, f"{RUNNING}/frames/hidden.png") is None
+    assert resolve_inside(base, "smoke/hidden-link/frame.png") is None
+    assert resolve_inside(base, "smoke/hidden-link", want_dir=True) is None
 
 
 def test_safe_link_only_http_urls():
@@ -270,12 +289,56 @@ def test_latest_frame_must_match_its_sha256(tmp_path):
     for index in range(3):
         add_finished(run, "frame", index)
     write_status(run, done=3)
-    app_client = starlette_testclient.TestClient(create_app(root))
+    app_client = ui_client(create_app(root))
     assert app_client.get("/api/jobs/a/1").json()["latest"]["index"] == 2
     write_png(run / "frames/000002.png", 77)                   # not the bytes the manifest names
     assert app_client.get("/api/jobs/a/1").json()["latest"]["index"] == 1
     (run / "frames/000001.png").unlink()
     assert app_client.get("/api/jobs/a/1").json()["latest"]["index"] == 0
+
+
+def test_a_line_without_a_valid_sha256_is_not_finished(tmp_path):
+    """docs/outputs.md: finished = line present AND the file's sha256 matches (and a turbo
+    frame's chain/ image too): a line with no sha256, or not a sha256, is not finished."""
+    root = tmp_path / "renders"
+    run = root / "stills" / "1"
+    write_scene(run, STILLS_SCENE)
+    for index in range(2):
+        add_finished(run, "image", index)
+    bad_hashes = [None, "", 123, "ABC", "0" * 64]                  # 2, 3, 4, 5, 6
+    for index, digest in enumerate(bad_hashes, start=2):
+        relative = f"images/{index:06d}.png"
+        data = write_png(run / relative, index)
+        line = {"index": index, "kind": "image", "file": relative, "settings_hash": "x"}
+        if digest is not None:
+            line["sha256"] = digest
+        if digest == "ABC":
+            line["sha256"] = hashlib.sha256(data).hexdigest().upper()
+        with (run / "manifest.jsonl").open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+    write_status(run, kind="image", total=7, done=7)
+    app_client = ui_client(create_app(root))
+    job = app_client.get("/api/jobs/stills/1").json()
+    assert job["latest"]["index"] == 1
+    assert [image["index"] for image in job["gallery"]] == [0, 1]
+    assert app_client.get("/api/jobs").json()["jobs"][0]["latest"]["index"] == 1
+
+
+def test_a_turbo_frame_needs_its_chain_image(tmp_path):
+    root = tmp_path / "renders"
+    run = root / "turbo" / "1"
+    add_finished(run, "frame", 0)
+    data = write_png(run / "frames/000001.png", 1)
+    chain = write_png(run / "chain/000001.png", 2)
+    line = {"index": 1, "kind": "frame", "file": "frames/000001.png",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "chain_sha256": hashlib.sha256(chain).hexdigest()}
+    (run / "manifest.jsonl").open("a").write(json.dumps(line) + "\n")
+    write_status(run, done=2)
+    app_client = ui_client(create_app(root))
+    assert app_client.get("/api/jobs/turbo/1").json()["latest"]["index"] == 1
+    write_png(run / "chain/000001.png", 3)                         # not the chain image named
+    assert app_client.get("/api/jobs/turbo/1").json()["latest"]["index"] == 0
 
 
 def test_finished_animation_has_its_video(client, output_root):
@@ -296,7 +359,7 @@ def test_preview_video_so_far(tmp_path):
     frames = [add_finished(run, "frame", index) for index in range(3)]
     write_status(run, done=3)
     stitch(frames, run / "preview.mp4", fps=6)
-    job = starlette_testclient.TestClient(create_app(root)).get("/api/jobs/anim/1").json()
+    job = ui_client(create_app(root)).get("/api/jobs/anim/1").json()
     assert job["video"]["final"] is False
     assert file_path(job["video"]["url"]) == "anim/1/preview.mp4"
     assert job["settings"] == [] and job["total"] == 6
@@ -325,7 +388,7 @@ def test_run_names_with_spaces_and_unicode(tmp_path):
     run = root / "neon café #2" / "20261125-192000"
     add_finished(run, "frame", 0)
     write_status(run, done=1)
-    app_client = starlette_testclient.TestClient(create_app(root))
+    app_client = ui_client(create_app(root))
     [job] = app_client.get("/api/jobs").json()["jobs"]
     assert job["id"] == "neon café #2/20261125-192000"
     assert "%20caf%C3%A9%20%232/" in job["latest"]["url"]
@@ -343,7 +406,7 @@ def test_bad_status_files_do_not_break_the_page(tmp_path):
     (odd / "status.json").write_text('{"state": "running", "done": 1, "total": 4, '
                                       '"eta_seconds": NaN, "dashboard_url": "javascript:x()", '
                                       '"current": [{"index": "3"}, 7], "errors": ["boom"]}')
-    app_client = starlette_testclient.TestClient(create_app(root))
+    app_client = ui_client(create_app(root))
     assert {job["id"] for job in app_client.get("/api/jobs").json()["jobs"]} == \
         {"broken/1", "odd/1"}
     job = app_client.get("/api/jobs/broken/1").json()
@@ -352,6 +415,112 @@ def test_bad_status_files_do_not_break_the_page(tmp_path):
     job = app_client.get("/api/jobs/odd/1").json()
     assert job["eta_seconds"] is None and job["dashboard_url"] is None
     assert job["current"] == [] and job["errors"][0]["message"] == "boom"
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000          # json.loads raises RecursionError
+
+
+def test_deep_or_unparseable_files_are_damage_not_errors(tmp_path):
+    """A status.json, plan.json, manifest.jsonl line or scene.yaml that cannot be parsed in
+    any way (RecursionError, a YAML date that is no date, ...) is that run's problem: the
+    job list and every run's detail still answer 200."""
+    root = tmp_path / "renders"
+    good = root / "good" / "1"
+    write_scene(good, SMOKE_SCENE)
+    add_finished(good, "frame", 0)
+    write_status(good, done=1, started_at="2026-11-25T19:00:00Z")
+
+    deep_status = root / "deep-status" / "1"
+    write_scene(deep_status, SMOKE_SCENE)
+    (deep_status / "status.json").write_text(DEEP_JSON)
+
+    deep_line = root / "deep-line" / "1"
+    write_scene(deep_line, SMOKE_SCENE)
+    add_finished(deep_line, "frame", 0)
+    with (deep_line / "manifest.jsonl").open("a") as handle:
+        handle.write(DEEP_JSON + "\n")
+        handle.write('{"index": [1], "file": "frames/000000.png"}\n')    # unhashable index
+    add_finished(deep_line, "frame", 1)
+    write_status(deep_line, done=None, total=None)
+
+    deep_plan = root / "deep-plan" / "1"
+    write_scene(deep_plan, SMOKE_SCENE)
+    (deep_plan / "plan.json").write_text(DEEP_JSON)
+    write_status(deep_plan, total=None)
+
+    nested_plan = root / "nested-plan" / "1"            # parses, too deep to show safely
+    write_scene(nested_plan, SMOKE_SCENE)
+    (nested_plan / "plan.json").write_text('{"name": ' + "[" * 900 + "]" * 900 + "}")
+    write_status(nested_plan)
+
+    deep_scene = root / "deep-scene" / "1"
+    write_status(deep_scene)
+    write_atomic(deep_scene / "scene.yaml", ("a: " + "[" * 5000 + "]" * 5000 + "\n").encode())
+
+    bad_date = root / "bad-date" / "1"
+    write_status(bad_date)
+    write_atomic(bad_date / "scene.yaml", b"name: when\nseed: 2024-13-45\n")
+
+    bomb = root / "alias-bomb" / "1"                     # YAML aliases: 10**6 strings
+    write_status(bomb)
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 6)]
+    write_atomic(bomb / "scene.yaml", ("\n".join(levels) + "\ntext_prompts: *a5\n").encode())
+
+    app_client = ui_client(create_app(root))
+    answer = app_client.get("/api/jobs")
+    assert answer.status_code == 200
+    jobs = {job["id"]: job for job in answer.json()["jobs"]}
+    assert set(jobs) == {"good/1", "deep-status/1", "deep-line/1", "deep-plan/1",
+                         "nested-plan/1", "deep-scene/1", "bad-date/1", "alias-bomb/1"}
+    assert jobs["good/1"]["latest"]["index"] == 0 and jobs["good/1"]["problem"] is None
+    assert jobs["deep-status/1"]["problem"].startswith("status.json is unreadable")
+    assert jobs["deep-status/1"]["state"] == "unknown" and jobs["deep-status/1"]["total"] == 6
+    assert jobs["deep-line/1"]["latest"]["index"] == 1 and jobs["deep-line/1"]["done"] == 2
+
+    details = {}
+    for job in jobs:
+        answer = app_client.get(f"/api/jobs/{job}")
+        assert answer.status_code == 200, job
+        details[job] = answer.json()
+    assert details["good/1"]["problems"] == []
+    assert dict(details["deep-status/1"]["settings"])["mode"] == "2D animation"
+    assert details["deep-line/1"]["problems"] == []
+    for job in ("deep-plan/1", "nested-plan/1"):
+        [problem] = details[job]["problems"]
+        assert problem.startswith("plan.json is unreadable"), job
+        assert dict(details[job]["settings"])["name"] == "smoke"   # from scene.yaml instead
+    for job in ("deep-scene/1", "bad-date/1", "alias-bomb/1"):
+        [problem] = details[job]["problems"]
+        assert problem.startswith("scene.yaml is"), job
+        assert details[job]["settings"] == [] and details[job]["scene_yaml"] is None
+    assert len(app_client.get("/api/jobs/alias-bomb/1").content) < 10_000
+
+
+def test_an_unforeseen_failure_in_one_run_leaves_the_others(tmp_path, monkeypatch):
+    import farm.ui.app as ui_app
+
+    root = tmp_path / "renders"
+    for job in ("good", "bad"):
+        add_finished(root / job / "1", "frame", 0)
+        write_status(root / job / "1", done=1)
+    latest = ui_app.OutputRoot._latest
+
+    def failing(self, job, folder, manifest):
+        if job == "bad/1":
+            raise RuntimeError("something nobody foresaw")
+        return latest(self, job, folder, manifest)
+
+    monkeypatch.setattr(ui_app.OutputRoot, "_latest", failing)
+    app_client = ui_client(create_app(root))
+    answer = app_client.get("/api/jobs")
+    assert answer.status_code == 200
+    jobs = {job["id"]: job for job in answer.json()["jobs"]}
+    assert jobs["good/1"]["latest"]["index"] == 0
+    assert jobs["bad/1"]["problem"] == "cannot read this run: something nobody foresaw"
+    detail = app_client.get("/api/jobs/bad/1")
+    assert detail.status_code == 200
+    assert detail.json()["problems"] == ["cannot read this run: something nobody foresaw"]
 
 
 def test_unknown_jobs_are_404(client):
@@ -390,6 +559,9 @@ TRAVERSALS = [
     "/files/smoke/outside/passwords.txt",
     f"/files/{RUNNING}/frames/escape.png",
     f"/files/{RUNNING}/.status.json.x.tmp",
+    "/files/lockalias.txt",
+    f"/files/{RUNNING}/frames/hidden.png",
+    "/files/smoke/hidden-link/frame.png",
     "/files/..\\..\\etc\\passwd",
     "/files/smoke/%00/x",
     "/files/",
@@ -397,13 +569,14 @@ TRAVERSALS = [
 ]
 
 
-def asgi_get(app, raw_path: str) -> tuple[int, bytes]:
+def asgi_get(app, raw_path: str, host: bytes | None = b"127.0.0.1") -> tuple[int, bytes]:
     """Call the app the way uvicorn would for this raw request path (no client cleanup)."""
     import asyncio
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
              "scheme": "http", "path": unquote(raw_path), "raw_path": raw_path.encode(),
-             "query_string": b"", "root_path": "", "headers": [],
+             "query_string": b"", "root_path": "",
+             "headers": [] if host is None else [(b"host", host)],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     sent: list[dict] = []
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
@@ -426,6 +599,7 @@ def test_files_outside_the_root_are_refused(output_root, raw_path):
     status, body = asgi_get(create_app(output_root), raw_path)
     assert status == 404, raw_path
     assert b"root:" not in body and b"SECRET" not in body and b"half-written" not in body
+    assert b"hidden-folder" not in body
 
 
 def test_symlink_inside_the_root_is_served(client, output_root):
@@ -440,6 +614,63 @@ def test_only_get(client, output_root, method, path):
     before = (output_root / RUNNING / "status.json").read_bytes()
     assert client.request(method, path, content=b"{}").status_code == 405
     assert (output_root / RUNNING / "status.json").read_bytes() == before
+
+
+REFUSED_HOSTS = ["evil.example:8470", "evil.example", "127.0.0.1.evil.example:8470",
+                 "localhost.evil.example", "localhost:8471", "127.0.0.1:80", "[::1]:1",
+                 "localhost:8470:1", "::1", "[::2]:8470", "10.0.0.1:8470", "127.0.0.1:x",
+                 "localhost:8470/x"]
+ACCEPTED_HOSTS = ["127.0.0.1:8470", "127.0.0.1", "localhost:8470", "localhost", "LocalHost",
+                  "[::1]:8470", "[::1]", "[0:0:0:0:0:0:0:1]:8470"]
+
+
+@pytest.mark.parametrize("path", ["/", "/api/jobs", f"/api/jobs/{RUNNING}",
+                                  f"/files/{RUNNING}/status.json", "/static/ui.js"])
+def test_other_host_headers_are_refused(client, path):
+    """DNS rebinding: a page of another origin reaches 127.0.0.1 under its own name, so
+    only this machine's names (with the port listened on, or none) are answered."""
+    for host in REFUSED_HOSTS:
+        answer = client.get(path, headers={"host": host})
+        assert answer.status_code == 403, host
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert len(answer.content) < 200 and b"smoke" not in answer.content
+    for host in ACCEPTED_HOSTS:
+        assert client.get(path, headers={"host": host}).status_code == 200, host
+
+
+def test_missing_or_repeated_host_header_is_refused(output_root):
+    app = create_app(output_root)
+    assert asgi_get(app, "/api/jobs")[0] == 200
+    assert asgi_get(app, "/api/jobs", host=None)[0] == 403
+    assert asgi_get(app, "/api/jobs", host=b"")[0] == 403
+
+
+def test_host_allowed_names():
+    assert host_allowed("127.0.0.1:8470", ("127.0.0.1", 8470))
+    assert not host_allowed("127.0.0.1:8471", ("127.0.0.1", 8470))
+    assert not host_allowed(None, ("127.0.0.1", 8470))
+    # listening on all addresses: the address a request came in on, and the --host name
+    assert host_allowed("192.168.1.5:8470", ("192.168.1.5", 8470))
+    assert not host_allowed("render-box.lan:8470", ("192.168.1.5", 8470))
+    assert host_allowed("render-box.lan:8470", ("192.168.1.5", 8470), ["render-box.lan"])
+    assert host_allowed("[fe80::1]:8470", ("fe80::1", 8470))
+
+
+def test_farm_ui_host_name_is_accepted(output_root):
+    """`farm ui --host render-box.lan` passes its name: a browser opening that name works."""
+    app_client = ui_client(create_app(output_root, allowed_hosts=["render-box.lan"]))
+    assert app_client.get("/api/jobs", headers={"host": "render-box.lan:8470"}).status_code == 200
+    assert app_client.get("/api/jobs", headers={"host": "evil.example:8470"}).status_code == 403
+
+
+def test_host_header_over_real_http(output_root):
+    with ServerThread(create_app(output_root)) as server:
+        port = server.port
+        for host in [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"]:
+            assert raw_http_get(server.port, "/api/jobs", host=host)[0] == 200, host
+        for host in [f"evil.example:{port}", "evil.example", f"localhost:{port + 1}"]:
+            status, body = raw_http_get(server.port, "/api/jobs", host=host)
+            assert status == 403 and b"smoke" not in body, host
 
 
 def test_head_is_answered_without_a_body(client):
@@ -477,10 +708,10 @@ class ServerThread:
         self.socket.close()
 
 
-def raw_http_get(port: int, target: str) -> tuple[int, bytes]:
+def raw_http_get(port: int, target: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
     """Send a GET with the request target exactly as given (no client normalisation)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        connection.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        connection.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
                            f"Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := connection.recv(65536):
@@ -549,6 +780,7 @@ def test_command_serves_until_interrupted(output_root):
         port = int(match.group(1))
         status, body = raw_http_get(port, "/api/jobs")
         assert status == 200 and RUNNING in json.loads(body)["jobs"][0]["id"]
+        assert raw_http_get(port, "/api/jobs", host=f"evil.example:{port}")[0] == 403
         child.send_signal(signal.SIGINT)
         assert child.wait(10) == 0
     finally:

@@ -10,26 +10,36 @@ Routes (GET only; HEAD is answered too):
 
 A run folder follows docs/outputs.md. The page polls the JSON endpoints every couple of
 seconds, so it follows running jobs by itself. Nothing here writes to the output root.
+
+Requests must name this machine in their Host header (127.0.0.1, localhost or [::1], with
+the port listened on or without a port; or the address the request came in on): anything
+else is refused with 403, so a web page on another origin cannot read the renders through
+DNS rebinding. A damaged status.json, plan.json, manifest.jsonl line or scene.yaml (not
+parseable, nested too deeply, ...) is reported as a problem of that run, never an error
+page.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import os
+import re
 import threading
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlsplit
 
 import yaml
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse,
+                                 Response)
 from starlette.routing import Route
 
 RUN_MARKERS = ("status.json", "plan.json", "manifest.jsonl", "scene.yaml")
@@ -41,6 +51,9 @@ MAX_GALLERY = 60             # finished stills shown when there is no contact sh
 MAX_ERRORS = 50
 MAX_TEXT = 2000              # characters kept of one error message
 MAX_SCENE_TEXT = 100_000     # characters of scene.yaml shown
+MAX_NESTING = 64             # deepest nesting accepted in a status/plan/scene/manifest value
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -70,7 +83,8 @@ def clean_relative(text: str) -> PurePosixPath | None:
 
 def resolve_inside(base: Path, relative: str, want_dir: bool = False) -> Path | None:
     """The existing file (or folder) ``base/relative`` after following symlinks, or None
-    when the path is not clean or lands outside ``base`` (``base`` must be resolved)."""
+    when the path is not clean, lands outside ``base`` (``base`` must be resolved) or lands
+    on a hidden name inside it (a visible symlink to ``.lock`` is refused like ``.lock``)."""
     clean = clean_relative(relative)
     if clean is None:
         return None
@@ -79,6 +93,8 @@ def resolve_inside(base: Path, relative: str, want_dir: bool = False) -> Path | 
     except (OSError, RuntimeError):
         return None
     if target == base or not target.is_relative_to(base):
+        return None
+    if any(part.startswith(".") for part in target.relative_to(base).parts):
         return None
     return target if (target.is_dir() if want_dir else target.is_file()) else None
 
@@ -272,26 +288,90 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class Damaged(ValueError):
+    """A file of a run that is there but cannot be used (not parseable, too deep, ...)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return _short_text(text, 300)
+
+
+def _check_shape(value: Any, max_nodes: int | None = None) -> Any:
+    """``value`` when its nesting is at most MAX_NESTING deep (and, with ``max_nodes``, it
+    has at most that many containers and values: YAML aliases can repeat a part without
+    end), else Damaged. Iterative, so a deep value cannot overflow the stack here."""
+    stack = [(value, 1)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if max_nodes is not None and nodes > max_nodes:
+            raise Damaged("too many values (YAML aliases repeating a part?)")
+        if isinstance(item, dict):
+            children = list(item.keys()) + list(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        else:
+            continue
+        if depth >= MAX_NESTING and children:
+            raise Damaged(f"nested more than {MAX_NESTING} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def _parse_json(text: str) -> Any:
+    """The JSON value of ``text``; Damaged for anything that is not usable JSON (a syntax
+    error, deep nesting that ends in RecursionError, a huge integer, ...)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise Damaged(f"nested more than {MAX_NESTING} levels deep") from None
+    except Exception as exc:  # JSONDecodeError, ValueError of a huge integer, ...
+        raise Damaged(_one_line(exc)) from None
+    return _check_shape(value)
+
+
 def _manifest_lines(path: Path) -> list[dict]:
     lines = []
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = _parse_json(line)
+            except Damaged:
                 continue  # a torn or hand-edited line: not a finished frame
             if isinstance(record, dict) and isinstance(record.get("file"), str):
                 lines.append(record)
     return lines
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(value, None), or (None, why it is damaged); OSError when it cannot be read."""
+    data = path.read_bytes()
+    try:
+        return _parse_json(data.decode("utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, _one_line(exc)
+    except Damaged as exc:
+        return None, str(exc)
 
 
-def _read_yaml(path: Path) -> tuple[str, Any]:
+def _read_yaml(path: Path) -> tuple[str, Any, str | None]:
+    """(text, value, None), or (text, None, why it is damaged); OSError when unreadable.
+    Only a safe loader is used: the file is data, never code."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    return text, yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return text, None, "not valid YAML: " + _one_line(exc)
+    except RecursionError:
+        return text, None, f"nested more than {MAX_NESTING} levels deep"
+    except Exception as exc:  # a constructor's ValueError (a date like 2024-13-45), ...
+        return text, None, "cannot be read as YAML: " + _one_line(exc)
+    try:
+        return text, _check_shape(value, max_nodes=10 * len(text) + 10_000), None
+    except Damaged as exc:
+        return text, None, str(exc)
 
 
 class OutputRoot:
@@ -317,7 +397,10 @@ class OutputRoot:
         path = resolve_inside(folder, relative)
         if path is None:
             return None
-        version = path.stat().st_mtime_ns
+        try:
+            version = path.stat().st_mtime_ns
+        except OSError:  # removed since it was resolved
+            return None
         return {"file": relative, "url": f"/files/{quote(job)}/{quote(relative)}?v={version}"}
 
     def _cached(self, path: Path, what: str, compute: Callable[[Path], Any]) -> Any:
@@ -329,9 +412,11 @@ class OutputRoot:
         if path is None:
             return {}, None
         try:
-            status = self._cached(path, "json", _read_json)
-        except (OSError, ValueError) as exc:
-            return {}, f"status.json is unreadable: {exc}"
+            status, damage = self._cached(path, "json", _read_json)
+        except OSError as exc:
+            return {}, f"status.json is unreadable: {_one_line(exc)}"
+        if damage is not None:
+            return {}, f"status.json is unreadable: {damage}"
         if not isinstance(status, dict):
             return {}, "status.json is not a JSON object"
         return status, None
@@ -345,17 +430,30 @@ class OutputRoot:
         except OSError:
             return []
 
-    def _finished(self, job: str, folder: Path, record: dict) -> dict | None:
-        """The image of a manifest line when its file exists and its sha256 matches."""
-        path = resolve_inside(folder, record["file"])
+    def _verifies(self, folder: Path, relative: str, expected: Any) -> bool:
+        """True when ``expected`` is a sha256 (64 lower-case hex digits) and the file
+        ``folder/relative`` exists with exactly that sha256."""
+        if not isinstance(expected, str) or not SHA256_HEX.fullmatch(expected):
+            return False
+        path = resolve_inside(folder, relative)
         if path is None:
-            return None
-        expected = record.get("sha256")
+            return False
         try:
-            if isinstance(expected, str) and self._cached(path, "sha256", _sha256) != expected:
-                return None
+            return self._cached(path, "sha256", _sha256) == expected
         except OSError:
+            return False
+
+    def _finished(self, job: str, folder: Path, record: dict) -> dict | None:
+        """The image of a manifest line when it is finished as docs/outputs.md says: its
+        file exists and has the line's sha256 (a line without one is not finished), and for
+        a turbo frame with "chain_sha256" its chain/ image verifies too."""
+        if not self._verifies(folder, record["file"], record.get("sha256")):
             return None
+        if "chain_sha256" in record:
+            index = _int_or_none(record.get("index"))
+            if index is None or index < 0 or not self._verifies(
+                    folder, f"chain/{index:06d}.png", record["chain_sha256"]):
+                return None
         link = self._url(job, folder, record["file"])
         if link is None:
             return None
@@ -375,9 +473,11 @@ class OutputRoot:
         if path is None:
             return None, None
         try:
-            plan = self._cached(path, "json", _read_json)
-        except (OSError, ValueError) as exc:
-            return None, f"plan.json is unreadable: {exc}"
+            plan, damage = self._cached(path, "json", _read_json)
+        except OSError as exc:
+            return None, f"plan.json is unreadable: {_one_line(exc)}"
+        if damage is not None:
+            return None, f"plan.json is unreadable: {damage}"
         return (plan, None) if isinstance(plan, dict) else (None, "plan.json is not an object")
 
     def _scene(self, folder: Path) -> tuple[str | None, dict | None, str | None]:
@@ -385,11 +485,11 @@ class OutputRoot:
         if path is None:
             return None, None, None
         try:
-            text, scene = self._cached(path, "yaml", _read_yaml)
+            text, scene, damage = self._cached(path, "yaml", _read_yaml)
         except OSError as exc:
-            return None, None, f"scene.yaml is unreadable: {exc}"
-        except yaml.YAMLError as exc:
-            return None, None, "scene.yaml is not valid YAML: " + " ".join(str(exc).split())
+            return None, None, f"scene.yaml is unreadable: {_one_line(exc)}"
+        if damage is not None:
+            return None, None, f"scene.yaml is {damage}"
         return text, scene if isinstance(scene, dict) else None, None
 
     def _video(self, job: str, folder: Path, status: dict) -> dict | None:
@@ -427,7 +527,8 @@ class OutputRoot:
         manifest = self._manifest(folder)
         done = _int_or_none(status.get("done"))
         if done is None:
-            done = len({record.get("index") for record in manifest})
+            indices = {_int_or_none(record.get("index")) for record in manifest}
+            done = len(indices - {None})
         total = _int_or_none(status.get("total"))
         if total is None:
             plan, _ = self._plan(folder)
@@ -494,9 +595,36 @@ class OutputRoot:
             "problems": problems,
         }
 
+    @staticmethod
+    def _unreadable(job: str, exc: Exception) -> dict:
+        return {"id": job, "name": job.split("/")[0], "state": "unknown", "kind": None,
+                "done": None, "total": None, "failed": 0, "eta_seconds": None,
+                "started_at": "", "updated_at": None, "finished_at": None, "error": None,
+                "problem": f"cannot read this run: {_one_line(exc)}", "latest": None}
+
+    def _summary_or_problem(self, job: str) -> dict | None:
+        """summary(job); should reading one run still fail in a way not foreseen above, that
+        run is listed with the reason as its problem and the other runs are still shown."""
+        try:
+            return self.summary(job)
+        except Exception as exc:  # noqa: BLE001 - one damaged run must not hide the others
+            return self._unreadable(job, exc)
+
+    def detail_or_problem(self, job: str) -> dict | None:
+        """detail(job), or the run with only the reason it cannot be read (see above)."""
+        try:
+            return self.detail(job)
+        except Exception as exc:  # noqa: BLE001
+            summary = self._unreadable(job, exc)
+            return {**summary, "current": [], "previews": [], "errors": [], "video": None,
+                    "contact_sheet": None, "gallery": [], "dashboard_url": None,
+                    "job_id": None, "settings": [], "scene_yaml": None,
+                    "problems": [summary["problem"]]}
+
     def jobs(self) -> list[dict]:
         """Summaries of every run folder, newest first."""
-        summaries = [s for s in map(self.summary, find_runs(self.root)) if s is not None]
+        summaries = [s for s in map(self._summary_or_problem, find_runs(self.root))
+                     if s is not None]
         summaries.sort(key=lambda s: (s["started_at"], s["id"]), reverse=True)
         return summaries
 
@@ -524,6 +652,69 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?")
+
+
+def host_name(name: str) -> str:
+    """A host name compared case-insensitively, an IP address in its canonical form
+    (``[0:0::1]`` and ``::1`` are both ``[::1]``)."""
+    name = name.strip().lower()
+    try:
+        address = ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+    except ValueError:
+        return name
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
+
+
+def host_allowed(host: str | None, server: Any, extra_names: Iterable[str] = ()) -> bool:
+    """True when the Host header ``host`` names this machine for the server address
+    ``server`` (the ASGI scope's (address, port) the request came in on).
+
+    Accepted names: 127.0.0.1, localhost, [::1], the address the request came in on, and
+    ``extra_names`` (the --host given); each with the port listened on or without a port.
+    Anything else (a missing header, another name, another port) is refused: a page of
+    another origin reaching this server through DNS rebinding sends its own name."""
+    if not host:
+        return False
+    match = HOST_HEADER.fullmatch(host.strip().lower())
+    if match is None:
+        return False
+    names = {host_name(name) for name in (*LOOPBACK_NAMES, *extra_names) if name}
+    port = None
+    if isinstance(server, (tuple, list)) and len(server) == 2:
+        if isinstance(server[0], str) and server[0]:
+            names.add(host_name(server[0]))
+        port = server[1] if isinstance(server[1], int) else None
+    if host_name(match.group(1)) not in names:
+        return False
+    return match.group(2) is None or port is None or int(match.group(2)) == port
+
+
+class HostCheck:
+    """ASGI middleware against DNS rebinding: a request whose Host header does not name
+    this machine (see host_allowed) is answered 403 with a short plain-text body."""
+
+    def __init__(self, app, extra_names: Iterable[str] = ()) -> None:
+        self.app = app
+        self.extra_names = tuple(extra_names)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            hosts = [value.decode("latin-1") for key, value in scope.get("headers", [])
+                     if key.lower() == b"host"]
+            host = hosts[0] if len(hosts) == 1 else None
+            if not host_allowed(host, scope.get("server"), self.extra_names):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = PlainTextResponse(
+                    "forbidden: the Host header does not name this machine "
+                    "(open the page at 127.0.0.1 or localhost)\n", status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class UIError(ValueError):
     """A bad `farm ui` setting (root folder, port, host)."""
 
@@ -536,8 +727,12 @@ NO_STORE = {"cache-control": "no-store"}
 STATIC_TYPES = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
 
 
-def create_app(root: Path, poll_seconds: float = 2.0) -> Starlette:
-    """The read-only web app over the runs under ``root`` (see the module docstring)."""
+def create_app(root: Path, poll_seconds: float = 2.0,
+               allowed_hosts: Iterable[str] = ()) -> Starlette:
+    """The read-only web app over the runs under ``root`` (see the module docstring).
+
+    ``allowed_hosts``: host names accepted in the Host header besides the loopback names
+    and the address a request came in on (`farm ui --host NAME` passes NAME)."""
     root = Path(root)
     if not root.is_dir():
         raise UIError(f"output root {root} is not a folder")
@@ -557,7 +752,7 @@ def create_app(root: Path, poll_seconds: float = 2.0) -> Starlette:
                             headers=NO_STORE)
 
     def api_job(request: Request) -> Response:
-        detail = outputs.detail(request.path_params["job"])
+        detail = outputs.detail_or_problem(request.path_params["job"])
         if detail is None:
             return JSONResponse({"error": "no such run"}, status_code=404, headers=NO_STORE)
         return JSONResponse(detail, headers=NO_STORE)
@@ -583,4 +778,7 @@ def create_app(root: Path, poll_seconds: float = 2.0) -> Starlette:
         Route("/files/{path:path}", files, methods=["GET"]),
         Route("/static/{name}", static_file, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    return Starlette(routes=routes, middleware=[
+        Middleware(SecurityHeaders),
+        Middleware(HostCheck, extra_names=tuple(allowed_hosts)),
+    ])

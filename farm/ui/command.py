@@ -76,7 +76,10 @@ def run_ui(args) -> int:
         raise UIError(f"--root {root}: is a file, not a folder of renders")
     if not root.is_dir():
         raise UIError(f"--root {root}: no such folder (render a scene first, or pass --root DIR)")
-    app = create_app(root)
+    # the Host header must name this machine (DNS rebinding): the loopback names, the
+    # address a request came in on, and the --host given when it is a name or an address
+    wildcard = args.host.strip("[]") in ("", "0.0.0.0", "::")
+    app = create_app(root, allowed_hosts=() if wildcard else (args.host,))
     sock = bind_socket(args.host, args.port)
     print(f"farm ui: serving the runs in {root} at {page_url(sock)} (Ctrl+C stops)", flush=True)
     if not is_loopback(sock):
