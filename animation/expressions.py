@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -186,6 +187,8 @@ def compile_expression(text: str) -> Expression:
     lead = len(text) - len(text.lstrip())
     # Newlines and tabs become spaces so that multi-line YAML values parse; offsets stay put.
     source = stripped.translate({ord("\n"): " ", ord("\r"): " ", ord("\t"): " "})
+    if (grouped := re.search(r"[0-9.]_[0-9]", source)) is not None:  # Python reads 1_000; DD and YAML do not
+        raise ExpressionError("numbers are written without '_'", lead + grouped.start() + 1)
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as error:

@@ -28,8 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_set(items: list[str] | None) -> dict[str, object]:
-    """--set key=value pairs; values are YAML scalars/flow values (safe)."""
-    import yaml
+    """--set key=value pairs; values are YAML read as scene files are (farm.yamlio: safe,
+    YAML 1.2 numbers, bounded)."""
+    from farm.yamlio import YamlError, load_yaml
 
     overrides: dict[str, object] = {}
     for item in items or []:
@@ -38,12 +39,10 @@ def _parse_set(items: list[str] | None) -> dict[str, object]:
         if not sep or not key.strip():
             raise UsageError(f"--set '{shown}': expected key=value")
         try:
-            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.constructor.ConstructorError:
-            raise UsageError(f"--set '{shown}': YAML tags that build objects are not allowed") from None
-        except (yaml.YAMLError, ValueError, RecursionError):
+            overrides[key.strip()] = load_yaml(text).data if text.strip() else ""
+        except YamlError as error:
             hint = "; quote keyframes: --set 'zoom=\"0: (1)\"'" if ":" in text else ""
-            raise UsageError(f"--set '{shown}': the value is not valid YAML{hint}") from None
+            raise UsageError(f"--set '{shown}': the value is not valid YAML ({error}){hint}") from None
     return overrides
 
 

@@ -7,6 +7,7 @@ wrong. Nothing here renders or imports Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import unicodedata
 import functools
@@ -92,6 +93,8 @@ def _as_number(value: object, what: str = "a number") -> float:
             raise _Bad(f"{str(value)[:20]}... is far too large") from None
     elif isinstance(value, str):
         try:
+            if "_" in value:  # Python's float() reads "1_000"; YAML 1.2 and DD do not
+                raise ValueError(value)
             number = float(value.strip())
         except ValueError:
             raise _Bad(f"expected {what}, got '{value}'") from None
@@ -210,6 +213,8 @@ def _normalise(setting: S.Setting, value: object, key_frames: bool) -> object:
     if kind in ("keyframes", "int_keyframes"):
         if isinstance(value, str):
             try:
+                if "_" in value:  # float() reads "1_000"; a keyframe string never has one
+                    raise ValueError(value)
                 value = float(value.strip())
             except ValueError:
                 if not key_frames:
@@ -693,15 +698,21 @@ def _check_prompt_weights(values, where, problem, frames: int) -> None:
     DD, are never used) needs prompts whose text and image weights together do not sum to 0:
     DD divides by the sum, and stops on such a frame."""
     text, images = values["text_prompts"], values["image_prompts"]
-    starts = sorted({0} | {start for start, _ in text.keys + images.keys if start < frames})
-    for start in starts:
+    starts = keys = {0} | {start for start, _ in text.keys + images.keys if start < frames}
+    fade = values["prompt_crossfade"] if frames > 1 else 0
+    if fade:  # frames inside a cross-fade mix two sets: their sum passes through 0 between +/- sums
+        text = dataclasses.replace(text, crossfade=fade)
+        starts = keys | {f for start, _ in text.keys for f in range(start, min(start + fade, frames))}
+    for start in sorted(starts):
         prompts = text.at(start) + images.at(start)
         total = sum(p.weight for p in prompts)
         if not prompts:
             problem(where("text_prompts"), f"frame {start} has no prompts (DD stops there): give at least one")
         elif abs(total) < WEIGHT_SUM_EPSILON:
-            problem(where("text_prompts"), f"frame {start}: the text and image prompt weights sum to {total:g}; "
-                                           "the sum must not be 0 (the weights are divided by it): change a weight")
+            fading = " (mid prompt_crossfade, the two sets mixed)" if start not in keys else ""
+            problem(where("text_prompts"), f"frame {start}{fading}: the text and image prompt weights sum to "
+                                           f"{total:g}; the sum must not be 0 (the weights are divided by it): "
+                                           "change a weight")
 
 
 def _check_schedules(values, where, problem, frames: int) -> None:

@@ -119,6 +119,9 @@ SCENE_CASES = [
     Case("cut-schedule-letters", "cut_innercut", "'a' is not a number"),
     Case("frames-skip-150-percent", "frames_skip_steps", "between 0% and 100%"),
     Case("frames-skip-string-number", "frames_skip_steps", "'30' is ambiguous: write '30%'"),
+    Case("seed-underscores", "seed", "expected a whole number, got '1_000'"),
+    Case("keyframes-yaml11-time", "angle", "expected '(' after ':'"),  # YAML 1.1 read 10:5 as 605
+    Case("prompts-crossfade-through-zero", "text_prompts", "frame 4 (mid prompt_crossfade, the two sets mixed)"),
     Case("keyframe-int-beyond-float", "steps", "is far too large"),
     Case("cut-schedule-nan-number", "cut_ic_pow", "'nan' is not a finite number"),
     Case("cut-schedule-fraction-of-a-cut", "cut_innercut", "0.4 is not a whole number of cuts"),

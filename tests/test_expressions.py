@@ -149,6 +149,8 @@ def test_multiline_text_and_leading_space():
         ("", "empty expression"),
         ("   ", "empty expression"),
         ("t\x00", "null bytes"),
+        ("1_000 * t", "numbers are written without '_'"),  # Python's literal; DD and YAML have none
+        ("t * 0.5_0", "numbers are written without '_'"),
     ],
 )
 def test_refuses_with_a_message_naming_the_problem(text, words):
