@@ -450,10 +450,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _joined_negative_values(argv: list[str]) -> list[str]:
+    """``--frames -1:3`` as ``--frames=-1:3``: argparse takes a value starting with '-' for an
+    option and says only "expected one argument"; joined, the range check names the problem."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--frames", "--actors", "--priority") and re.fullmatch(r"-[0-9][0-9:]*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def _main(argv: list[str] | None) -> int:
     from farm.scene import SceneInvalid
 
     parser = build_parser()
+    argv = _joined_negative_values(sys.argv[1:] if argv is None else list(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors (one line, 2), --help and --version (0)

@@ -415,6 +415,7 @@ ARGUMENT_CASES = [
     ("plan-frames-words", ["plan", "{good}", "--frames", "x:y"], "expected A:B", "--frames"),
     ("plan-frames-backwards", ["plan", "{good}", "--frames", "5:2"], "expected 0 <= A < B", "--frames"),
     ("plan-frames-negative", ["plan", "{good}", "--frames=-1:3"], "expected 0 <= A < B", "--frames"),
+    ("plan-frames-negative-spaced", ["plan", "{good}", "--frames", "-1:3"], "expected 0 <= A < B", "--frames"),
     ("plan-frames-1e12", ["plan", "{good}", "--frames", "1e12"], "expected A:B", "--frames"),
     ("plan-frames-power", ["plan", "{good}", "--frames", "10**100"], "expected A:B", "--frames"),
     ("plan-frames-5000-digits", ["plan", "{good}", "--frames", "9" * 5000], "expected A:B", "--frames"),
