@@ -282,11 +282,16 @@ def draw_augmentation(
     return CutAugmentation(**drawn, noise_scale=a.noise, nearest=a.nearest, colour=bool(a.jitter or a.hue))
 
 
+IMAGE_CORNERS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
+"""An image's corners in grid_sample's normalised coordinates: top-left, top-right,
+bottom-right, bottom-left."""
+
+
 def perspective_corners(n: int, distortion: float, generator: torch.Generator, device) -> torch.Tensor:
     """[N,4,2] corners (normalised, top-left, top-right, bottom-right, bottom-left), each
     moved towards the centre by up to ``distortion`` of the half side in x and y
     (torchvision's RandomPerspective)."""
-    base = constant_matrix(((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)), torch.device(device), torch.float32)
+    base = constant_matrix(IMAGE_CORNERS, torch.device(device), torch.float32)
     amount = torch.rand(n, 4, 2, generator=generator, device=device) * distortion
     return base - base * amount
 
@@ -332,8 +337,7 @@ def perspective_warp(images: torch.Tensor, corners: torch.Tensor) -> torch.Tenso
     """Warp each image so its corners move to ``corners`` ([N,4,2], normalised -1..1,
     order top-left, top-right, bottom-right, bottom-left); zeros outside."""
     n = images.shape[0]
-    src = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=images.device)
-    src = src.expand(n, 4, 2)
+    src = constant_matrix(IMAGE_CORNERS, images.device, torch.float32).expand(n, 4, 2)
     # Solve the homography mapping output (warped) coords back to input coords.
     rows = []
     rhs = []
@@ -346,7 +350,7 @@ def perspective_warp(images: torch.Tensor, corners: torch.Tensor) -> torch.Tenso
         rhs.extend([x, y])
     a = torch.stack(rows, dim=1)
     b = torch.stack(rhs, dim=1)
-    h = torch.linalg.solve(a, b)
+    h = torch.linalg.solve_ex(a, b)[0]  # solve_ex: no host sync to check for singular systems
     h = torch.cat([h, torch.ones(n, 1, device=images.device)], dim=1).view(n, 3, 3)
     height, width = images.shape[-2:]
     ys = (torch.arange(height, device=images.device, dtype=torch.float32) + 0.5) / height * 2 - 1

@@ -4,8 +4,10 @@ DD sums octaves of gradient noise (amplitude 0.5 * 1.5**-k) on a 4096 px (12 oct
 from 1 cell) and a 1024 px (8 octaves from 4 cells) grid, resizes to the image size,
 quantises to 8 bits, stretches each channel to the full range (PIL autocontrast) and
 averages the two layers. Here each octave is evaluated at no more samples than the
-output needs (octaves finer than the output are averaged away by DD's antialiased
-resize anyway), so it is cheap on the CPU and identical in distribution.
+output needs and the field is resized with antialiasing, so octaves finer than the output
+are averaged away: cheap on the CPU, smooth. DD's resize (``TF.resize`` on a tensor, with
+the torchvision of its day) did not antialias, so in DD those fine octaves aliased into a
+faint grain (about +-3% before the autocontrast); that grain is deliberately left out.
 """
 
 from __future__ import annotations

@@ -40,3 +40,17 @@ def test_cpu_render_has_no_host_sync_in_a_step_the_first_included(models, mode):
     assert image.shape == (64, 64, 3) and renderer.counters.steps == 4
     plain = Renderer(renderer.models).render(dataclasses.replace(spec))
     assert np.array_equal(image, plain)  # the guard changes nothing it lets through
+
+
+@pytest.mark.parametrize("mode", ["2D", "Video Input"])
+def test_the_animation_modes_cut_augmentations_have_no_host_sync_either(mode):
+    """2D/3D and Video Input draw other augmentations (Video Input: per-cut perspective
+    homographies, solved on the device without checking for singular systems on the host)."""
+    from engine.spec import augmentations_for_mode
+
+    constant_matrix.cache_clear()
+    renderer = Renderer(ModelSet(FULL_UNET, "cpu"), check_syncs=True)
+    spec = make_spec(FULL_UNET, sampler=SamplerSettings(steps=3, skip_steps=0))
+    spec = dataclasses.replace(spec, guidance=dataclasses.replace(spec.guidance,
+                                                                  augmentations=augmentations_for_mode(mode)))
+    assert renderer.render(spec).shape == (64, 64, 3) and renderer.counters.steps == 3
