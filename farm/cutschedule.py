@@ -13,6 +13,7 @@ class CutScheduleError(ValueError):
 
 
 _TERM = re.compile(r"\s*\[\s*([^\[\]]*?)\s*\]\s*(?:\*\s*(\d+)\s*)?")
+_COUNT_FIRST_TERM = re.compile(r"\s*(\d+)\s*\*\s*\[\s*([^\[\]]*?)\s*\]\s*")  # "400*[12]": Python's list * int
 
 
 def _shown(text: str) -> str:
@@ -47,14 +48,17 @@ def parse_cut_schedule(value: object) -> tuple[float, ...]:
         values = []
         for index, part in enumerate(text.split("+")):
             match = _TERM.fullmatch(part)
-            if not match:
+            if match:
+                listed, count_text = match.group(1), match.group(2) or "1"
+            elif (match := _COUNT_FIRST_TERM.fullmatch(part)):
+                count_text, listed = match.group(1), match.group(2)
+            else:
                 raise CutScheduleError(
                     f"term {index + 1} '{part.strip()}' is not of the form [numbers]*count"
                 )
-            items = [_number(item) for item in match.group(1).split(",") if item.strip()]
+            items = [_number(item) for item in listed.split(",") if item.strip()]
             if not items:
                 raise CutScheduleError(f"term {index + 1} '{part.strip()}' has an empty list")
-            count_text = match.group(2) or "1"
             if len(count_text) > 4:  # more than 1000 entries in any case (and int() of 4300+ digits fails)
                 raise CutScheduleError(f"term {index + 1}: count {_shown(count_text)} is far more than {CUT_SLOTS}")
             count = int(count_text)

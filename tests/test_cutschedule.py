@@ -38,3 +38,9 @@ def test_format_round_trips():
     text = "[12]*400+[4]*600"
     assert format_cut_schedule(parse_cut_schedule(text)) == text
     assert parse_cut_schedule(format_cut_schedule(parse_cut_schedule("[0.2]*400+[0]*600"))) == parse_cut_schedule("[0.2]*400+[0]*600")
+
+
+def test_count_first_terms_read_as_python_reads_them():
+    """DD evaluated the string as Python, where 400*[12] is [12]*400."""
+    assert parse_cut_schedule("400*[12]+600 * [4]") == parse_cut_schedule("[12]*400+[4]*600")
+    assert parse_cut_schedule("2*[1, 2]+[0]*996") == (1.0, 2.0, 1.0, 2.0) + (0.0,) * 996
