@@ -314,7 +314,7 @@ def test_models_download_clip_names_route_to_open_clip(local_catalogue, tmp_path
         local_catalogue[0],
         ("RN50", "cc12m"),
     ]
-    assert _run(["models", "download", "tiny-clip::x", "--dir", str(tmp_path)]) == 0
+    assert _run(["models", "download", "tiny-vit::random", "--dir", str(tmp_path)]) == 0
     assert "nothing to download" in capsys.readouterr().out
 
 
