@@ -40,6 +40,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or "corrupt file"
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "TGA")
+"""Pillow formats read as input images: raster formats Pillow decodes itself (EPS would
+need Ghostscript, WMF a Windows handler). JPEG covers MPO, how phones store photos."""
+IMAGE_FORMAT_NAMES = ("PNG", "JPEG", "WebP", "BMP", "TIFF", "GIF", "PPM", "TGA")
+
+
 def check_image(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file as shown (after its EXIF orientation) after checking
     it: the header, the size limit, Pillow's verify (for PNG it reads every chunk and checks
@@ -50,18 +56,18 @@ def check_image(path: str | Path) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise InputError(f"image is too large: {width}x{height} is more than {MAX_IMAGE_PIXELS} pixels")
                 image.verify()
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 image.load()
                 width, height = _upright(image).size
     except FileNotFoundError:
         raise InputError("not found") from None
     except UnidentifiedImageError:
-        raise InputError("not an image file (or a format Pillow cannot read)") from None
+        raise InputError(f"not an image file in a format read here ({', '.join(IMAGE_FORMAT_NAMES)})") from None
     except InputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -119,7 +125,7 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             image.load()
             rgb = _rgb(_upright(image))
     except FileNotFoundError:

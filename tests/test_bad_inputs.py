@@ -196,6 +196,7 @@ SCENE_CASES = [
     Case("init-not-text", "init_image", "expected a file path"),
     Case("init-text-named-png", "init_image", "'text.png': not an image file"),
     Case("init-empty-png", "init_image", "'empty.png': not an image file"),
+    Case("init-eps", "init_image", "'vector.eps': not an image file in a format read here (PNG, JPEG"),
     Case("init-truncated-png", "init_image", "'truncated.png': damaged image"),
     Case("init-truncated-jpeg", "init_image", "'truncated.jpg': damaged image"),
     Case("init-decompression-bomb", "init_image", "image is too large"),
@@ -252,6 +253,7 @@ def make_inputs(scenes: Path, outside: Path) -> None:
     (scenes / "good.mp4").write_bytes(video)
     (scenes / "text.png").write_text("this is not a picture\n")
     (scenes / "empty.png").write_bytes(b"")
+    (scenes / "vector.eps").write_bytes(_encoded(picture, "EPS"))  # Pillow reads EPS only through Ghostscript
     (scenes / "truncated.png").write_bytes(png[: len(png) // 2])
     (scenes / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 1, 0, 0, 0, 0)  # 10^10 pixels in 100 bytes
