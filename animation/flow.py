@@ -1,4 +1,5 @@
-"""Dense optical flow (OpenCV DIS), flow warping, consistency masks, video-init blending.
+"""Dense optical flow (RAFT as DD, or OpenCV DIS), flow warping, consistency masks,
+video-init blending.
 
 Images are HxWx3 RGB, uint8 or float32 on the 0-255 scale.
 
@@ -16,6 +17,8 @@ weighting of Sxela's DD-Warp fork: ``cur * (1 - blend) + blend * (warped * m + c
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -50,6 +53,72 @@ def optical_flow(frame_a: np.ndarray, frame_b: np.ndarray, preset: str = "medium
         raise ImageError(f"frames differ in size: {frame_a.shape} vs {frame_b.shape}")
     dis = cv2.DISOpticalFlow_create(option_flag(DIS_PRESETS, preset, "DIS preset"))
     return dis.calc(_gray(frame_a), _gray(frame_b), None)
+
+
+FlowEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``flow(frame_a, frame_b)``: dense flow a -> b, HxWx2 float32 in pixels (`optical_flow`'s
+convention): `optical_flow` (DIS) or a `RaftFlow`."""
+
+RAFT_ITERATIONS = 20  # DD's get_flow: RAFT's update iterations
+RAFT_MIN_SIDE = 128  # RAFT's correlation pyramid needs feature maps of 16+ (1/8 of the frame)
+
+
+class RaftFlow:
+    """RAFT optical flow, as DD computes its video flow (``get_flow``: raft-things, 20
+    iterations, RGB frames): torchvision's ``raft_large`` with the weights ported from
+    RAFT's raft-things checkpoint. Frames are resized so each side is a multiple of 8 and
+    at least 128 px; the flow comes back at the frame's size, in its pixels."""
+
+    def __init__(self, model, device=None, iterations: int = RAFT_ITERATIONS):
+        import torch
+
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.iterations = iterations
+
+    @classmethod
+    def from_file(cls, path, device=None) -> "RaftFlow":
+        import torch
+        from torchvision.models.optical_flow import raft_large
+
+        model = raft_large(weights=None, progress=False)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return cls(model, device)
+
+    @classmethod
+    def random(cls, seed: int = 0, device=None) -> "RaftFlow":
+        """RAFT with random weights (tests and tiny models): real cost, meaningless flow."""
+        import torch
+        from torchvision.models.optical_flow import raft_large
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = raft_large(weights=None, progress=False)
+        return cls(model, device)
+
+    def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        check_image(frame_a, "frame_a")
+        check_image(frame_b, "frame_b")
+        if frame_a.shape != frame_b.shape:
+            raise ImageError(f"frames differ in size: {frame_a.shape} vs {frame_b.shape}")
+        height, width = frame_a.shape[:2]
+        scale = max(1.0, RAFT_MIN_SIDE / min(height, width))
+        size = tuple(max(8, int(round(side * scale / 8)) * 8) for side in (height, width))
+
+        def tensor(frame: np.ndarray):
+            pixels = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
+            pixels = pixels.to(self.device) / 127.5 - 1.0  # RAFT reads [-1, 1]
+            return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False) if size != (height, width) else pixels
+
+        with torch.inference_mode():
+            flow = self.model(tensor(frame_a), tensor(frame_b), num_flow_updates=self.iterations)[-1]
+            if size != (height, width):
+                flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+                flow = flow * torch.tensor([width / size[1], height / size[0]], device=flow.device)[None, :, None, None]
+        return flow[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +189,8 @@ def blend_flow_init(warped: np.ndarray, video_cur: np.ndarray, blend: float = 0.
 
 
 def flow_init(prev_output: np.ndarray, video_prev: np.ndarray, video_cur: np.ndarray,
-              blend: float = 0.999, use_mask: bool = True, tol: float = 1.0) -> np.ndarray:
+              blend: float = 0.999, use_mask: bool = True, tol: float = 1.0,
+              flow: FlowEstimator = optical_flow) -> np.ndarray:
     """Next init image for Video Input: previous output carried along the video's motion.
 
     Flow is measured between the video frames (resized to the output size if they differ),
@@ -128,12 +198,12 @@ def flow_init(prev_output: np.ndarray, video_prev: np.ndarray, video_cur: np.nda
     ``video_init_flow_blend``: 1 = all warped output, 0 = the raw video frame). With
     ``use_mask``, pixels failing the forward-backward check take the video frame.
     """
-    warped, mask, cur_frame = carry_along_flow(prev_output, video_prev, video_cur, use_mask, tol)
+    warped, mask, cur_frame = carry_along_flow(prev_output, video_prev, video_cur, use_mask, tol, flow)
     return blend_flow_init(warped, cur_frame, blend, mask)
 
 
 def carry_along_flow(image: np.ndarray, video_prev: np.ndarray, video_cur: np.ndarray,
-                     use_mask: bool = True, tol: float = 1.0):
+                     use_mask: bool = True, tol: float = 1.0, flow: FlowEstimator = optical_flow):
     """``image`` (made at ``video_prev``'s moment) warped along the video's motion to
     ``video_cur``'s: (warped, reliable-pixel mask or None, ``video_cur`` at the image's size)."""
     check_image(image, "image")
@@ -145,11 +215,11 @@ def carry_along_flow(image: np.ndarray, video_prev: np.ndarray, video_cur: np.nd
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
         frames.append(frame)
     prev_frame, cur_frame = frames
-    cur_to_prev = optical_flow(cur_frame, prev_frame)
+    cur_to_prev = flow(cur_frame, prev_frame)
     warped = warp_by_flow(image, cur_to_prev)
     mask = None
     if use_mask:
-        prev_to_cur = optical_flow(prev_frame, cur_frame)
+        prev_to_cur = flow(prev_frame, cur_frame)
         mask = consistency_mask(cur_to_prev, prev_to_cur, tol)
     return warped, mask, cur_frame
 

@@ -22,6 +22,7 @@ __all__ = [
     "DIFFUSION_MODELS",
     "CUSTOM_MODEL_UNET",
     "SECONDARY_MODEL",
+    "RAFT",
     "ModelError",
     "UnknownModel",
     "ModelNotDownloaded",
@@ -226,11 +227,24 @@ VGG16 = ModelFile(
 """torchvision's ImageNet VGG16: the backbone of LPIPS, DD's init_scale perceptual loss."""
 
 
+RAFT = ModelFile(
+    name="raft_large_C_T_V1",
+    filename="raft_large_C_T_V1-22a6c225.pth",
+    sha256="22a6c225",  # torchvision's naming: the first 8 hex digits of the sha256
+    urls=("https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth",),
+    size_hint=21_000_000,
+)
+"""torchvision's RAFT weights ported from RAFT's raft-things checkpoint (what DD's Video
+Input computes its optical flow with)."""
+
+
 def all_model_files() -> dict[str, ModelFile]:
-    """Every downloadable file in the catalogue (diffusion models, the secondary model, VGG16)."""
+    """Every downloadable file in the catalogue (diffusion models, the secondary model,
+    VGG16, RAFT)."""
     files = {name: entry.file for name, entry in DIFFUSION_MODELS.items()}
     files[SECONDARY_MODEL.name] = SECONDARY_MODEL
     files[VGG16.name] = VGG16
+    files[RAFT.name] = RAFT
     return files
 
 

@@ -253,9 +253,14 @@ def check_models_present(scenes: list) -> None:
 
     known = catalogue.all_model_files()  # the built-in tiny models are not files
     for path, scene in scenes:
-        if scene["custom_path"] or scene["diffusion_model"] not in known:
-            continue
-        names = [scene["diffusion_model"]] + ([catalogue.SECONDARY_MODEL.name] if scene["use_secondary_model"] else [])
+        names = []
+        if not scene["custom_path"] and scene["diffusion_model"] in known:
+            names.append(scene["diffusion_model"])
+        if names and scene["use_secondary_model"]:
+            names.append(catalogue.SECONDARY_MODEL.name)
+        if (scene["animation_mode"] == "Video Input" and scene["video_init_flow_warp"]
+                and scene["video_flow_model"] == "raft" and scene["diffusion_model"] != "tiny"):
+            names.append(catalogue.RAFT.name)
         for name in names:
             try:
                 catalogue.cached_path(name)

@@ -115,7 +115,7 @@ def _kind(model: ModelFile) -> str:
         return f"diffusion {entry.image_size}px"
     if model.name == catalogue.SECONDARY_MODEL.name:
         return "secondary"
-    return "lpips vgg16" if model.name == catalogue.VGG16.name else "other"
+    return {catalogue.VGG16.name: "lpips vgg16", catalogue.RAFT.name: "video flow"}.get(model.name, "other")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

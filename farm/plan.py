@@ -135,6 +135,7 @@ class AnimationSettings:
     extract_nth_frame: int = 2
     video_init_flow_blend: float = 0.999
     video_init_check_consistency: bool = False
+    video_flow_model: str = "raft"
     video_init_blend_mode: str = "optical flow"
     video_crf: int = 17
     video_format: str = "mp4"
@@ -145,7 +146,7 @@ class AnimationSettings:
 
 CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "camera_model", "midas_depth_model",
                   "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
-                  "video_init_check_consistency")
+                  "video_init_check_consistency", "video_flow_model")
 """Scene-wide settings that decide how finished frames are carried into the next one
 (warp, depth, colour match, flow): part of the hash of every frame made from another."""
 

@@ -15,6 +15,9 @@ import numpy as np
 
 from farm.plan import AnimationSettings, FrameSpec, saves_turbo_blend
 
+TINY_RAFT_SEED = 20211029
+"""With tiny models Video Input's RAFT has random weights from this seed (as the tiny models')."""
+
 
 @dataclass(frozen=True)
 class FrameInputs:
@@ -51,9 +54,11 @@ class FrameResult:
 
 
 def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInputs,
-               depth_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
+               depth_of: Callable[[np.ndarray], np.ndarray] | None = None,
+               flow: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
     """The init image of a frame: None (noise), the init image, the warped previous frame
-    (2D / 3D), or the video frame / flow-warped previous output (Video Input)."""
+    (2D / 3D), or the video frame / flow-warped previous output (Video Input; ``flow``
+    estimates the video's motion, OpenCV's DIS when not given)."""
     kind = frame.init.kind
     if kind == "noise":
         return None
@@ -61,11 +66,11 @@ def frame_init(frame: FrameSpec, animation: AnimationSettings, inputs: FrameInpu
         return inputs.init_image
     if kind == "video":
         if frame.init.flow_from_previous and inputs.previous is not None and inputs.video_previous is not None:
-            from animation.flow import flow_init
+            from animation.flow import flow_init, optical_flow
 
             init = flow_init(inputs.previous, inputs.video_previous, inputs.video_current,
                              blend=animation.video_init_flow_blend,
-                             use_mask=animation.video_init_check_consistency)
+                             use_mask=animation.video_init_check_consistency, flow=flow or optical_flow)
         else:
             init = inputs.video_current
         return init
@@ -133,6 +138,28 @@ class FrameRenderer:
             keep_freed_host_memory()
         self.renderer = Renderer(self.model_set)
         self._depth = None
+        self._raft = None
+
+    def flow_model(self, name: str):
+        """Video Input's flow estimator: OpenCV's DIS, or RAFT (loaded on first use; with
+        tiny models a random one, seeded like them)."""
+        from animation.flow import RaftFlow, optical_flow
+
+        if name == "dis":
+            return optical_flow
+        if self._raft is None:
+            if self.model_set.spec.diffusion_model == "tiny":
+                self._raft = RaftFlow.random(seed=TINY_RAFT_SEED, device=self.model_set.device)
+            else:
+                from engine.catalogue import RAFT, ModelError, cached_path
+                from engine.errors import ModelFileMissing
+
+                try:
+                    path = cached_path(RAFT.name)
+                except ModelError as error:  # the submit checks first; a worker node may still lack it
+                    raise ModelFileMissing(str(error)) from None
+                self._raft = RaftFlow.from_file(path, device=self.model_set.device)
+        return self._raft
 
     def depth_model(self, name: str):
         """The depth model, loaded on first 3D use: the tiny random one with tiny models."""
@@ -157,7 +184,8 @@ class FrameRenderer:
             def depth_of(image: np.ndarray) -> np.ndarray:
                 depths.append(model.predict(image))
                 return depths[-1]
-        init = frame_init(frame, animation, inputs, depth_of)
+        flow = self.flow_model(animation.video_flow_model) if frame.init.kind == "video" else None
+        init = frame_init(frame, animation, inputs, depth_of, flow)
         # the depth of the last warp of the chain this frame continues (turbo warps the
         # older chain after it)
         newer_warps = len(inputs.previous_motions or (frame.motion,))

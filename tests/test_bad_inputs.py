@@ -537,6 +537,21 @@ def test_a_checkpoint_not_downloaded_is_named_before_anything_starts(sandbox, ca
     assert snapshot(sandbox.root) == before
 
 
+def test_video_inputs_raft_weights_not_downloaded_are_named_before_anything_starts(sandbox, capsys, monkeypatch):
+    """Video Input's flow warp uses RAFT (as DD): its weights are a download like the models'."""
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(sandbox.root / "empty-model-cache"))
+    scene = sandbox.scenes / "video-raft.yaml"
+    scene.write_text(GOOD_SCENE.replace("diffusion_model: tiny\n", "diffusion_model: custom\ncustom_path: good.png\n")
+                     + "animation_mode: Video Input\nvideo_init_path: good.mp4\nuse_secondary_model: false\n")
+    before = snapshot(sandbox.root)
+    code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(sandbox.out)])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "model 'raft_large_C_T_V1' is not downloaded" in err and "farm models download raft_large_C_T_V1" in err
+    assert snapshot(sandbox.root) == before
+    scene.write_text(scene.read_text() + "video_flow_model: dis\n")  # OpenCV's DIS needs no file
+    assert main(["validate", str(scene)]) == 0
+
+
 def test_an_output_location_that_cannot_be_written_names_out(tmp_path, monkeypatch, capsys):
     """The real submit (no sandbox stand-in): it fails making the folder, before Ray starts."""
     monkeypatch.chdir(tmp_path)

@@ -37,6 +37,7 @@ EXPECTED_SHA = {
     "watercolordiffusion": "a3e6522f0c8f278f90788298d66383b11ac763dd5e0d62f8252c962c23950bd6",
     "secondary_model_imagenet_2": "983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a",
     "vgg16": "397923af",  # torchvision publishes an 8-digit prefix (in the file name)
+    "raft_large_C_T_V1": "22a6c225",
 }
 
 

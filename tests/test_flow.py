@@ -1,10 +1,10 @@
-"""Optical flow (OpenCV DIS), flow warping, forward-backward consistency, video-init blend."""
+"""Optical flow (OpenCV DIS, RAFT), flow warping, forward-backward consistency, video-init blend."""
 
 import cv2
 import numpy as np
 import pytest
 
-from animation.flow import (blend_flow_init, consistency_mask, flow_init, optical_flow,
+from animation.flow import (RaftFlow, blend_flow_init, consistency_mask, flow_init, optical_flow,
                             warp_by_flow)
 from animation.warp2d import ImageError
 
@@ -134,3 +134,36 @@ def test_bad_inputs_give_clear_errors():
         warp_by_flow(frame, np.zeros((16, 16), np.float32))
     with pytest.raises(ImageError, match=r"flow blend must be in \[0, 1\]"):
         blend_flow_init(frame, frame, blend=1.5)
+
+
+def test_flow_init_measures_motion_with_the_estimator_it_is_given():
+    """Video Input's flow warp uses the scene's estimator (RAFT as DD, or DIS)."""
+    video_prev, video_cur = texture(48, 64, seed=5), texture(48, 64, seed=7)
+    prev_output = texture(48, 64, seed=6, sigma=2.0)
+    calls = []
+
+    def two_left(a, b):  # every pixel of a is 2 pixels left in b
+        calls.append((a.shape, b.shape))
+        return np.tile(np.array([-2.0, 0.0], np.float32), (a.shape[0], a.shape[1], 1))
+
+    out = flow_init(prev_output, video_prev, video_cur, blend=1.0, use_mask=False, flow=two_left)
+    assert len(calls) == 1  # current -> previous, for the warp
+    assert np.array_equal(out, warp_by_flow(prev_output, two_left(video_cur, video_prev)))
+    flow_init(prev_output, video_prev, video_cur, blend=1.0, use_mask=True, flow=two_left)
+    assert len(calls) == 4  # and previous -> current for the consistency check
+
+
+def test_raft_gives_a_flow_field_at_the_frames_size_from_its_real_architecture():
+    """RAFT (torchvision's raft_large, random weights here: the cost and shapes are real, the
+    flow means nothing) on frames smaller than its 128 px minimum and not multiples of 8."""
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = texture(60, 100, seed=1), texture(60, 100, seed=2)
+    raft = RaftFlow.random(seed=3)
+    flow = raft(a, b)
+    assert flow.shape == (60, 100, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    assert np.array_equal(RaftFlow.random(seed=3)(a, b), flow)  # seeded weights: the same everywhere
+    assert sum(p.numel() for p in raft.model.parameters()) > 5_000_000  # the real raft_large
+    with pytest.raises(ImageError, match="frames differ in size"):
+        raft(a, texture(64, 100, seed=2))

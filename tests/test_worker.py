@@ -71,20 +71,25 @@ def test_3d_frames_start_from_the_depth_warped_previous_frame(renderer):
         assert np.array_equal(inits[f], expected)
 
 
-def test_video_input_frames_start_from_the_flow_warped_output(renderer, tmp_path):
-    from animation.flow import flow_init
+@pytest.mark.parametrize("flow_model", ["raft", "dis"])
+def test_video_input_frames_start_from_the_flow_warped_output(renderer, tmp_path, flow_model):
+    """The video's motion by RAFT (as DD; random weights with tiny models) or DIS."""
+    from animation.flow import RaftFlow, flow_init, optical_flow
+    from farm.worker import TINY_RAFT_SEED
 
     (tmp_path / "in.mp4").write_bytes(b"x")
     scene = parse_scene(FAST + "animation_mode: Video Input\nvideo_init_path: in.mp4\nextract_nth_frame: 1\n"
-                        + "video_init_steps: 6\nvideo_init_skip_steps: 2\n", base_dir=tmp_path)
+                        + f"video_init_steps: 6\nvideo_init_skip_steps: 2\nvideo_flow_model: {flow_model}\n",
+                        base_dir=tmp_path)
     plan = resolve(scene, video_frames=3)
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
     video = [np.ascontiguousarray(base[:, 2 * i:2 * i + 64]) for i in range(3)]
     outputs, inits = render_chain(renderer, plan, video)
     assert np.array_equal(inits[0], video[0])
+    flow = RaftFlow.random(seed=TINY_RAFT_SEED) if flow_model == "raft" else optical_flow
     for f in (1, 2):
-        expected = flow_init(outputs[f - 1], video[f - 1], video[f], blend=0.999, use_mask=False)
+        expected = flow_init(outputs[f - 1], video[f - 1], video[f], blend=0.999, use_mask=False, flow=flow)
         assert np.array_equal(inits[f], expected)
 
 
