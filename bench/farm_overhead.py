@@ -162,7 +162,7 @@ def run(case: OverheadCase | None = None, log=print) -> dict[str, Any]:
         log(f"-- farm overhead: {frames} stills, {case.steps} steps, {case.width}x{case.height}, "
             f"{case.threads} torch thread(s), {case.repeats} runs each")
         cluster_started = time.perf_counter()
-        ray_files = start_local_ray(num_cpus=2, dashboard=False)
+        ray_files = start_local_ray(num_cpus=2, dashboard=False).temp_dir
         ray_ready = time.perf_counter()
         direct_runs, direct_loads, farm_runs = [], [], []
 

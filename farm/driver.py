@@ -77,6 +77,9 @@ def one_line(error: BaseException) -> str:
 class RenderSession:
     """Runs render jobs on `actors` RenderActors (one per GPU, or CPU actors)."""
 
+    dashboard_url: str | None = None
+    """The Ray dashboard of this render (embedded local Ray), written into status.json."""
+
     def __init__(self, actors: int = 1, *, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
                  device: str | None = None, threads: int | None = None, stall_seconds: float = 600.0,
                  poll_seconds: float = 0.25, max_restarts: int = 3,
@@ -400,7 +403,7 @@ class RenderSession:
             "started_at": job.started_at, "updated_at": utc_now(),
             "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
             "current": current, "errors": job.errors[-20:], "error": state.error,
-            "video": None, "job_id": job.job_id,
+            "video": None, "job_id": job.job_id, "dashboard_url": self.dashboard_url,
         }
 
     def _write_status(self, job: RenderJob, force: bool = False, extra: dict | None = None) -> None:

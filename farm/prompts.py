@@ -92,8 +92,6 @@ def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
             prompts = tuple(parse_prompt(e) for e in entries)
         except PromptError as exc:
             raise PromptError(f"frame {frame}: {exc}") from None
-        if prompts and abs(sum(p.weight for p in prompts)) < 1e-6:
-            raise PromptError(f"frame {frame}: the prompt weights sum to 0 (DD divides by the sum)")
-        keys.append((frame, prompts))
+        keys.append((frame, prompts))  # a zero sum is the scene's to judge: text and image weights together
     keys.sort(key=lambda k: k[0])
     return PromptSchedule(tuple(keys), crossfade)

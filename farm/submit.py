@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -156,15 +157,18 @@ def _image_prompt(path: Path, frame_size: tuple[int, int]):
     return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
-def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> str | None:
+class LocalRay(NamedTuple):
+    temp_dir: str | None  # the folder made for Ray's session files (remove it after ray.shutdown)
+    dashboard_url: str | None  # http://127.0.0.1:PORT, or None without a dashboard
+
+
+def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> LocalRay:
     """An embedded Ray: dashboard on 127.0.0.1, Ray's token auth left as Ray sets it (on).
-    Returns the temporary folder made for its
-    session files (remove it after ray.shutdown), or None ($DISCO_FARM_RAY_TMP, or Ray
-    already running)."""
+    Its temp_dir is None with $DISCO_FARM_RAY_TMP (kept) or when Ray was running already."""
     import ray
 
     if ray.is_initialized():
-        return None
+        return LocalRay(None, None)
     chosen = os.environ.get("DISCO_FARM_RAY_TMP")
     if chosen:
         chosen = os.path.abspath(os.path.expanduser(chosen))
@@ -174,12 +178,31 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
             raise SubmitError(f"DISCO_FARM_RAY_TMP={chosen}: cannot make Ray's folder there: "
                               f"{error.strerror or error}") from None
     temp_dir = chosen or tempfile.mkdtemp(prefix="disco-farm-ray-")
-    ray.init(
-        num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-        _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
-    )
-    return None if chosen else temp_dir
+    interrupted = []
+    previous_int = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:  # Ctrl-C waits for Ray to be up (one raised inside ray.init could crash its shutdown)
+        context = ray.init(
+            num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+            _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+        )
+    except BaseException as error:
+        if not chosen:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        if isinstance(error, SystemExit) and error.code == signal.SIGTERM:  # Ray's own SIGTERM handler, mid-start
+            _note_terminated()
+            raise Terminated from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+    if interrupted:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not chosen:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise KeyboardInterrupt
+    address = getattr(context, "dashboard_url", None)
+    return LocalRay(None if chosen else temp_dir, f"http://{address}" if dashboard and address else None)
 
 
 class Terminated(KeyboardInterrupt):
@@ -190,9 +213,13 @@ terminated = False
 """Set once SIGTERM arrived (a Ctrl-C after it still ends the run as terminated)."""
 
 
-def _interrupt(signum, frame) -> None:
+def _note_terminated() -> None:
     global terminated
     terminated = True
+
+
+def _interrupt(signum, frame) -> None:
+    _note_terminated()
     raise Terminated
 
 
@@ -317,7 +344,8 @@ def submit_local(args) -> int:
         if in_cluster:
             ray.init(address="auto", configure_logging=False)  # inside a Ray job: join its cluster
         else:
-            temp_dir = start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
+            local_ray = start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
+            temp_dir = local_ray.temp_dir
             signal.signal(signal.SIGTERM, _interrupt)
         count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
         # a cluster job leases actors from the cluster's shared pool (farm.pool): one queue, by
@@ -326,6 +354,7 @@ def submit_local(args) -> int:
 
         session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
                                 on_update=bars, pool=POOL_NAME if in_cluster else None)
+        session.dashboard_url = None if in_cluster else local_ray.dashboard_url  # for status.json and farm ui
         for job, frames in jobs:
             session.add(job, only=frames)
             if job.reused:

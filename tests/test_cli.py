@@ -1,8 +1,11 @@
 """The `farm` command line: exit codes, one-line errors, plan output, schema, import-dd."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,63 @@ def test_sigterm_and_ctrl_c_while_stopping_end_a_local_render_in_one_line(tmp_pa
     assert lines[-1] == "farm: terminated; finished outputs are kept"
     assert "SIGTERM received" not in err and "Traceback" not in err
     assert json.loads((out / "status.json").read_text())["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_ray_starts_stops_in_one_line_and_leaves_no_ray_folder(tmp_path, monkeypatch, signum):
+    """Ctrl-C arriving inside ray.init waits for Ray to be up (raised there it could crash
+    Ray's shutdown: a segfault); SIGTERM meets Ray's own handler there (sys.exit(15), which
+    ended the submit with exit 15 and no word): both end as Ctrl-C / SIGTERM do, and Ray's
+    session folder is removed. ray.init is stood in for by one that gets the signal."""
+    import ray
+
+    import farm.submit as submit
+
+    made = []
+
+    def init_getting_a_signal(**kwargs):
+        made.append(kwargs["_temp_dir"])
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, lambda s, f: sys.exit(s))  # as ray.init installs it
+        os.kill(os.getpid(), signum)
+        time.sleep(0.5)  # the handler runs here (Ctrl-C's only notes it)
+
+    monkeypatch.setattr(ray, "init", init_getting_a_signal)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(submit, "terminated", False)
+    monkeypatch.delenv("DISCO_FARM_RAY_TMP", raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            submit.start_local_ray()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert isinstance(caught.value, submit.Terminated) == (signum == signal.SIGTERM)
+    assert submit.terminated == (signum == signal.SIGTERM)
+    assert made and not os.path.exists(made[0])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_local_dashboards_address_reaches_status_json(monkeypatch):
+    """farm ui links each render to its Ray dashboard from status.json's dashboard_url."""
+    from types import SimpleNamespace
+
+    import ray
+
+    import farm.submit as submit
+    from farm.driver import RenderSession
+
+    monkeypatch.setattr(ray, "init", lambda **kwargs: SimpleNamespace(dashboard_url="127.0.0.1:8265"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("DISCO_FARM_RAY_TMP", "/tmp/disco-farm-test-kept")  # no folder made to remove
+    local = submit.start_local_ray()
+    assert local == submit.LocalRay(None, "http://127.0.0.1:8265")
+    assert submit.start_local_ray(dashboard=False).dashboard_url is None
+    session = RenderSession.__new__(RenderSession)
+    session.dashboard_url = local.dashboard_url
+    job = SimpleNamespace(job_id="t", plan=SimpleNamespace(name="t", is_animation=False, output_indices=frozenset({0})),
+                          reused=0, errors=[], started_at="", frame_seconds=[])
+    session.scheduler = SimpleNamespace(jobs={"t": SimpleNamespace(state="running", finished=False, error=None,
+                                                                   done=set(), remaining={0}, running=set())})
+    session.progress, session.slots = {}, {}
+    assert session.status(job)["dashboard_url"] == "http://127.0.0.1:8265"

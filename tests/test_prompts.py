@@ -28,9 +28,12 @@ def test_crossfade_blends_normalised_weights_over_n_frames():
     assert [p.text for p in schedule.at(13)] == ["b"]
 
 
-def test_zero_weight_sum_is_refused_like_dd():
-    with pytest.raises(PromptError, match="sum to 0"):
-        parse_prompt_schedule({0: ["a:1", "b:-1"]})
+def test_a_text_set_summing_to_zero_is_the_scenes_to_judge():
+    """DD divides by the sum of a frame's text AND image weights together: text weights
+    summing to 0 alone are fine when an image prompt adds to them (scene._check_prompt_weights
+    refuses the frame whose total is 0)."""
+    schedule = parse_prompt_schedule({0: ["a:1", "b:-1"]})
+    assert [p.weight for p in schedule.at(0)] == [1.0, -1.0]
 
 
 def test_bad_frame_keys():

@@ -166,6 +166,11 @@ def test_image_prompts_count_in_the_weight_sum_of_their_frame(tmp_path):
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
     parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:2']}\n", base_dir=tmp_path)  # 1 + 2: fine
+    balanced_text = TINY_SCENE.replace('text_prompts: {0: ["a red apple:2", "blue:1"]}', 'text_prompts: {0: ["a:1", "b:-1"]}')
+    assert balanced_text != TINY_SCENE
+    parse_scene(balanced_text + "image_prompts: {0: ['img.png:2']}\n", base_dir=tmp_path)  # 0 + 2: fine, as DD
+    with pytest.raises(SceneInvalid, match="frame 0: the text and image prompt weights sum to 0"):
+        parse_scene(balanced_text, base_dir=tmp_path)
     with pytest.raises(SceneInvalid, match="frame 0: the text and image prompt weights sum to 0"):
         parse_scene(TINY_SCENE + "image_prompts: {0: ['img.png:-3']}\n", base_dir=tmp_path)  # 2 + 1 - 3
 
