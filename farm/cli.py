@@ -211,6 +211,9 @@ def _check_submit_args(args) -> list:
         _check_out(args)
     if args.frames is not None and len(args.scenes) > 1:
         raise UsageError("--frames works with one scene at a time")
+    from farm.remote import resolve_address
+
+    remote = not args.in_cluster and resolve_address(args.address)
     named: dict[str, str] = {}
     scenes = []
     for path in args.scenes:
@@ -223,7 +226,7 @@ def _check_submit_args(args) -> list:
                 raise UsageError(f"--frames: {path} renders in {scene['parallel_segments']} parallel_segments, "
                                  "whose seams need renders from outside any range; submit the whole scene")
             _parse_range(args.frames, frame_count(scene, video_frames))
-        if args.out and not is_uri(args.out):
+        if args.out and not is_uri(args.out) and not remote:  # a cluster's paths are on its machines
             target = Path(args.out).expanduser()
             target = target / scene["name"] if len(args.scenes) > 1 else target
             if target.resolve() == Path(path).resolve().parent:
@@ -285,12 +288,22 @@ def _check_out(args) -> None:
     backend is needed where the job runs)."""
     from farm.storage import OutputLocationError, check_uri, is_uri
 
+    from farm.remote import resolve_address
+
+    remote = not args.in_cluster and resolve_address(args.address)
+    if remote and not is_uri(args.out) and not (args.out.startswith("~") or os.path.isabs(args.out)):
+        raise UsageError(f"--out {args.out}: a relative path would be a folder inside the job's temporary "
+                         "working directory on the cluster; give an absolute path (or ~/...) or a URI")
+    if remote and args.out.lower().startswith("file://") and not args.out.lower().startswith("file:///"):
+        raise UsageError(f"--out {args.out}: a relative file:// path would be inside the job's temporary "
+                         "working directory on the cluster; write file:///absolute/path")
     if not is_uri(args.out):
+        if remote:  # a path on the cluster's machines: nothing to check here
+            return
         out = _resolvable(args.out, f"--out '{args.out}'")
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{args.out}': exists and is not a folder")
         return
-    from farm.remote import resolve_address
 
     if not args.in_cluster and args.out.split("://", 1)[0].lower() == "memory":
         raise UsageError(f"--out {args.out}: memory:// lives only as long as this command (or the "

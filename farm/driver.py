@@ -11,6 +11,7 @@ Finished frames survive anything: on resume they are verified by hash and kept.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -79,6 +80,8 @@ class RenderSession:
 
     dashboard_url: str | None = None
     """The Ray dashboard of this render (embedded local Ray), written into status.json."""
+    cluster_job_id: str | None = None
+    """In a cluster job: its Ray job id (farm status/logs/cancel take it), status.json's job_id."""
 
     def __init__(self, actors: int = 1, *, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
                  device: str | None = None, threads: int | None = None, stall_seconds: float = 600.0,
@@ -403,7 +406,7 @@ class RenderSession:
             "started_at": job.started_at, "updated_at": utc_now(),
             "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
             "current": current, "errors": job.errors[-20:], "error": state.error,
-            "video": None, "job_id": job.job_id, "dashboard_url": self.dashboard_url,
+            "video": None, "job_id": self.cluster_job_id or job.job_id, "dashboard_url": self.dashboard_url,
         }
 
     def _write_status(self, job: RenderJob, force: bool = False, extra: dict | None = None) -> None:
@@ -469,7 +472,12 @@ class RenderSession:
         render was interrupted."""
         for job in self.jobs.values():
             if not job.finished:
-                self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted"})
+                for key in [key for key in self.progress if key[0] == job.job_id]:
+                    del self.progress[key]  # nothing renders any more
+                with contextlib.suppress(OSError):
+                    job.out.fold_manifest()  # a URI's manifest.d/ into manifest.jsonl, as a job's end does
+                self._write_status(job, force=True, extra={"state": "cancelled", "error": "interrupted",
+                                                           "eta_seconds": None, "finished_at": utc_now()})
 
     def _cancel_failed_jobs(self) -> None:
         for ref, (task, _, _) in list(self.inflight.items()):

@@ -75,11 +75,14 @@ class FrameSpec:
         """Stable hash of everything that decides this frame's pixels. ``compile_unet`` is
         left out: it says how the UNet runs, and with ``auto`` it follows the scene's length,
         so adding images to a scene must not make its finished ones stale; so are the
-        steps whose previews are kept (``display_rate``, ``intermediate_saves``)."""
+        steps whose previews are kept (``display_rate``, ``intermediate_saves``) and the
+        init file's path (its contents count, in `Plan.frame_hashes`)."""
         models = dataclasses.replace(self.render.models, compile_unet=False)
         render = dataclasses.replace(self.render, models=models, intermediate_steps=())
         hashed = _plain(dataclasses.replace(self, render=render))
         del hashed["render"]["intermediate_steps"]
+        if hashed["init"]["path"]:  # where the init file lies is not what it holds: Plan.frame_hashes
+            hashed["init"]["path"] = "file"  # adds its contents (a cluster job's copy moves every run)
         if not hashed["group"]:  # rendered alone: the hash of builds before images_per_call
             del hashed["group"]
         if self.render.guidance.augmentations == STILL_AUGMENTATIONS:  # stills: as before the modes had their own

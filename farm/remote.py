@@ -93,7 +93,8 @@ def stage_scene(scene: Scene, overrides: dict, staging: Path) -> Path:
     """Copy the scene and its input files into `staging`, paths rewritten to stay relative."""
     data = dict(scene.raw)
     data.update(overrides)
-    data["seed"] = scene["seed"]
+    # a random seed is chosen by the job, which reuses the one recorded in its --out (resume)
+    data["seed"] = "random" if scene.seed_was_random else scene["seed"]
     inputs = staging / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
 
@@ -121,20 +122,24 @@ def stage_scene(scene: Scene, overrides: dict, staging: Path) -> Path:
 
 
 def submit_remote(args, address: str) -> int:
-    """Each scene becomes its own Ray job."""
+    """Each scene becomes its own Ray job (several scenes: each in --out/<scene name>)."""
     status = 0
     for scene_path in args.scenes:
-        status = max(status, _submit_one(args, address, scene_path))
+        status = max(status, _submit_one(args, address, scene_path, several=len(args.scenes) > 1))
     return status
 
 
-def _submit_one(args, address: str, scene_path: str) -> int:
+def _submit_one(args, address: str, scene_path: str, several: bool = False) -> int:
     from farm.cli import _parse_set
+    from farm.storage import join_location
 
     overrides = _parse_set(args.set)
     scene = load_scene(scene_path, overrides=overrides)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = args.out or f"~/disco-farm/renders/{scene['name']}/{stamp}"
+    if args.out:
+        out = str(join_location(args.out, scene["name"])) if several else args.out
+    else:
+        out = f"~/disco-farm/renders/{scene['name']}/{stamp}"
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="disco-farm-job-") as staging:
         stage_scene(scene, overrides, Path(staging))
@@ -145,6 +150,8 @@ def _submit_one(args, address: str, scene_path: str) -> int:
             entrypoint += ["--frames", args.frames]
         if args.actors:
             entrypoint += ["--actors", str(args.actors)]
+        if args.device:
+            entrypoint += ["--device", args.device]
         submission_id = f"{_safe(scene['name'])}-{stamp}-{os.urandom(2).hex()}"
         deadline = time.monotonic() + SUBMIT_RETRY_SECONDS
         while True:
@@ -152,7 +159,8 @@ def _submit_one(args, address: str, scene_path: str) -> int:
                 job_id = jobs.submit_job(
                     entrypoint=" ".join(_quote(part) for part in entrypoint),
                     submission_id=submission_id,
-                    runtime_env={"working_dir": staging, "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                    runtime_env={"working_dir": staging, "env_vars": {"PYTHONUNBUFFERED": "1",
+                                                                      "DISCO_FARM_JOB_ID": submission_id}},
                     metadata={"app": APP_TAG, "scene": scene["name"], "out": out},
                 )
                 break
@@ -169,7 +177,12 @@ def _submit_one(args, address: str, scene_path: str) -> int:
     if args.detach:
         print(f"follow it with: farm logs {job_id} --follow --address {address}")
         return 0
-    return follow(jobs, job_id)
+    try:
+        return follow(jobs, job_id)
+    except KeyboardInterrupt:  # Ctrl-C stops following, not the job
+        print(f"farm: stopped following; job {job_id} keeps running on the cluster "
+              f"(stop it with: farm cancel {job_id} --address {address})", file=sys.stderr)
+        return 130
 
 
 def _safe(name: str) -> str:
@@ -222,7 +235,9 @@ def cmd_status(args) -> int:
     if args.job:
         info = _job_info(jobs, args.job)
         meta = info.metadata or {}
-        print(f"{args.job}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+        message = " ".join((info.message or "").split())
+        message = message if len(message) <= 500 else f"{message[:500]}... (farm logs {args.job} has it all)"
+        print(f"{args.job}: {info.status.value}" + (f" ({message})" if message else ""))
         print(f"scene: {meta.get('scene', '?')}  outputs: {meta.get('out', '?')}")
         return 0
     return cmd_list(args)
@@ -255,7 +270,10 @@ def cmd_logs(args) -> int:
 
 def cmd_cancel(args) -> int:
     jobs = client(_need_address(args))
-    _job_info(jobs, args.job)
+    info = _job_info(jobs, args.job)
+    if info.status.is_terminal():
+        print(f"job {args.job}: already {info.status.value}; nothing to cancel")
+        return 0
     jobs.stop_job(args.job)
     status = wait_terminal(jobs, args.job, timeout=30)
     print(f"job {args.job}: {status}; finished frames are kept")

@@ -237,12 +237,22 @@ def _uninterrupted(active: bool):
             signal.signal(sig, handler)
 
 
-def local_actor_layout(actors: int | None) -> tuple[int, float, int | None]:
-    """(actor count, GPUs per actor, torch threads per actor) for this machine."""
+def local_actor_layout(actors: int | None, device: str | None = None,
+                       in_cluster: bool = False) -> tuple[int, float, int | None]:
+    """(actor count, GPUs per actor, torch threads per actor) for this machine, or for the
+    cluster a job runs in: there `--device cuda` asks for GPU actors even while the cluster
+    has none yet (the autoscaler adds GPU nodes for them), `--actors` of them."""
     import ray
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
+    if in_cluster and not gpus and device and device.startswith("cuda"):
+        count = actors or 1
+        print(f"farm: the cluster has no GPU yet: asking for {count} GPU actor(s) (the autoscaler adds nodes "
+              "for them)", file=sys.stderr)
+        return count, 1.0, None
+    if in_cluster and gpus and actors and actors > gpus and device and device.startswith("cuda"):
+        return actors, 1.0, None  # more GPU actors than GPUs up now: the autoscaler adds the rest
     if gpus:
         return _at_most(actors, gpus, "GPUs"), 1.0, None
     count = _at_most(actors, int(resources.get("CPU", 1)) or 1, "CPUs") if actors else 1
@@ -347,7 +357,7 @@ def submit_local(args) -> int:
             local_ray = start_local_ray(dashboard=not getattr(args, "no_dashboard", False))
             temp_dir = local_ray.temp_dir
             signal.signal(signal.SIGTERM, _interrupt)
-        count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None))
+        count, gpus_per_actor, threads = local_actor_layout(getattr(args, "actors", None), args.device, in_cluster)
         # a cluster job leases actors from the cluster's shared pool (farm.pool): one queue, by
         # priority, for all separately submitted jobs; the embedded local Ray has its own actors
         from farm.pool import POOL_NAME
@@ -355,6 +365,7 @@ def submit_local(args) -> int:
         session = RenderSession(actors=count, gpus_per_actor=gpus_per_actor, device=args.device, threads=threads,
                                 on_update=bars, pool=POOL_NAME if in_cluster else None)
         session.dashboard_url = None if in_cluster else local_ray.dashboard_url  # for status.json and farm ui
+        session.cluster_job_id = os.environ.get("DISCO_FARM_JOB_ID") if in_cluster else None
         for job, frames in jobs:
             session.add(job, only=frames)
             if job.reused:

@@ -418,3 +418,17 @@ def test_a_frames_range_after_a_settings_change_leaves_the_other_frames_recorded
         assert sorted(lines) == [0, 1, 2] and lines[0].settings_hash == plan.frame_hashes[0]
     finally:
         folder.release()
+
+
+def test_a_cancelled_job_says_nothing_renders_and_folds_its_manifest(tmp_path, bare_session):
+    """farm cancel / Ctrl-C: status.json has no frame in flight and no ETA left, and an
+    object-store manifest's manifest.d/ objects are folded into manifest.jsonl."""
+    job = add_job(bare_session, tmp_path / "out")
+    assert bare_session.render_next("t")
+    bare_session.progress[("t", 1)] = {"step": 3, "steps": 10}
+    folded = []
+    job.out.fold_manifest = lambda: folded.append(True)
+    bare_session.mark_cancelled()
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "cancelled" and status["current"] == [] and status["eta_seconds"] is None
+    assert status["finished_at"] and folded == [True]

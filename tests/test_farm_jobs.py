@@ -119,8 +119,10 @@ def test_submit_status_logs_list_fetch(cluster, capsys, tmp_path):
     scenes.mkdir()
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(scenes / "start.png")
     scene = scenes / "s.yaml"
-    scene.write_text(TINY_SCENE.replace("steps: 10", "steps: 4").replace("skip_steps: 0", "skip_steps: 1") + "n_batches: 2\ninit_image: start.png\n"
+    scene.write_text(TINY_SCENE.replace("steps: 10", "steps: 4").replace("skip_steps: 0", "skip_steps: 1")
+                     .replace("seed: 5", "seed: random") + "n_batches: 2\ninit_image: start.png\n"
                      + 'cutn_batches: 1\ncut_overview: "[1]*1000"\ncut_innercut: "[1]*1000"\ninit_scale: 0\n')
+    assert "seed: random" in scene.read_text()
     out = tmp_path / "cluster-out"
     code, stdout, err = run(capsys, "submit", str(scene), "--address", cluster["address"], "--out", str(out))
     assert code == 0, stdout[-3000:] + err[-3000:]
@@ -141,13 +143,25 @@ def test_submit_status_logs_list_fetch(cluster, capsys, tmp_path):
     assert code == 0
     assert (fetched / "images" / "000000.png").read_bytes() == (out / "images" / "000000.png").read_bytes()
     assert (fetched / "manifest.jsonl").exists()
+    status = json.loads((out / "status.json").read_text())
+    assert status["job_id"] == job_id  # what farm status/logs/cancel take
+    code, stdout, _ = run(capsys, "cancel", job_id, "--address", cluster["address"])
+    assert code == 0 and "already SUCCEEDED; nothing to cancel" in stdout
+
+    # submitted again (preview setting changed): the random seed recorded in --out is reused
+    # and the init image's new copy on the cluster (another folder) counts by its contents
+    code, stdout, err = run(capsys, "submit", str(scene), "--address", cluster["address"], "--out", str(out),
+                            "--set", "display_rate=3")
+    assert code == 0, stdout[-3000:] + err[-3000:]
+    assert "resuming: 2 finished frames verified and kept" in stdout
+    assert json.loads((out / "plan.json").read_text())["seed"] == plan["seed"]
 
     # the job's driver leased its actor from the cluster's shared pool, which outlives it
     code, stdout, err = run(capsys, "queue", "--address", cluster["address"])
     assert code == 0, err
     assert "shared pool: 1 actor(s)" in stdout and "actor-0  lives 0  idle" in stdout
     code, stdout, _ = run(capsys, "list", "--address", cluster["address"])
-    assert "SUCCEEDED" in stdout and stdout.count("\n") == 1  # the queue query is not a render job
+    assert "SUCCEEDED" in stdout and stdout.count("\n") == 2  # the queue query is not a render job
 
 
 def test_unknown_job_and_unreachable_cluster_are_one_line_errors(cluster, capsys):
@@ -155,3 +169,40 @@ def test_unknown_job_and_unreachable_cluster_are_one_line_errors(cluster, capsys
     assert code == 2 and err.startswith("farm: error: no job 'nope'")
     code, _, err = run(capsys, "list", "--address", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and err.startswith("farm: error: cannot reach the Ray cluster") and len(err.splitlines()) == 1
+
+
+def test_cluster_submits_of_several_scenes_go_to_their_own_folders_and_keep_the_device(monkeypatch, tmp_path, capsys):
+    """With --address each scene is a job: several go to --out/<scene name> (they all wrote
+    into --out, each over the other), --device reaches the job, a random seed is left to the
+    job (which reuses the one its --out records), and a relative --out is refused (it would be
+    inside the job's temporary working directory)."""
+    import yaml
+
+    import farm.remote as remote
+
+    submitted = []
+
+    class FakeJobs:
+        def submit_job(self, **kwargs):
+            staged = Path(kwargs["runtime_env"]["working_dir"]) / "scene.yaml"
+            submitted.append({**kwargs, "scene": yaml.safe_load(staged.read_text())})
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(remote, "client", lambda address: FakeJobs())
+    scenes = []
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(TINY_SCENE.replace("seed: 5", "seed: random").replace("name: t\n", f"name: {name}\n"))
+        scenes.append(str(path))
+    code, _, err = run(capsys, "submit", *scenes, "--address", "http://127.0.0.1:1", "--out", "/shared/renders",
+                       "--device", "cuda:1", "--detach")
+    assert code == 0, err
+    outs = [job["metadata"]["out"] for job in submitted]
+    assert outs == ["/shared/renders/one", "/shared/renders/two"]
+    for job in submitted:
+        assert "--device cuda:1" in job["entrypoint"] and job["scene"]["seed"] == "random"
+        assert job["runtime_env"]["env_vars"]["DISCO_FARM_JOB_ID"] == job["submission_id"]
+    code, _, err = run(capsys, "submit", scenes[0], "--address", "http://127.0.0.1:1", "--out", "renders/x")
+    assert code == 2 and "a relative path would be a folder inside the job's temporary working directory" in err
+    code, _, err = run(capsys, "submit", scenes[0], "--address", "http://127.0.0.1:1", "--out", "file://relout")
+    assert code == 2 and "write file:///absolute/path" in err

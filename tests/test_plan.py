@@ -330,3 +330,19 @@ def test_stills_rendered_together_are_grouped_by_index():
     # rendered in a batch, an image's pixels may round differently: a finished one is not reused
     assert all(a.settings_hash != b.settings_hash for a, b in zip(alone.frames, together.frames))
     assert plan_record(together)["frames"][4]["group"] == [3, 4, 5]
+
+
+def test_an_init_image_counts_by_its_contents_not_where_it_lies(tmp_path):
+    """A cluster job reads its copy of the init image from a per-run folder: the same file
+    in another place keeps every frame's hash; other contents change them."""
+    from PIL import Image
+
+    from farm.submit import input_digests
+
+    hashes = []
+    for folder, value in (("a", 10), ("b", 10), ("c", 200)):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8), (value, 0, 0)).save(tmp_path / folder / "init.png")
+        scene = parse_scene(ANIM + "init_image: init.png\n", base_dir=tmp_path / folder)
+        hashes.append(resolve(scene, None, input_digests(scene)).frame_hashes)
+    assert hashes[0] == hashes[1] and hashes[0][0] != hashes[2][0] and hashes[0][5] != hashes[2][5]
