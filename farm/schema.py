@@ -7,6 +7,8 @@ from farm import settings as S
 
 _KEYFRAME_PATTERN = r"^\s*\d+\s*:\s*\(.*\)(\s*,\s*\d+\s*:\s*\(.*\))*\s*,?\s*$"
 _PROMPT_LIST = {"type": "array", "items": {"type": "string"}}
+_NUMBER_TEXT = {"type": "string", "pattern": r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"}  # "3", as DD saves some
+_INTEGER_TEXT = {"type": "string", "pattern": r"^\s*[-+]?\d+(\.0*)?\s*$"}
 
 
 def _property(setting: S.Setting) -> dict:
@@ -17,9 +19,9 @@ def _property(setting: S.Setting) -> dict:
     if setting.maximum is not None:
         bounds["maximum"] = setting.maximum
     if kind == "number":
-        schema = {"type": "number", **bounds}
+        schema = {"anyOf": [{"type": "number", **bounds}, _NUMBER_TEXT]}
     elif kind == "int":
-        schema = {"type": "integer", **bounds}
+        schema = {"anyOf": [{"type": "integer", **bounds}, _INTEGER_TEXT]}
     elif kind == "bool":
         schema = {"type": "boolean"}
     elif kind == "auto_bool":
@@ -27,13 +29,15 @@ def _property(setting: S.Setting) -> dict:
     elif kind == "str":
         schema = {"type": "string", "minLength": 1}
     elif kind == "name":
-        schema = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f]+$"}
+        schema = {"type": "string", "minLength": 1, "maxLength": 100,
+                  "pattern": "^(?![.])(?!.*::)[^/\\\\\\x00-\\x1f\\x7f]+$"}  # no path, not hidden, no '::'
     elif kind == "choice":
         spellings = dict.fromkeys(v for c in setting.choices for v in (c, c.lower(), c.capitalize(), c.upper()))
         schema = {"enum": list(spellings) + ([None] if "None" in setting.choices else [])}
     elif kind in ("keyframes", "int_keyframes"):
         number = {"type": "integer" if kind == "int_keyframes" else "number", **bounds}
-        schema = {"anyOf": [number, {"type": "string", "pattern": _KEYFRAME_PATTERN}]}
+        # DD's "0: (1), 10: (1.05)", a number as text, or math in t and s ("10*sin(t)")
+        schema = {"anyOf": [number, {"type": "string", "minLength": 1}]}
     elif kind == "skip":
         schema = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"},
                             {"type": "string", "pattern": _KEYFRAME_PATTERN}]}
@@ -41,7 +45,8 @@ def _property(setting: S.Setting) -> dict:
         schema = {"type": "array", "items": {"type": "integer", "multipleOf": 64, "minimum": 64, "maximum": S.MAX_SIDE},
                   "minItems": 2, "maxItems": 2}
     elif kind == "seed":
-        schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**32 - 1}, {"enum": ["random", "random_seed", None]}]}
+        schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**32 - 1}, {"enum": ["", None]},
+                            {"type": "string", "pattern": r"^\s*([Rr][Aa][Nn][Dd][Oo][Mm](_[Ss][Ee][Ee][Dd])?|\d+)\s*$"}]}
     elif kind == "prompts":
         schema = {"anyOf": [
             {"type": "object", "patternProperties": {r"^\d+$": {"anyOf": [_PROMPT_LIST, {"type": "string"}]}},
@@ -82,6 +87,8 @@ def scene_schema() -> dict:
         properties[flag] = {"type": "boolean", "description": f"DD switch for CLIP {clip} (or use clip_models)."}
     for name, why in S.IGNORED.items():
         properties[name] = {"description": f"Accepted and ignored: {why}."}
+    for name, why in S.UNSUPPORTED.items():  # false or null asks for nothing and is accepted
+        properties[name] = {"enum": [False, None], "description": f"Not supported: {why}."}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://disco-farm.invalid/scene-{__version__}.schema.json",
@@ -89,6 +96,5 @@ def scene_schema() -> dict:
         "description": "A Disco Diffusion scene: prompts, guidance, cut schedules, models and keyframed motion.",
         "type": "object",
         "properties": properties,
-        "not": {"anyOf": [{"required": [name]} for name in S.UNSUPPORTED]},
         "additionalProperties": False,
     }

@@ -78,7 +78,7 @@ def test_plan_with_set_override_and_bad_range(capsys, scene_file):
     assert code == 2 and err.startswith("farm: error: --frames")
 
 
-def test_schema_describes_every_setting_and_validates_examples(capsys):
+def test_schema_describes_every_setting_and_validates_examples(capsys, tmp_path):
     code, out, _ = run(capsys, "schema")
     schema = json.loads(out)
     assert code == 0 and schema["type"] == "object"
@@ -91,6 +91,18 @@ def test_schema_describes_every_setting_and_validates_examples(capsys):
         jsonschema.validate({"width_height": [100, 64]}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"vr_mode": True}, schema)
+    # what the validator takes, the schema takes (DD writes some numbers as text) ...
+    for accepted in ({"steps": "250"}, {"zoom": "1.02"}, {"angle": "10*sin(t)"}, {"seed": "Random"},
+                     {"seed": "123"}, {"vr_mode": False}, {"turbo_steps": "3"}, {"clip_guidance_scale": "5000"}):
+        jsonschema.validate(accepted, schema)
+    # ... and what it refuses, the schema refuses where a schema can say it
+    for refused in ({"name": ".."}, {"name": ".hidden"}, {"name": "a::b"}, {"seed": "soon"}, {"steps": 1.5}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(refused, schema)
+    # import-dd's output is a scene the schema takes
+    code, _, _ = run(capsys, "import-dd", str(DATA / "dd_settings.txt"), "-o", str(tmp_path / "dd.yaml"))
+    assert code == 0
+    jsonschema.validate(json.loads(json.dumps(yaml.safe_load((tmp_path / "dd.yaml").read_text()))), schema)
 
 
 def test_import_dd_settings(capsys, tmp_path):
