@@ -28,6 +28,7 @@ __all__ = [
     "ModelNotDownloaded",
     "models_dir",
     "cached_path",
+    "vgg16_file",
     "all_model_files",
     "lookup_model_file",
     "parse_clip_name",
@@ -225,6 +226,23 @@ VGG16 = ModelFile(
     size_hint=553_433_881,
 )
 """torchvision's ImageNet VGG16: the backbone of LPIPS, DD's init_scale perceptual loss."""
+
+
+def vgg16_file() -> pathlib.Path | None:
+    """A local copy of LPIPS' VGG16: $DISCO_FARM_VGG16, the models dir, or torch's hub cache
+    ($TORCH_HOME/hub/checkpoints, as torch.hub finds it); None if there is none. Raises
+    ModelNotDownloaded when $DISCO_FARM_VGG16 names a missing file."""
+    explicit = os.environ.get("DISCO_FARM_VGG16")
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    candidates = [pathlib.Path(explicit).expanduser()] if explicit else []
+    candidates += [models_dir() / VGG16.filename,
+                   pathlib.Path(torch_home).expanduser() / "hub" / "checkpoints" / VGG16.filename]
+    for path in candidates:
+        if path.is_file():
+            return path
+    if explicit:
+        raise ModelNotDownloaded(f"DISCO_FARM_VGG16 points to a missing file: {explicit}")
+    return None
 
 
 RAFT = ModelFile(

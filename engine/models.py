@@ -476,21 +476,11 @@ _CREATE_MODEL_KEYS = (
 
 def vgg16_weights_path() -> pathlib.Path | None:
     """A local VGG16 file: $DISCO_FARM_VGG16, the models dir, or torch's hub cache."""
-    candidates: list[pathlib.Path] = []
-    explicit = os.environ.get("DISCO_FARM_VGG16")
-    if explicit:
-        candidates.append(pathlib.Path(explicit).expanduser())
+    catalogue = _catalogue()
     try:
-        candidates.append(_catalogue().models_dir() / VGG16_FILENAME)
-    except Exception:  # catalogue without models_dir
-        pass
-    candidates.append(pathlib.Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME)
-    for path in candidates:
-        if path.is_file():
-            return path
-    if explicit:
-        raise ModelFileMissing(f"DISCO_FARM_VGG16 points to a missing file: {explicit}")
-    return None
+        return catalogue.vgg16_file()
+    except catalogue.ModelNotDownloaded as error:
+        raise ModelFileMissing(str(error)) from None
 
 
 def load_lpips(random_backbone: bool) -> torch.nn.Module:

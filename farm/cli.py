@@ -250,7 +250,7 @@ def _check_submit_args(args) -> list:
 
 def check_models_present(scenes: list) -> None:
     """A local render's checkpoints must be in the model cache (CLIP weights are open_clip's
-    to find): a missing one is named with the command that fetches it, before Ray starts.
+    to find): missing ones are named, with the command that fetches them, before Ray starts.
     ``scenes``: (path, Scene) pairs."""
     from engine import catalogue
 
@@ -259,16 +259,44 @@ def check_models_present(scenes: list) -> None:
         names = []
         if not scene["custom_path"] and scene["diffusion_model"] in known:
             names.append(scene["diffusion_model"])
+        tiny = scene["diffusion_model"] == "tiny"
         if names and scene["use_secondary_model"]:
             names.append(catalogue.SECONDARY_MODEL.name)
         if (scene["animation_mode"] == "Video Input" and scene["video_init_flow_warp"]
-                and scene["video_flow_model"] == "raft" and scene["diffusion_model"] != "tiny"):
+                and scene["video_flow_model"] == "raft" and not tiny):
             names.append(catalogue.RAFT.name)
+        missing = []
         for name in names:
             try:
                 catalogue.cached_path(name)
+            except catalogue.ModelError:
+                missing.append(name)
+        if not tiny and _uses_lpips(scene):
+            try:
+                found = catalogue.vgg16_file()
             except catalogue.ModelError as error:
                 raise UsageError(f"{path}: {error}") from None
+            if found is None:
+                missing.append(catalogue.VGG16.name)
+        if missing:
+            what = f"model '{missing[0]}' is" if len(missing) == 1 else f"models {', '.join(missing)} are"
+            raise UsageError(f"{path}: {what} not downloaded (looked in {catalogue.models_dir()}); "
+                             f"fetch {'it' if len(missing) == 1 else 'them'} with: farm models download "
+                             + " ".join(missing))
+
+
+def _uses_lpips(scene) -> bool:
+    """Whether a frame is guided toward an init image (DD's LPIPS loss on VGG16): an init
+    image with init_scale, animation frames with frames_scale, Video Input frames with
+    video_init_frames_scale (keyframed scales count as used)."""
+    def used(name: str) -> bool:
+        schedule = scene[name]
+        return not schedule.is_constant or schedule.values(1)[0] != 0
+
+    mode = scene["animation_mode"]
+    if mode == "Video Input":
+        return used("video_init_frames_scale")
+    return bool(scene["init_image"] and used("init_scale")) or (mode in ("2D", "3D") and used("frames_scale"))
 
 
 def _resolvable(text: str, what: str) -> Path:

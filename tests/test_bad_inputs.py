@@ -532,24 +532,31 @@ def test_a_checkpoint_not_downloaded_is_named_before_anything_starts(sandbox, ca
     before = snapshot(sandbox.root)
     code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(sandbox.out)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1, err
-    assert "model '512x512_diffusion_uncond_finetune_008100' is not downloaded" in err
-    assert "farm models download 512x512_diffusion_uncond_finetune_008100" in err and str(scene) in err
+    assert "models 512x512_diffusion_uncond_finetune_008100, secondary_model_imagenet_2 are not downloaded" in err
+    assert ("farm models download 512x512_diffusion_uncond_finetune_008100 secondary_model_imagenet_2" in err
+            and str(scene) in err)
     assert snapshot(sandbox.root) == before
 
 
 def test_video_inputs_raft_weights_not_downloaded_are_named_before_anything_starts(sandbox, capsys, monkeypatch):
     """Video Input's flow warp uses RAFT (as DD): its weights are a download like the models'."""
+    from farm.cli import check_models_present
+
     monkeypatch.setenv("DISCO_FARM_MODELS", str(sandbox.root / "empty-model-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(sandbox.root / "empty-torch-home"))  # no VGG16 in torch's cache
+    monkeypatch.delenv("DISCO_FARM_VGG16", raising=False)
     scene = sandbox.scenes / "video-raft.yaml"
     scene.write_text(GOOD_SCENE.replace("diffusion_model: tiny\n", "diffusion_model: custom\ncustom_path: good.png\n")
                      + "animation_mode: Video Input\nvideo_init_path: good.mp4\nuse_secondary_model: false\n")
     before = snapshot(sandbox.root)
     code, out, err = run_cli(capsys, ["submit", str(scene), "--out", str(sandbox.out)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1, err
-    assert "model 'raft_large_C_T_V1' is not downloaded" in err and "farm models download raft_large_C_T_V1" in err
+    # RAFT, and LPIPS' VGG16 (every Video Input frame is guided toward its init by video_init_frames_scale)
+    assert "models raft_large_C_T_V1, vgg16 are not downloaded" in err
+    assert "farm models download raft_large_C_T_V1 vgg16" in err
     assert snapshot(sandbox.root) == before
-    scene.write_text(scene.read_text() + "video_flow_model: dis\n")  # OpenCV's DIS needs no file
-    assert main(["validate", str(scene)]) == 0
+    scene.write_text(scene.read_text() + "video_flow_model: dis\nvideo_init_frames_scale: 0\n")  # need neither
+    check_models_present([(str(scene), load_scene(scene))])
 
 
 def test_an_output_location_that_cannot_be_written_names_out(tmp_path, monkeypatch, capsys):

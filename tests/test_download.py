@@ -259,6 +259,8 @@ def local_catalogue(server, monkeypatch):
     # torchvision-style: only a prefix of the sha256 is published (in the file name)
     vgg = ModelFile("local-vgg", f"local-vgg-{DATA_SHA[:8]}.pth", DATA_SHA[:8], (server.url("good"),), len(DATA))
     monkeypatch.setattr(catalogue, "VGG16", vgg)
+    raft = ModelFile("local-raft", f"local-raft-{DATA_SHA[:8]}.pth", DATA_SHA[:8], (server.url("good"),), len(DATA))
+    monkeypatch.setattr(catalogue, "RAFT", raft)
     return unet, secondary
 
 
@@ -283,8 +285,10 @@ def test_models_download_all_then_list_and_verify(local_catalogue, tmp_path, cap
     assert _run(["models", "list", "--dir", str(tmp_path)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("local-")]
     assert {row[0]: row[-1] for row in rows} == {
-        "local-unet": "downloaded", "local-secondary": "downloaded", "local-vgg": "downloaded"}
+        "local-unet": "downloaded", "local-secondary": "downloaded", "local-vgg": "downloaded",
+        "local-raft": "downloaded"}
     assert any(row[0] == "local-vgg" and "lpips" in row for row in rows)
+    assert any(row[0] == "local-raft" and "flow" in row for row in rows)
 
     assert _run(["models", "verify", "--dir", str(tmp_path)]) == 0
     (tmp_path / unet.filename).write_bytes(DATA[::-1])
