@@ -78,11 +78,26 @@ def client(address: str):
         raise RemoteError(f"{where}: its port is not a number from 0 to 65535") from None
     if not parts.hostname:
         raise RemoteError(f"{where}: no host name in the address")
+    headers = auth_headers()
+    if headers and parts.scheme in ("http", "") and not _is_loopback(parts.hostname):
+        print(f"farm: warning: Ray's token goes to {parts.hostname} over plain http, readable on the way; "
+              "reach the dashboard through `ray dashboard cluster.yaml` (127.0.0.1) or https", file=sys.stderr)
     try:
-        return JobSubmissionClient(address, headers=auth_headers())
+        return JobSubmissionClient(address, headers=headers)
     except Exception as error:  # connection refused, auth refused, bad address: one line
         message = " ".join(str(error).split())[:300]
         raise RemoteError(f"cannot reach the Ray cluster at {address}{address_source(address)}: {message}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def dashboard_url(address: str) -> str:

@@ -206,3 +206,16 @@ def test_cluster_submits_of_several_scenes_go_to_their_own_folders_and_keep_the_
     assert code == 2 and "a relative path would be a folder inside the job's temporary working directory" in err
     code, _, err = run(capsys, "submit", scenes[0], "--address", "http://127.0.0.1:1", "--out", "file://relout")
     assert code == 2 and "write file:///absolute/path" in err
+
+
+def test_the_token_sent_in_plain_http_off_this_machine_is_warned_about(monkeypatch, capsys):
+    import ray.job_submission
+
+    import farm.remote as remote
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda address, headers: ("client", headers))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret")
+    assert remote.client("http://127.0.0.1:8265")[1]  # the tunnel of `ray dashboard`: fine
+    assert capsys.readouterr().err == ""
+    remote.client("http://ray-head.example:8265")
+    assert "Ray's token goes to ray-head.example over plain http" in capsys.readouterr().err
