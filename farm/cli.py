@@ -218,9 +218,8 @@ def _check_submit_args(args) -> list:
     scenes = []
     for path in args.scenes:
         scene = load_scene(path, overrides=_parse_set(args.set))
-        scenes.append((path, scene))
         video_frames = _video_frames(scene)
-        resolve(scene, video_frames)  # SceneInvalid: a frame its settings cannot render
+        scenes.append((path, scene, resolve(scene, video_frames)))  # SceneInvalid: a frame it cannot render
         if args.frames is not None:
             if scene.is_animation and scene["parallel_segments"] > 1:
                 raise UsageError(f"--frames: {path} renders in {scene['parallel_segments']} parallel_segments, "
@@ -251,16 +250,19 @@ def _check_submit_args(args) -> list:
 def check_models_present(scenes: list) -> None:
     """A local render's checkpoints must be in the model cache (CLIP weights are open_clip's
     to find): missing ones are named, with the command that fetches them, before Ray starts.
-    ``scenes``: (path, Scene) pairs."""
+    ``scenes``: (path, Scene) or (path, Scene, Plan) items."""
     from engine import catalogue
 
+    from farm.plan import resolve
+
     known = catalogue.all_model_files()  # the built-in tiny models are not files
-    for path, scene in scenes:
+    for path, scene, *resolved in scenes:
+        plan = resolved[0] if resolved else resolve(scene, _video_frames(scene))
         names = []
         if not scene["custom_path"] and scene["diffusion_model"] in known:
             names.append(scene["diffusion_model"])
         tiny = scene["diffusion_model"] == "tiny"
-        if names and scene["use_secondary_model"]:
+        if not tiny and scene["use_secondary_model"]:
             names.append(catalogue.SECONDARY_MODEL.name)
         if (scene["animation_mode"] == "Video Input" and scene["video_init_flow_warp"]
                 and scene["video_flow_model"] == "raft" and not tiny):
@@ -271,7 +273,8 @@ def check_models_present(scenes: list) -> None:
                 catalogue.cached_path(name)
             except catalogue.ModelError:
                 missing.append(name)
-        if not tiny and _uses_lpips(scene):
+        # a frame guided toward an init (image, previous or video frame) uses LPIPS on VGG16
+        if not tiny and any(f.render.guidance.init_scale and f.init.kind != "noise" for f in plan.frames):
             try:
                 found = catalogue.vgg16_file()
             except catalogue.ModelError as error:
@@ -283,20 +286,6 @@ def check_models_present(scenes: list) -> None:
             raise UsageError(f"{path}: {what} not downloaded (looked in {catalogue.models_dir()}); "
                              f"fetch {'it' if len(missing) == 1 else 'them'} with: farm models download "
                              + " ".join(missing))
-
-
-def _uses_lpips(scene) -> bool:
-    """Whether a frame is guided toward an init image (DD's LPIPS loss on VGG16): an init
-    image with init_scale, animation frames with frames_scale, Video Input frames with
-    video_init_frames_scale (keyframed scales count as used)."""
-    def used(name: str) -> bool:
-        schedule = scene[name]
-        return not schedule.is_constant or schedule.values(1)[0] != 0
-
-    mode = scene["animation_mode"]
-    if mode == "Video Input":
-        return used("video_init_frames_scale")
-    return bool(scene["init_image"] and used("init_scale")) or (mode in ("2D", "3D") and used("frames_scale"))
 
 
 def _resolvable(text: str, what: str) -> Path:

@@ -35,6 +35,8 @@ def parse_cut_schedule(value: object) -> tuple[float, ...]:
     """A number (constant), a list of numbers, or DD's "[a]*n+[b, c]*m" string -> 1000 values."""
     if isinstance(value, bool):
         raise CutScheduleError("expected a schedule string like \"[12]*400+[4]*600\" or a number, got a boolean")
+    if isinstance(value, int) and value.bit_length() > 1024:  # beyond a float (and str() past 4300 digits)
+        raise CutScheduleError(f"a {value.bit_length()}-bit integer is not a finite number")
     if isinstance(value, (int, float)):
         return (_number(str(value)),) * CUT_SLOTS
     if isinstance(value, list):

@@ -126,6 +126,9 @@ class RenderSession:
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
         """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
         hashes = job.plan.frame_hashes
+        self._on_disk.pop(job.job_id, None)  # a job added again reads its folder afresh
+        for key in [key for key in self._pixels if key[0] == job.job_id]:
+            del self._pixels[key]
         job.out.prepare()  # OutputDamaged: a file where frames/ belongs, ... (before anything renders)
         what = "plan.json"
         try:

@@ -13,12 +13,11 @@ import json
 import os
 from pathlib import Path
 
-import yaml
 
 from farm import settings as S
 from farm.inputs import is_url
 from farm.scene import Problem, SceneInvalid, parse_scene
-from farm.yamlio import MAX_FILE_BYTES
+from farm.yamlio import MAX_FILE_BYTES, dump_yaml
 
 MAX_JSON_DEPTH = 32
 """DD's settings nest three levels deep (text_prompts -> frame -> list); deeper is not DD's."""
@@ -267,7 +266,7 @@ def _frame_key(key):
 
 def scene_yaml(scene: dict, source: str) -> str:
     header = f"# Imported from Disco Diffusion settings: {' '.join(str(source).split())}\n"
-    return header + yaml.safe_dump(scene, sort_keys=False, allow_unicode=True, width=100)
+    return header + dump_yaml(scene, width=100)
 
 
 # --------------------------------------------------------------------------- writing

@@ -147,11 +147,15 @@ class AnimationSettings:
     segment_overlap: int = 0
 
 
-CARRY_SETTINGS = ("mode", "border_mode", "padding_mode", "sampling_mode", "camera_model", "midas_depth_model",
-                  "near_plane", "far_plane", "fov", "color_coherence", "video_init_flow_blend",
-                  "video_init_check_consistency", "video_flow_model")
-"""Scene-wide settings that decide how finished frames are carried into the next one
-(warp, depth, colour match, flow): part of the hash of every frame made from another."""
+CARRY_SETTINGS = {
+    "2D": ("border_mode",),
+    "3D": ("padding_mode", "sampling_mode", "camera_model", "midas_depth_model", "near_plane", "far_plane", "fov"),
+    "Video Input": ("video_init_flow_blend", "video_init_check_consistency", "video_flow_model"),
+}
+"""Per animation mode, the scene-wide settings that decide how finished frames are carried
+into the next one (warp, depth, flow): with the mode and color_coherence, part of the hash
+of every frame made from another. Settings another mode uses are left out (changing
+video_flow_model must not re-render a 2D animation)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,8 @@ class Plan:
         frame whose init file changed, and every frame made from a re-rendered one. A frame
         made from nothing that reads no file keeps its `settings_hash`."""
         digests = dict(self.input_digests)
-        carry = {name: getattr(self.animation, name) for name in CARRY_SETTINGS}
+        carried_by = ("mode", "color_coherence", *CARRY_SETTINGS.get(self.animation.mode, ()))
+        carry = {name: getattr(self.animation, name) for name in carried_by}
         by_index = {frame.index: frame for frame in self.frames}
         hashes: dict[int, str] = {}
         for start in self.frames:  # depth first without recursion: chains are long

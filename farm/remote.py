@@ -24,9 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from farm.scene import Scene, load_scene
+from farm.yamlio import dump_yaml
 
 APP_TAG = "disco-farm"
 QUERY_TAG = "disco-farm-query"  # short read-only jobs (farm queue); not listed by farm list
@@ -132,7 +131,7 @@ def stage_scene(scene: Scene, overrides: dict, staging: Path) -> Path:
         }
     data.pop("set_seed", None)
     path = staging / "scene.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -89,8 +89,9 @@ def _as_number(value: object, what: str = "a number") -> float:
     if _is_number(value):
         try:
             number = float(value)
-        except OverflowError:
-            raise _Bad(f"{str(value)[:20]}... is far too large") from None
+        except OverflowError:  # an int beyond a float (str() itself fails past 4300 digits)
+            shown = f"{str(value)[:20]}..." if value.bit_length() <= 13000 else f"a {value.bit_length()}-bit integer"
+            raise _Bad(f"{shown} is far too large") from None
     elif isinstance(value, str):
         try:
             if "_" in value:  # Python's float() reads "1_000"; YAML 1.2 and DD do not
@@ -119,7 +120,10 @@ def _describe(value: object) -> str:
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, (dict, list)):
         return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return f"{type(value).__name__} '{value}'"
+    if isinstance(value, int) and value.bit_length() > 13000:  # str() fails past 4300 digits
+        return f"a {value.bit_length()}-bit integer"
+    text = str(value)
+    return f"{type(value).__name__} '{text if len(text) <= 60 else text[:56] + '...'}'"
 
 
 def _check_range(setting: S.Setting, number: float) -> None:
@@ -151,6 +155,10 @@ def _holds_unencodable_text(value: object) -> bool:
     return False
 
 
+JOINERS = "\u200c\u200d"
+"""Zero-width non-joiner and joiner: invisible but part of Persian words and emoji sequences."""
+
+
 def _check_folder_name(name: str) -> None:
     """A scene name becomes one folder inside the output folder: no path, nothing odd."""
     if "/" in name or "\\" in name:
@@ -161,8 +169,9 @@ def _check_folder_name(name: str) -> None:
         raise _Bad(f"'{name}' starts with '.': a hidden folder (farm ui and farm fetch skip those)")
     if "::" in name:  # fsspec reads '::' in a URI as a chain of filesystems
         raise _Bad(f"'{name}' must not contain '::' (it would split an output URI)")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in name):
-        raise _Bad("must not contain control, invisible or unassigned characters (newlines, tabs, NUL, "
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Co", "Zl", "Zp")
+           or (unicodedata.category(c) == "Cf" and c not in JOINERS) for c in name):
+        raise _Bad("must not contain control or invisible characters (newlines, tabs, NUL, "
                    "zero-width spaces, direction marks, unpaired surrogates)")
     if len(name) > S.MAX_NAME_LENGTH:
         raise _Bad(f"is {len(name)} characters long; at most {S.MAX_NAME_LENGTH}")
@@ -702,7 +711,9 @@ def _check_prompt_weights(values, where, problem, frames: int) -> None:
     fade = values["prompt_crossfade"] if frames > 1 else 0
     if fade:  # frames inside a cross-fade mix two sets: their sum passes through 0 between +/- sums
         text = dataclasses.replace(text, crossfade=fade)
-        starts = keys | {f for start, _ in text.keys for f in range(start, min(start + fade, frames))}
+        text_starts = sorted(start for start, _ in text.keys) + [frames]
+        starts = keys | {f for start, following in zip(text_starts, text_starts[1:])
+                         for f in range(start, min(start + fade, following, frames))}
     for start in sorted(starts):
         prompts = text.at(start) + images.at(start)
         total = sum(p.weight for p in prompts)

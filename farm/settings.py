@@ -146,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("video_init_flow_warp", "bool", True, "Warp the previous output by the video's optical flow.", "video"),
     _s("video_init_flow_blend", "number", 0.999, "Blend of the flow-warped output (1) against the video frame (0).", "video", minimum=0, maximum=1),
     _s("video_flow_model", "choice", "raft", "Optical flow of Video Input's flow warp: raft (as DD: RAFT with the raft-things weights, on the render's GPU; `farm models download raft_large_C_T_V1`) or dis (OpenCV's DIS: no model, fast on a CPU, rougher).", "video", choices=("raft", "dis")),
-    _s("video_init_check_consistency", "bool", False, "Take the video frame where the flow is unreliable (forward-backward check). DD v5.7 has the setting but does nothing with it, hence off by default.", "video"),
+    _s("video_init_check_consistency", "bool", False, "Take the video frame where the flow is unreliable (forward-backward check), in the flow warp and in the output video's optical-flow blend. DD v5.7 has the setting but does nothing with it, hence off by default.", "video"),
     _s("video_init_blend_mode", "choice", "optical flow", "Video Input: how the output video mixes each frame with the one before, by video_blend: none, linear, or optical flow (the frame before moved along the input video's motion first; DD's create-video blend_mode).", "video", choices=("none", "linear", "optical flow")),
     _s("video_init_steps", "int_keyframes", 100, "steps in Video Input mode (at least 2).", "video", minimum=2, maximum=MAX_STEPS),
     _s("video_init_clip_guidance_scale", "keyframes", 1000, "clip_guidance_scale in Video Input mode.", "video", minimum=0),

@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from farm.output import OutputFolder
 from farm.plan import resolve
 from farm.scene import Scene, load_scene
 from farm.storage import is_uri, join_location
+from farm.yamlio import YamlError, dump_yaml, load_yaml
 
 
 class SubmitError(ValueError):
@@ -36,8 +35,8 @@ def recorded_seed(out: Path | str | OutputFolder) -> int | None:
     folder = out if isinstance(out, OutputFolder) else OutputFolder(out)
     text = folder.read_text("scene.yaml")
     try:
-        data = yaml.safe_load(text) if text is not None else None
-    except yaml.YAMLError:
+        data = load_yaml(text).data if text is not None else None
+    except YamlError:
         return None
     seed = data.get("seed") if isinstance(data, dict) else None
     return seed if isinstance(seed, int) else None
@@ -84,7 +83,7 @@ def prepare_job(scene_path: str, out: Path | str | None, overrides: dict, frames
     folder.claim()  # OutputBusy while another `farm submit` renders into it
     written = dict(scene.raw)
     written["seed"] = scene["seed"]
-    folder.write_text("scene.yaml", yaml.safe_dump(written, sort_keys=False, allow_unicode=True))
+    folder.write_text("scene.yaml", dump_yaml(written))
     return scene, plan, folder, inputs, frames
 
 
@@ -187,6 +186,8 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
         )
     except BaseException as error:
+        if ray.is_initialized():  # Ray's processes may be up already: stopped before their folder goes
+            ray.shutdown()
         if not chosen:
             shutil.rmtree(temp_dir, ignore_errors=True)
         if isinstance(error, SystemExit) and error.code == signal.SIGTERM:  # Ray's own SIGTERM handler, mid-start

@@ -184,7 +184,8 @@ class FrameRenderer:
             def depth_of(image: np.ndarray) -> np.ndarray:
                 depths.append(model.predict(image))
                 return depths[-1]
-        flow = self.flow_model(animation.video_flow_model) if frame.init.kind == "video" else None
+        flow = (self.flow_model(animation.video_flow_model)
+                if frame.init.kind == "video" and frame.init.flow_from_previous else None)
         init = frame_init(frame, animation, inputs, depth_of, flow)
         # the depth of the last warp of the chain this frame continues (turbo warps the
         # older chain after it)

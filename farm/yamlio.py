@@ -38,6 +38,11 @@ class Document:
     """Path of keys (e.g. ("text_prompts", 100)) -> 1-based line of that key."""
 
 
+MAX_INTEGER_TEXT = 4000
+"""Integers written with more characters are refused as the file is read (far beyond any
+setting's range; Python refuses to convert 4300+ decimal digits). Shorter ones reach the
+settings' checks, which name the setting."""
+
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 # YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution); .inf/.nan spelt as
@@ -63,6 +68,9 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     if not _INT_12.match(text):  # only an explicit !!int tag gets here with other text
         raise yaml.constructor.ConstructorError(
             None, None, f"'{text}' is not an integer (write digits, 0x.. or 0o..)", node.start_mark)
+    if len(text) > MAX_INTEGER_TEXT:  # no setting takes such a number; int() of 4300+ decimal digits fails
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a {len(text)}-character integer is far too large", node.start_mark)
     if text.startswith("0o"):
         return int(text[2:], 8)
     if text.startswith("0x"):
@@ -169,6 +177,18 @@ def _key_lines(node, loader: yaml.SafeLoader, path: tuple, lines: dict[tuple, in
         for index, child in enumerate(node.value):
             lines.setdefault(path + (index,), child.start_mark.line + 1)
             _key_lines(child, loader, path + (index,), lines, seen)
+
+
+class _Yaml12Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes what `load_yaml` would read back as a number ("2e3", "0o17"):
+    the same YAML 1.2 number resolvers decide."""
+
+    yaml_implicit_resolvers = _yaml12_number_resolvers(yaml.SafeDumper.yaml_implicit_resolvers)
+
+
+def dump_yaml(data, width: int = 80) -> str:
+    """``data`` as YAML text that `load_yaml` reads back as the same values."""
+    return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False, allow_unicode=True, width=width)
 
 
 def load_yaml(text: str) -> Document:

@@ -228,7 +228,7 @@ def test_a_signal_while_ray_starts_stops_in_one_line_and_leaves_no_ray_folder(tm
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_the_local_dashboards_address_reaches_status_json(monkeypatch):
+def test_the_local_dashboards_address_reaches_status_json(monkeypatch, tmp_path):
     """farm ui links each render to its Ray dashboard from status.json's dashboard_url."""
     from types import SimpleNamespace
 
@@ -239,7 +239,7 @@ def test_the_local_dashboards_address_reaches_status_json(monkeypatch):
 
     monkeypatch.setattr(ray, "init", lambda **kwargs: SimpleNamespace(dashboard_url="127.0.0.1:8265"))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setenv("DISCO_FARM_RAY_TMP", "/tmp/disco-farm-test-kept")  # no folder made to remove
+    monkeypatch.setenv("DISCO_FARM_RAY_TMP", str(tmp_path / "ray"))  # a kept folder: none made to remove
     local = submit.start_local_ray()
     assert local == submit.LocalRay(None, "http://127.0.0.1:8265")
     assert submit.start_local_ray(dashboard=False).dashboard_url is None

@@ -104,15 +104,24 @@ def test_frame_hashes_follow_segment_seams_and_turbo_chains_and_long_chains():
     assert len(set(long.frame_hashes.values())) == 5000  # no recursion limit on a long chain
 
 
-@pytest.mark.parametrize("change", ["border_mode: replicate", "animation_mode: 3D", "fov: 60",
-                                    "color_coherence: LAB", "sampling_mode: nearest"])
-def test_how_frames_are_carried_into_the_next_is_in_every_later_frames_hash(change):
-    base = resolve(parse_scene(ANIM))
-    changed = resolve(parse_scene(ANIM.replace("animation_mode: 2D", change) if change.startswith("animation_mode")
-                                  else ANIM + change + "\n"))
+@pytest.mark.parametrize("mode, change", [("2D", "border_mode: replicate"), ("2D", "animation_mode: 3D"),
+                                          ("3D", "fov: 60"), ("2D", "color_coherence: LAB"),
+                                          ("3D", "sampling_mode: nearest"), ("3D", "camera_model: pinhole")])
+def test_how_frames_are_carried_into_the_next_is_in_every_later_frames_hash(mode, change):
+    scene = ANIM.replace("animation_mode: 2D", f"animation_mode: {mode}")
+    base = resolve(parse_scene(scene))
+    changed = resolve(parse_scene(scene.replace(f"animation_mode: {mode}", change)
+                                  if change.startswith("animation_mode") else scene + change + "\n"))
     assert [changed.frames[i].settings_hash == base.frames[i].settings_hash for i in range(12)] == [True] * 12
     assert changed.frame_hashes[0] == base.frame_hashes[0]
     assert all(changed.frame_hashes[i] != base.frame_hashes[i] for i in range(1, 12))
+
+
+@pytest.mark.parametrize("change", ["fov: 60", "camera_model: pinhole", "video_flow_model: dis", "padding_mode: zeros"])
+def test_settings_another_mode_uses_leave_the_hashes_alone(change):
+    """A 2D animation does not use the 3D camera or Video Input's flow: changing them keeps
+    every frame (they re-rendered it all)."""
+    assert resolve(parse_scene(ANIM + change + "\n")).frame_hashes == resolve(parse_scene(ANIM)).frame_hashes
 
 
 def test_an_input_files_contents_are_in_the_hash_of_the_frames_that_read_it(tmp_path):

@@ -123,3 +123,13 @@ def test_only_an_alias_expansion_mentions_aliases(monkeypatch):
     with pytest.raises(YamlError) as info:
         load_yaml(text)
     assert str(info.value).startswith("document expands to more than 1000 values through aliases")
+
+
+def test_what_the_farm_writes_reads_back_as_the_same_values():
+    """scene.yaml (submit, a cluster job's staged copy, import-dd) is written so the YAML 1.2
+    reader gets the same values back: "2e3" stays a name, not the number 2000."""
+    from farm.yamlio import dump_yaml
+
+    data = {"name": "2e3", "text_prompts": {0: ["1e5", "0o17:2", "017"]}, "seed": 12, "zoom": "0: (1.02)",
+            "clip_guidance_scale": 5000.0, "flag": True, "none": None, "angle": "10:5"}
+    assert load_yaml(dump_yaml(data)).data == data

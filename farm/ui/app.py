@@ -34,7 +34,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlsplit
 
-import yaml
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -359,10 +358,12 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
 def _read_yaml(path: Path) -> tuple[str, Any, str | None]:
     """(text, value, None), or (text, None, why it is damaged); OSError when unreadable.
     Only a safe loader is used: the file is data, never code."""
+    from farm.yamlio import YamlError, load_yaml
+
     text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    try:  # as the farm reads scenes (YAML 1.2 numbers, bounded size and nesting)
+        value = load_yaml(text).data
+    except YamlError as exc:
         return text, None, "not valid YAML: " + _one_line(exc)
     except RecursionError:
         return text, None, f"nested more than {MAX_NESTING} levels deep"
