@@ -281,11 +281,26 @@ def check_models_present(scenes: list) -> None:
                 raise UsageError(f"{path}: {error}") from None
             if found is None:
                 missing.append(catalogue.VGG16.name)
+        if scene["animation_mode"] == "3D" and not tiny and not _depth_model_available(scene["midas_depth_model"]):
+            missing.append("dpt-large")
         if missing:
             what = f"model '{missing[0]}' is" if len(missing) == 1 else f"models {', '.join(missing)} are"
             raise UsageError(f"{path}: {what} not downloaded (looked in {catalogue.models_dir()}); "
                              f"fetch {'it' if len(missing) == 1 else 'them'} with: farm models download "
                              + " ".join(missing))
+
+
+def _depth_model_available(name: str) -> bool:
+    """Whether 3D's depth model can load: a folder in the model cache, Hugging Face's cache,
+    or the hub itself (unless HF_HUB_OFFLINE says there is no network, as `make` sets)."""
+    from farm.worker import depth_source
+
+    source = depth_source(name)
+    if Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("", "0", "false", "no"):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(source, "config.json"), str)
 
 
 def _resolvable(text: str, what: str) -> Path:

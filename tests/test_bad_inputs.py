@@ -560,6 +560,26 @@ def test_video_inputs_raft_weights_not_downloaded_are_named_before_anything_star
     check_models_present([(str(scene), load_scene(scene))])
 
 
+def test_3ds_depth_model_missing_offline_is_named_before_anything_starts(sandbox, monkeypatch):
+    """Offline (HF_HUB_OFFLINE, as `make` sets) a 3D render needs DPT-Large in a cache;
+    online it is fetched on first use."""
+    from farm.cli import UsageError, check_models_present
+
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(sandbox.root / "empty-model-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(sandbox.root / "empty-hf-cache"))
+    scene = sandbox.scenes / "depth.yaml"
+    scene.write_text(GOOD_SCENE.replace("diffusion_model: tiny\n", "diffusion_model: custom\ncustom_path: good.png\n")
+                     + "animation_mode: 3D\nuse_secondary_model: false\nframes_scale: 0\nmax_frames: 3\n")
+    loaded = load_scene(scene)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="model 'dpt-large' is not downloaded.*farm models download dpt-large"):
+        check_models_present([(str(scene), loaded)])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    check_models_present([(str(scene), loaded)])
+
+
 def test_an_output_location_that_cannot_be_written_names_out(tmp_path, monkeypatch, capsys):
     """The real submit (no sandbox stand-in): it fails making the folder, before Ray starts."""
     monkeypatch.chdir(tmp_path)
