@@ -134,6 +134,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             size = ("~" + format_size(model.size_hint)) if model.size_hint else "?"
         rows.append((model.name, _kind(model), size, state))
+    for name in DEPTH_MODELS:  # a folder of transformers files (3D's depth), not one checkpoint
+        files = [f for f in (folder / name).rglob("*") if f.is_file()] if (folder / name).is_dir() else []
+        state = "downloaded" if (folder / name / "config.json").is_file() else "missing"
+        rows.append((name, "depth (3D)", format_size(sum(f.stat().st_size for f in files)) if files else "?", state))
     header = ("NAME", "KIND", "SIZE", "STATE")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     print(f"models folder: {folder}")

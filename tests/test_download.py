@@ -360,3 +360,15 @@ def test_clip_prefetch_failure_is_one_line_exit_1(monkeypatch, tmp_path, capsys)
     assert asked and asked[0] == clip_pretrained.get_pretrained_cfg("ViT-B-32", "openai")
     err = capsys.readouterr().err
     assert err == "farm: error: could not fetch CLIP ViT-B-32::openai through open_clip: hub unreachable\n"
+
+
+def test_models_list_shows_3ds_depth_model_folder(local_catalogue, tmp_path, capsys):
+    """DPT-Large is a folder of transformers files (`farm models download dpt-large`)."""
+    assert _run(["models", "list", "--dir", str(tmp_path)]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dpt-large"))
+    assert row[-1] == "missing" and "depth" in row
+    (tmp_path / "dpt-large").mkdir()
+    (tmp_path / "dpt-large" / "config.json").write_text("{}")
+    assert _run(["models", "list", "--dir", str(tmp_path)]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dpt-large"))
+    assert row[-1] == "downloaded"
