@@ -207,13 +207,13 @@ def _check_submit_args(args) -> list:
         raise UsageError(f"--device '{args.device}': expected cpu, cuda, cuda:N or mps")
     if args.out is not None and not args.out.strip():
         raise UsageError("--out '': expected a folder or a URI")
-    if args.out:
-        _check_out(args)
-    if args.frames is not None and len(args.scenes) > 1:
-        raise UsageError("--frames works with one scene at a time")
     from farm.remote import resolve_address
 
-    remote = not args.in_cluster and resolve_address(args.address)
+    remote = bool(not args.in_cluster and resolve_address(args.address))  # --out names a place on the cluster
+    if args.out:
+        _check_out(args, remote)
+    if args.frames is not None and len(args.scenes) > 1:
+        raise UsageError("--frames works with one scene at a time")
     named: dict[str, str] = {}
     scenes = []
     for path in args.scenes:
@@ -314,15 +314,12 @@ def _resolvable(text: str, what: str) -> Path:
     return path
 
 
-def _check_out(args) -> None:
+def _check_out(args, remote: bool) -> None:
     """--out: an existing path must be a folder; a URI must name a writable fsspec location
-    whose backend is installed here (for a cluster job, only its protocol is checked: the
-    backend is needed where the job runs)."""
+    whose backend is installed here (for a cluster job (`remote`), only its protocol is
+    checked: the backend is needed where the job runs; and paths must be absolute)."""
     from farm.storage import OutputLocationError, check_uri, is_uri
 
-    from farm.remote import resolve_address
-
-    remote = not args.in_cluster and resolve_address(args.address)
     if remote and not is_uri(args.out) and not (args.out.startswith("~") or os.path.isabs(args.out)):
         raise UsageError(f"--out {args.out}: a relative path would be a folder inside the job's temporary "
                          "working directory on the cluster; give an absolute path (or ~/...) or a URI")
@@ -340,9 +337,8 @@ def _check_out(args) -> None:
     if not args.in_cluster and args.out.split("://", 1)[0].lower() == "memory":
         raise UsageError(f"--out {args.out}: memory:// lives only as long as this command (or the "
                          "cluster job it starts), so every frame would be lost when it ends; give a folder or a lasting URI (file://, s3://, ...)")
-    local = args.in_cluster or not resolve_address(args.address)
     try:
-        check_uri(args.out, need_backend=local)
+        check_uri(args.out, need_backend=not remote)
     except OutputLocationError as error:
         raise UsageError(f"--out {error}") from None
 

@@ -75,6 +75,11 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"[:500]
 
 
+def _write_reason(error: Exception) -> str:
+    """Why a frame could not be written, in a few words (an OSError's strerror)."""
+    return str(error.strerror if isinstance(error, OSError) and error.strerror else error)
+
+
 class RenderSession:
     """Runs render jobs on `actors` RenderActors (one per GPU, or CPU actors)."""
 
@@ -126,15 +131,16 @@ class RenderSession:
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
         """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
         hashes = job.plan.frame_hashes
-        self._on_disk.pop(job.job_id, None)  # a job added again reads its folder afresh
-        for key in [key for key in self._pixels if key[0] == job.job_id]:
+        for key in [key for key in self._pixels if key[0] == job.job_id]:  # a job added again starts afresh
             del self._pixels[key]
         job.out.prepare()  # OutputDamaged: a file where frames/ belongs, ... (before anything renders)
         what = "plan.json"
         try:
             job.out.write_json(what, plan_record(job.plan))
-            finished = job.out.finished(hashes)
-            recorded = {entry.index: entry for entry in job.out.manifest()}
+            entries = job.out.manifest()
+            finished = job.out.finished(hashes, entries)
+            self._on_disk[job.job_id] = dict(finished)  # what later frames may start from, read once
+            recorded = {entry.index: entry for entry in entries}
             keep = dict(finished)
             if only is not None:  # frames outside --frames stay recorded as they are
                 wanted = set(only)
@@ -262,8 +268,7 @@ class RenderSession:
                 self._write_frame(job, frame, image, stats)
             except (OSError, OutsideOutput) as error:  # a full disk, say: nothing half-written stays; retry
                 self._write_failures += 1
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                message = f"could not write {frame.task_name}: {reason}"
+                message = f"could not write {frame.task_name}: {_write_reason(error)}"
                 if written:
                     self.scheduler.succeeded(task, written)
                 fatal = str(error) if isinstance(error, OutsideOutput) else self._fatal_write_error(job, frame, error)
@@ -335,8 +340,7 @@ class RenderSession:
                            else job.out.write_problem(OutputFolder.frame_file(frame.kind, frame.index), error))
                 self.scheduler.fail(task.job, message)
                 self.scheduler.failed(task, "output", message)
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                self._record_error(job, task, "output", f"could not write {frame.task_name}: {reason}")
+                self._record_error(job, task, "output", f"could not write {frame.task_name}: {_write_reason(error)}")
                 continue
             self.completed.append((task.job, frame.index, "driver"))
             self.scheduler.succeeded(task)

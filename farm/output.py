@@ -478,11 +478,11 @@ class OutputFolder:
                 entries.append(entry)
         return entries
 
-    def finished(self, hashes: dict[int, str]) -> dict[int, ManifestEntry]:
-        """Frames whose manifest line matches the plan's settings hash and whose PNG (and
-        chain image, if it has one) verifies."""
+    def finished(self, hashes: dict[int, str], entries: list[ManifestEntry] | None = None) -> dict[int, ManifestEntry]:
+        """Frames whose manifest line (of `entries`, already read, or the manifest) matches the
+        plan's settings hash and whose PNG (and chain image, if it has one) verifies."""
         good: dict[int, ManifestEntry] = {}
-        for entry in self.manifest():
+        for entry in self.manifest() if entries is None else entries:
             if hashes.get(entry.index) != entry.settings_hash:
                 continue
             files = [(entry.file, entry.sha256)]

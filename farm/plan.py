@@ -78,8 +78,7 @@ class FrameSpec:
         steps whose previews are kept (``display_rate``, ``intermediate_saves``) and the
         init file's path (its contents count, in `Plan.frame_hashes`)."""
         models = dataclasses.replace(self.render.models, compile_unet=False)
-        render = dataclasses.replace(self.render, models=models, intermediate_steps=())
-        hashed = _plain(dataclasses.replace(self, render=render))
+        hashed = _plain(dataclasses.replace(self, render=dataclasses.replace(self.render, models=models)))
         del hashed["render"]["intermediate_steps"]
         if hashed["init"]["path"]:  # where the init file lies is not what it holds: Plan.frame_hashes
             hashed["init"]["path"] = "file"  # adds its contents (a cluster job's copy moves every run)

@@ -33,12 +33,16 @@ def test_mid_grey_16bit_png_loads_as_mid_grey_not_white(tmp_path):
     assert (load_image(path, (4, 4))[2:] == 128).all()  # resized after scaling
 
 
-def test_float_tiff_in_0_to_1_loads_as_grey_not_black(tmp_path):
-    path = tmp_path / "half.tiff"
-    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(path)
+@pytest.mark.parametrize("value, dtype, mode, expected", [
+    (0.5, np.float32, "F", 128),  # float in 0..1: grey, not black
+    (49152, np.int32, "I", 191),  # 32-bit int holding 16-bit values: scaled from 16 bits
+], ids=["float-0-to-1", "int32-holding-16-bit"])
+def test_single_channel_tiffs_of_wide_modes_load_scaled_to_8_bits(tmp_path, value, dtype, mode, expected):
+    path = tmp_path / f"{mode}.tiff"
+    Image.fromarray(np.full((8, 8), value, dtype), mode).save(path)
     with Image.open(path) as image:
-        assert image.mode == "F"
-    assert (load_image(path) == 128).all()
+        assert image.mode == mode
+    assert (load_image(path) == expected).all()
 
 
 def test_float_tiff_on_the_0_to_255_scale_and_16bit_tiff(tmp_path):
@@ -48,14 +52,6 @@ def test_float_tiff_on_the_0_to_255_scale_and_16bit_tiff(tmp_path):
     tiff16 = tmp_path / "g16.tiff"
     Image.fromarray(np.full((4, 4), 16384, np.uint16)).save(tiff16)
     assert (load_image(tiff16) == 64).all()
-
-
-def test_32bit_int_image_holding_16bit_values_is_scaled_from_16_bits(tmp_path):
-    path = tmp_path / "i32.tiff"
-    Image.fromarray(np.full((4, 4), 49152, np.int32), "I").save(path)
-    with Image.open(path) as image:
-        assert image.mode == "I"
-    assert (load_image(path) == 191).all()
 
 
 def test_16bit_rgb_png_still_loads_with_its_colours(tmp_path):
