@@ -13,6 +13,9 @@ Two model sets, each with the secondary model and on the full-UNet path:
   defaults it is about 20% of the step's FLOPs (7.3 of 37.5 TFLOP).
 All weights are random (cost depends on the architecture, not the weights). DD's
 default guidance (cutn_batches 4, cut schedules 12+4 / 4+12: 64 cuts per model per step).
+Two more tiny full-UNet cases take the cut augmentations of animation frames (DD's
+MakeCutoutsDango by animation mode: 2D/3D add mirror and hue, Video Input a perspective
+warp and nearest-neighbour rotation), in both modes.
 
 Per configuration: seconds per step of both modes (median of interleaved runs, first
 step of each run left out), their ratio, the work per step (``engine.benchmark``'s
@@ -59,12 +62,17 @@ class EngineCase:
     cutn_batches: int = 4
     count_size: tuple[int, int] | None = None
     """Size of the renders that count work per step (counts do not depend on it)."""
+    animation_mode: str = "None"
+    """Whose cut augmentations (DD's by animation mode): stills', 2D/3D's or Video Input's."""
 
 
 def full_cases() -> list[EngineCase]:
     return [
         EngineCase("tiny, secondary model", "tiny", True, 128, 64, steps=6, repeats=5),
         EngineCase("tiny, full UNet", "tiny", False, 128, 64, steps=6, repeats=5),
+        EngineCase("tiny, full UNet, 2D/3D cuts", "tiny", False, 128, 64, steps=6, repeats=5, animation_mode="2D"),
+        EngineCase("tiny, full UNet, Video Input cuts", "tiny", False, 128, 64, steps=6, repeats=5,
+                   animation_mode="Video Input"),
         EngineCase("mid, secondary model", "mid", True, 320, 192, steps=3, repeats=3, count_size=(64, 64)),
         EngineCase("mid, full UNet", "mid", False, 320, 192, steps=4, repeats=3, count_size=(64, 64)),
     ]
@@ -156,7 +164,7 @@ def component_seconds(model_set: ModelSet, spec: RenderSpec) -> dict[str, Any]:
         def cuts_only():
             cuts = make_cutouts(image.add(1).div(2), clip.input_size, overview, inner, ic_pow, gray,
                                    g.cutn_batches, random.Random(0))
-            return augment(cuts, torch.Generator().manual_seed(0))
+            return augment(cuts, torch.Generator().manual_seed(0), g.augmentations)
 
         cuts = cuts_only().detach().requires_grad_()
 
@@ -179,7 +187,8 @@ def run_case(case: EngineCase, log=print) -> dict[str, Any]:
     started = time.perf_counter()
     model_set = load_model_set(case.model_set, case.secondary)
     renderer = Renderer(model_set)
-    spec = eb.make_spec(model_set.spec, case.width, case.height, steps=case.steps, cutn_batches=case.cutn_batches)
+    spec = eb.make_spec(model_set.spec, case.width, case.height, steps=case.steps, cutn_batches=case.cutn_batches,
+                        animation_mode=case.animation_mode)
     count_spec = None
     if case.count_size:
         count_spec = dataclasses.replace(spec, width=case.count_size[0], height=case.count_size[1])
@@ -197,6 +206,7 @@ def run_case(case: EngineCase, log=print) -> dict[str, Any]:
             **{name: parameters_millions(c.model.visual) for name, c in model_set.clips.items()},
         },
         "size": f"{case.width}x{case.height}",
+        "animation_mode": case.animation_mode,
         "secondary_model": case.secondary,
         "cutn_batches": case.cutn_batches,
         "steps_per_run": case.steps,

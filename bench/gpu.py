@@ -16,6 +16,10 @@ and the fraction of the GPU's dense fp16/bf16 peak (looked up from the device na
 step (including the syncs torch's CUDA sync debug mode reports) and kernel launches per step
 (aten ops that run a kernel: each costs host time however small its tensors).
 
+What an animation frame adds (section "animation", secondary model): the engine's seconds
+per step with 2D/3D's and Video Input's cut augmentations against a still's, and RAFT's
+seconds per pair of 1280x768 frames (random weights, fp32; torchvision's raft_large).
+
 The largest size that fits in 16, 24 and 80 GiB: peak memory is measured at a few
 sizes (5:3 like 1280x768), fitted as a + b*pixels + c*pixels^2 (attention makes memory
 grow faster than the pixel count), and each budget's predicted largest size is then
@@ -265,6 +269,65 @@ def lockstep(renderer, spec, engine: dict[str, Any], dd_seconds: float, peak: fl
     return rows
 
 
+ANIMATION_MODES = ("None", "2D", "Video Input")
+"""Whose cut augmentations an animation's frames pay for (2D and 3D share DD's)."""
+RAFT_FRAME_SIZE = (1280, 768)
+
+
+def animation_costs(renderer, spec, deadline: Deadline, log=print) -> dict[str, Any]:
+    """What an animation frame adds to a still's step: the engine's seconds per step with
+    each animation mode's cut augmentations (DD's MakeCutoutsDango: 2D/3D mirror and hue,
+    Video Input a perspective warp) on the same models and spec, medians of two runs; and
+    RAFT (random weights, fp32, DD's 20 iterations) on one pair of frames at 1280x768, as
+    a Video Input frame with flow warp computes it once."""
+    import statistics
+
+    import numpy as np
+
+    from engine import benchmark as eb
+    from engine.spec import augmentations_for_mode
+
+    device = renderer.models.device
+    result: dict[str, Any] = {"engine_seconds_per_step": {}}
+    for mode in ANIMATION_MODES:
+        if deadline.left() < 30:
+            result["engine_seconds_per_step"][mode] = "skipped: time budget"
+            continue
+        moded = dataclasses.replace(spec, guidance=dataclasses.replace(
+            spec.guidance, augmentations=augmentations_for_mode(mode)))
+        eb.engine_step_seconds(renderer, eb.with_steps(moded, 2))  # warm-up
+        runs = [statistics.median(eb.engine_step_seconds(renderer, moded)[1:]) for _ in range(2)]
+        result["engine_seconds_per_step"][mode] = statistics.median(runs)
+        log(f"   {mode} cut augmentations: {result['engine_seconds_per_step'][mode]:.3f} s/step")
+    still = result["engine_seconds_per_step"].get("None")
+    if isinstance(still, float):
+        result["vs_still"] = {mode: seconds / still for mode, seconds in result["engine_seconds_per_step"].items()
+                              if isinstance(seconds, float)}
+    if deadline.left() < 30:
+        result["raft"] = {"skipped": "time budget"}
+        return result
+    try:
+        from animation.flow import RaftFlow
+
+        raft = RaftFlow.random(seed=0, device=device)
+        width, height = RAFT_FRAME_SIZE if device.type == "cuda" else (128, 128)
+        frames = np.random.default_rng(0).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        raft(frames[0], frames[1])  # warm-up
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            flow = raft(frames[0], frames[1])  # returns on the host: synchronised
+            times.append(time.perf_counter() - started)
+        result["raft"] = {"size": f"{width}x{height}", "iterations": raft.iterations, "dtype": "float32",
+                          "seconds_per_pair": statistics.median(times), "flow_shape": list(flow.shape)}
+        log(f"   RAFT at {width}x{height}: {result['raft']['seconds_per_pair']:.3f} s per pair")
+        del raft
+    except Exception as error:  # torchvision missing or RAFT failing: recorded, not raised
+        result["raft"] = {"error": f"{type(error).__name__}: {error}"}
+    _free(device)
+    return result
+
+
 def memory_fit(renderer, spec, run: GpuRun, deadline: Deadline, log=print) -> dict[str, Any]:
     """Largest sizes within BUDGETS_GIB (module doc: fit, then verify under a memory cap)."""
     import torch
@@ -375,6 +438,11 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
             _free(device)
             continue
         renderer, spec = measured.pop("_renderer"), measured.pop("_spec")
+        if secondary and deadline.left() > 60:
+            try:
+                section["animation"] = animation_costs(renderer, spec, deadline, log)
+            except Exception as error:
+                section["animation"] = {"error": f"{type(error).__name__}: {error}"}
         if secondary or deadline.left() > 120:
             try:
                 measured["memory"] = memory_fit(renderer, spec, run, deadline, log)
@@ -468,6 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     if batched_rows:
         print_table("several images per call (render_images)",
                     ["secondary", "images", "s/step", "s/image-step", "throughput x", "TFLOP/s"], batched_rows)
+    animation = section.get("animation", {})
+    if "engine_seconds_per_step" in animation:
+        raft = animation.get("raft", {})
+        print_table("animation frames (secondary model): cut augmentations by mode, RAFT per frame pair",
+                    ["mode", "engine s/step", "vs still"],
+                    [[mode, seconds, animation.get("vs_still", {}).get(mode, "-")]
+                     for mode, seconds in animation["engine_seconds_per_step"].items()]
+                    + [[f"RAFT {raft.get('size', '')}", raft.get("seconds_per_pair", raft.get("error", "-")), "-"]])
     print(f"\nbench.gpu: results in {path}")
     return 0
 

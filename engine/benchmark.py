@@ -49,7 +49,14 @@ from engine.losses import clamp_gradient, range_loss, saturation_loss, spherical
 from engine.models import ModelSet, diffusion_steps_for
 from engine.render import Renderer
 from engine.secondary import alpha_sigma_to_t
-from engine.spec import GuidanceSettings, ModelSetSpec, RenderSpec, SamplerSettings, WeightedPrompt
+from engine.spec import (
+    GuidanceSettings,
+    ModelSetSpec,
+    RenderSpec,
+    SamplerSettings,
+    WeightedPrompt,
+    augmentations_for_mode,
+)
 from engine.syncs import host_access
 from engine.unet import set_group_norm_precision, uses_input_dtype_group_norms, uses_split_norm_statistics
 
@@ -79,14 +86,15 @@ def _sync(device: torch.device) -> None:
 
 
 def make_spec(models: ModelSetSpec, width: int, height: int, *, steps: int, cutn_batches: int = 4,
-              mode: str = "ddim", seed: int = 1) -> RenderSpec:
-    """DD's default guidance and cut schedules, one text prompt, no init, no skipped steps."""
+              mode: str = "ddim", seed: int = 1, animation_mode: str = "None") -> RenderSpec:
+    """DD's default guidance and cut schedules, one text prompt, no init, no skipped steps;
+    the cut augmentations DD uses in ``animation_mode``."""
     return RenderSpec(
         width=width,
         height=height,
         seed=seed,
         text_prompts=(WeightedPrompt(PROMPT, 1.0),),
-        guidance=GuidanceSettings(cutn_batches=cutn_batches),
+        guidance=GuidanceSettings(cutn_batches=cutn_batches, augmentations=augmentations_for_mode(animation_mode)),
         sampler=SamplerSettings(mode=mode, steps=steps, skip_steps=0),
         models=models,
     )
@@ -94,9 +102,6 @@ def make_spec(models: ModelSetSpec, width: int, height: int, *, steps: int, cutn
 
 def with_steps(spec: RenderSpec, steps: int) -> RenderSpec:
     return dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, steps=steps))
-
-
-dataclass_replace_steps = with_steps  # the earlier name
 
 
 def without_secondary(models: ModelSetSpec) -> ModelSetSpec:
@@ -407,7 +412,7 @@ def dd_style_step_seconds(renderer: Renderer, spec: RenderSpec, *, timed: bool =
                     cuts = make_cutouts(x_in.add(1).div(2), target.clip.input_size, overview, inner, ic_pow,
                                         gray_p, 1, rng)
                     if not g.skip_augs:
-                        cuts = augment(cuts, gen)
+                        cuts = augment(cuts, gen, g.augmentations)
                     embeds = target.clip.encode_image(cuts)
                     dists = spherical_distance_loss(embeds[:, None], target.embeddings[None])
                     losses = dists.mul(target.weights).sum(1).mean()
@@ -552,6 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cutn-batches", type=int, default=4)
     parser.add_argument("--mode", choices=("ddim", "plms"), default="ddim")
     parser.add_argument("--no-secondary", action="store_true", help="full UNet guidance path")
+    parser.add_argument("--animation-mode", choices=("None", "2D", "3D", "Video Input"), default="None",
+                        help="cut augmentations of this animation mode (DD's MakeCutoutsDango)")
     parser.add_argument("--device")
     parser.add_argument("--check-syncs", action="store_true", help="raise on a host-device sync in a step")
     parser.add_argument("--baseline", action="store_true", help="also run the DD-equivalent mode")
@@ -568,7 +575,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_seconds = time.perf_counter() - started
     renderer = Renderer(model_set, check_syncs=args.check_syncs)
     spec = make_spec(models, args.width or preset["width"], args.height or preset["height"],
-                     steps=args.steps, cutn_batches=args.cutn_batches, mode=args.mode)
+                     steps=args.steps, cutn_batches=args.cutn_batches, mode=args.mode,
+                     animation_mode=args.animation_mode)
     device = model_set.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -581,6 +589,7 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": args.preset,
         "size": f"{spec.width}x{spec.height}",
         "mode": args.mode,
+        "animation_mode": args.animation_mode,
         "secondary": models.use_secondary_model,
         "cutn_batches": args.cutn_batches,
         "steps": c.steps,

@@ -97,6 +97,29 @@ def test_scheduler_makespan_is_never_below_the_bound(quick_results):
     assert segments["bound_speedup"] > 1
 
 
+def test_dd_equivalent_mode_draws_the_animation_modes_cut_augmentations(monkeypatch):
+    # both modes of a Video Input comparison must pay for Video Input's augmentations
+    from engine import benchmark as eb
+    from engine.models import ModelSet
+    from engine.render import Renderer
+    from engine.spec import STILL_AUGMENTATIONS, VIDEO_AUGMENTATIONS
+
+    drawn, real_augment = [], eb.augment
+
+    def recording_augment(cuts, generator, augmentations=STILL_AUGMENTATIONS):
+        drawn.append(augmentations)
+        return real_augment(cuts, generator, augmentations)
+
+    monkeypatch.setattr(eb, "augment", recording_augment)
+    models = eb.without_secondary(eb.PRESETS["tiny"]["models"])
+    spec = eb.make_spec(models, 64, 64, steps=2, cutn_batches=1, animation_mode="Video Input")
+    assert spec.guidance.augmentations == VIDEO_AUGMENTATIONS
+    renderer = Renderer(ModelSet(models, "cpu"))
+    renderer.render(spec)  # the engine's render encodes the prompts the DD-equivalent mode reads
+    assert len(eb.dd_style_step_seconds(renderer, spec)) == 2
+    assert drawn and all(a == VIDEO_AUGMENTATIONS for a in drawn)
+
+
 def test_lower_bound_counts_chains_and_segments():
     plans = scheduler.workload_plans(scheduler.QUICK)
     step = 0.5
@@ -159,6 +182,12 @@ def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
     assert full["dd_equivalent"]["per_step"]["flops"] > 1.5 * full["engine"]["per_step"]["flops"]
     assert {t["target"] for t in section["targets"]} >= {"full UNet: speed-up over DD-equivalent"}
     assert any(t["target"].startswith("full UNet: fraction of peak, ") for t in section["targets"])
+    # what an animation frame adds: each mode's cut augmentations, and RAFT on a pair of frames
+    animation = section["animation"]
+    assert set(animation["engine_seconds_per_step"]) == set(gpu.ANIMATION_MODES)
+    assert all(seconds > 0 for seconds in animation["engine_seconds_per_step"].values())
+    assert animation["vs_still"]["None"] == 1
+    assert animation["raft"]["seconds_per_pair"] > 0 and animation["raft"]["flow_shape"] == [128, 128, 2]
 
 
 def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):

@@ -179,3 +179,37 @@ def test_cuda_compiled_unet_renders_like_the_eager_one(cuda_full, cuda_secondary
     other_seed = eager.render(dataclasses.replace(spec, seed=10)).astype(np.int16)
     # fp16 kernels differ in rounding; the picture must stay far closer than another seed's
     assert np.abs(eager_image - compiled_image).mean() < 0.25 * np.abs(eager_image - other_seed).mean()
+
+
+@pytest.mark.parametrize("mode", ["2D", "Video Input"])
+def test_cuda_animation_cut_augmentations_have_no_sync_in_a_step(cuda_full, mode):
+    # Video Input's perspective warp solves its homographies on the GPU (linalg.solve_ex)
+    from engine.spec import STILL_AUGMENTATIONS, augmentations_for_mode
+
+    augmentations = augmentations_for_mode(mode)
+    spec = make_spec(seed=5, guidance=GuidanceSettings(cutn_batches=2, augmentations=augmentations))
+    image = cuda_full.render(spec)  # check_syncs: raises on a host-device sync in a step
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    still = cuda_full.render(make_spec(seed=5, guidance=GuidanceSettings(cutn_batches=2,
+                                                                         augmentations=STILL_AUGMENTATIONS)))
+    assert not np.array_equal(image, still)
+
+
+def test_cuda_raft_flow_matches_the_cpu_flow():
+    """Video Input's RAFT on the actor's GPU: the flow comes back on the host at the
+    frame's size, as the CPU computes it (fp32; TF32 off for the comparison)."""
+    from animation.flow import RaftFlow
+    from tests.test_flow import texture
+
+    a, b = texture(90, 150, seed=1), texture(90, 150, seed=2)
+    cpu_flow = RaftFlow.random(seed=3)(a, b)
+    raft = RaftFlow.random(seed=3, device="cuda")
+    assert next(raft.model.parameters()).device.type == "cuda"
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        gpu_flow = raft(a, b)
+    finally:
+        torch.backends.cudnn.allow_tf32 = allowed
+    assert gpu_flow.shape == (90, 150, 2) and gpu_flow.dtype == np.float32 and np.isfinite(gpu_flow).all()
+    assert np.abs(gpu_flow - cpu_flow).mean() <= 0.01 * np.abs(cpu_flow).mean() + 1e-4

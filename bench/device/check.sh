@@ -3,9 +3,10 @@
 # device tool's 600 s per command; H200 2026-11-26: smoke 25 s, tests 95 s, gpu 150-190 s,
 # profile about 60 s):
 #   tests     the CUDA tests: fp16, no syncs in a step, attention in fused SDPA kernels only,
-#             group norms, compile_unet on both paths (no silent fall-back to eager);
+#             group norms, compile_unet on both paths (no silent fall-back to eager),
+#             animation cut augmentations without syncs, RAFT on the GPU against the CPU;
 #   gpu       bench.gpu at DD's defaults with today's engine defaults (both paths, 2 and 4
-#             images per call, memory fit);
+#             images per call, memory fit, animation modes' cut augmentations, RAFT per pair);
 #   compiled  bench.gpu with compile_unet (a second call);
 #   variants  bench.gpu_profile --no-tables: layout / norm / CLIP layer / cuDNN / compile
 #             variants on one loaded model set (a second call: about 6 minutes);
