@@ -199,7 +199,7 @@ def _check_submit_args(args) -> list:
     from farm.output import OutputDamaged, OutputFolder
     from farm.plan import frame_count, resolve
     from farm.scene import load_scene
-    from farm.storage import is_uri
+    from farm.storage import disk_path
 
     if args.actors is not None and args.actors < 1:
         raise UsageError(f"--actors {args.actors}: must be at least 1")
@@ -225,9 +225,9 @@ def _check_submit_args(args) -> list:
                 raise UsageError(f"--frames: {path} renders in {scene['parallel_segments']} parallel_segments, "
                                  "whose seams need renders from outside any range; submit the whole scene")
             _parse_range(args.frames, frame_count(scene, video_frames))
-        if args.out and not is_uri(args.out) and not remote:  # a cluster's paths are on its machines
-            target = Path(args.out).expanduser()
-            target = target / scene["name"] if len(args.scenes) > 1 else target
+        out_folder = disk_path(args.out) if args.out and not remote else None  # a cluster's are on its machines
+        if out_folder is not None:
+            target = out_folder / scene["name"] if len(args.scenes) > 1 else out_folder
             if target.resolve() == Path(path).resolve().parent:
                 raise UsageError(f"--out {args.out}: is the folder of {path} itself; a render writes scene.yaml, "
                                  "frames/ and video.mp4 there: give a new folder")

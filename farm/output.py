@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ PERSISTENT_WRITE_ERRORS = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM, 
                                      _errno.EISDIR, _errno.ENAMETOOLONG})
 DISK_FULL_ERRORS = frozenset({_errno.ENOSPC, _errno.EDQUOT})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_plain_file(path: Path) -> bool:
+    """A regular file, not a link to one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class OutputDamaged(ValueError):
@@ -159,6 +168,8 @@ class OutputFolder:
         self.store = open_store(root)
         self.is_local = isinstance(self.store, LocalStore)
         self.root: Path | str = self.store.root if self.is_local else self.store.url
+        self.disk_root: Path | None = self.store.root if self.is_local else self.store.disk_root
+        """The folder on this disk (a path, or a file:// URI): checked, claimed and guarded as one."""
         self._lock = threading.Lock()
         self._manifest_objects: dict[str, bytes] = {}  # manifest.d/ objects already read or written
         self._scratch: tempfile.TemporaryDirectory | None = None
@@ -201,8 +212,8 @@ class OutputFolder:
         """OutputDamaged when a local folder holds files but was never a render's (no
         plan.json, never claimed by a submit): the render would overwrite the user's own
         scene.yaml, video.mp4, frames ... Missing or empty folders are fine."""
-        root = self.store.root if self.is_local else None
-        if root is None or not root.is_dir() or (root / "plan.json").exists() or (root / LOCK_FILE).exists():
+        root = self.disk_root
+        if root is None or not root.is_dir() or _is_plain_file(root / "plan.json") or _is_plain_file(root / LOCK_FILE):
             return
         try:
             names = sorted(os.listdir(root))
@@ -217,16 +228,32 @@ class OutputFolder:
         """Hold this folder for this process (an exclusive lock on its .lock file, kept
         until `release` or the process ends): a second `farm submit` into it is refused
         with OutputBusy instead of overwriting frames the first is writing. Local folders
-        only; a folder this process holds already is fine."""
-        if not self.is_local:
+        only (paths and file:// URIs); a folder this process holds already is fine."""
+        if self.disk_root is None:
             return
         import fcntl
 
-        root = self.store.root.resolve()
+        root = self.disk_root.resolve()
+        try:
+            root.mkdir(parents=True, exist_ok=True)  # a file:// URI's folder is made on first write
+        except OSError as error:
+            raise OutputWriteError(error, f"cannot create the output folder {self.root}: "
+                                          f"{error.strerror or error}") from None
         with _CLAIMS_LOCK:
             if root in _CLAIMS:
                 return
-            handle = open(root / LOCK_FILE, "a+", encoding="utf-8")
+            try:  # never through a link: a planted .lock link would truncate its target
+                descriptor = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as error:
+                if error.errno == _errno.ELOOP:
+                    raise OutputDamaged(f"{self.root}: {LOCK_FILE} is a link; a Disco Farm render's {LOCK_FILE} is "
+                                        "a plain file: remove the link") from None
+                raise OutputWriteError(error, f"cannot create {self.root / LOCK_FILE}: "
+                                              f"{error.strerror or error}") from None
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                os.close(descriptor)
+                raise OutputDamaged(f"{self.root}: {LOCK_FILE} is not a plain file: remove it")
+            handle = open(descriptor, "a+", encoding="utf-8")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -247,10 +274,10 @@ class OutputFolder:
 
     def release(self) -> None:
         """Let other processes render into this folder again (see `claim`)."""
-        if not self.is_local:
+        if self.disk_root is None:
             return
         with _CLAIMS_LOCK:
-            handle = _CLAIMS.pop(self.store.root.resolve(), None)
+            handle = _CLAIMS.pop(self.disk_root.resolve(), None)
         if handle is not None:
             handle.close()  # closing the file drops the lock
 
@@ -258,10 +285,10 @@ class OutputFolder:
         """OutputDamaged when something the farm writes here has the wrong type: a file
         where a folder belongs (frames/, previews/ ...), or a folder where a file belongs
         (manifest.jsonl, plan.json ...). Found before rendering, so no frame is rendered
-        only to fail when it is written. Only local folders (an object store has none)."""
-        if not self.is_local:
+        only to fail when it is written. Only folders on this disk (an object store has none)."""
+        root = self.disk_root
+        if root is None:
             return
-        root = self.store.root
         for name in LAYOUT_FOLDERS:
             path = root / name
             if path.is_symlink() and not path.exists():
@@ -274,7 +301,7 @@ class OutputFolder:
                 continue
             raise OutputDamaged(f"{path} {problem}: move it away (or choose another --out), then submit again")
         for name in LAYOUT_FILES:
-            path = self.store.root / name
+            path = root / name
             if path.is_dir():
                 raise OutputDamaged(f"{path} is a folder, not a file: move it away (or choose another --out), "
                                     "then submit again")

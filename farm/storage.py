@@ -125,6 +125,20 @@ def open_filesystem(url: str):
     return fs, root
 
 
+LOCAL_PROTOCOLS = (["file"], ["local"])
+"""fsspec URIs that name a folder on this machine's disk."""
+
+
+def disk_path(location: str | os.PathLike) -> Path | None:
+    """The folder on this machine's disk that `location` names: a path, or a plain file://
+    URI (written through fsspec, but guarded as a folder is); None for other URIs."""
+    if not is_uri(location):
+        return Path(location).expanduser()
+    if uri_protocols(str(location)) in LOCAL_PROTOCOLS:
+        return Path(open_filesystem(str(location))[1])
+    return None
+
+
 def confined_key(root: str, relative: str | os.PathLike, url: str | None = None) -> str:
     """root/relative inside an object store, refusing absolute paths, URIs and '..' escapes."""
     text = os.fspath(relative)
@@ -222,9 +236,14 @@ class FsspecStore:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.fs, self.root = open_filesystem(url)
+        self.disk_root: Path | None = Path(self.root).resolve() if uri_protocols(url) in LOCAL_PROTOCOLS else None
+        """The folder, for a file:// URI: its links are followed only inside it, as a path's are."""
 
     def key(self, relative: str | os.PathLike) -> str:
-        return confined_key(self.root, relative, self.url)
+        key = confined_key(self.root, relative, self.url)
+        if self.disk_root is not None:
+            confined(self.disk_root, relative)  # OutsideOutput for a link out of the folder
+        return key
 
     def local_path(self, relative: str | os.PathLike) -> Path:
         raise OutputLocationError(f"{self.describe(os.fspath(relative))} is not on this machine's disk")

@@ -432,3 +432,30 @@ def test_a_cancelled_job_says_nothing_renders_and_folds_its_manifest(tmp_path, b
     status = json.loads((tmp_path / "out" / "status.json").read_text())
     assert status["state"] == "cancelled" and status["current"] == [] and status["eta_seconds"] is None
     assert status["finished_at"] and folded == [True]
+
+
+def test_a_lock_file_linked_out_of_the_folder_is_refused_and_its_target_kept(tmp_path):
+    """A planted .lock link must not make claim() truncate and overwrite the link's target,
+    nor make a folder of the user's files pass for a render."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("important user data\n")
+    out = tmp_path / "out"
+    folder = finished_folder(out)
+    (out / ".lock").symlink_to(victim)
+    with pytest.raises(OutputDamaged, match=r"\.lock is a link"):
+        folder.claim()
+    assert victim.read_text() == "important user data\n"
+    user_folder = tmp_path / "mine"
+    user_folder.mkdir()
+    (user_folder / "scene.yaml").write_text("mine")
+    (user_folder / ".lock").symlink_to(victim)
+    with pytest.raises(OutputDamaged, match="not a Disco Farm render"):
+        OutputFolder(user_folder).check_is_render()
+
+
+def test_a_lock_that_is_a_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    folder = finished_folder(out)
+    (out / ".lock").mkdir()
+    with pytest.raises((OutputDamaged, OutputWriteError), match=r"\.lock"):
+        folder.claim()

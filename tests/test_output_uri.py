@@ -205,6 +205,36 @@ def test_file_uris_go_through_fsspec_and_make_their_folders(tmp_path):
     assert [e.index for e in OutputFolder(tmp_path / "out").manifest()] == [0]
 
 
+def test_a_file_uri_is_guarded_as_a_folder_is(tmp_path, capsys):
+    """file:// goes through fsspec, but its folder is on this disk: links out of it are not
+    written through, a folder of the user's files is refused, and a submit claims it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("user data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "status.json").symlink_to(victim)
+    folder = OutputFolder(f"file://{out}")
+    assert folder.disk_root == out.resolve()
+    with pytest.raises(OutsideOutput, match="outside the output folder"):
+        folder.write_text("status.json", "{}")
+    assert victim.read_text() == "user data"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scene.yaml").write_text("my own scene")
+    scene = tmp_path / "scene.yaml"
+    scene.write_text(TINY_SCENE)
+    assert main(["submit", str(scene), "--out", f"file://{mine}"]) == 2
+    assert "holds files that are not a Disco Farm render" in capsys.readouterr().err
+    assert (mine / "scene.yaml").read_text() == "my own scene"
+    claimed = OutputFolder(f"file://{tmp_path}/claimed")
+    claimed.claim()
+    try:
+        assert (tmp_path / "claimed" / ".lock").read_text().strip() == str(os.getpid())
+    finally:
+        claimed.release()
+    assert OutputFolder("memory://bucket/x").disk_root is None
+
+
 def test_a_local_folder_still_appends_to_manifest_jsonl(tmp_path):
     folder = OutputFolder(tmp_path)
     relative, digest = folder.write_frame("frame", 0, pixels(1))
@@ -305,7 +335,8 @@ def test_stills_and_an_animation_write_the_whole_layout_to_the_uri(reference, sc
     assert main(["fetch", f"{reference}/anim", str(tmp_path / "fetched")]) == 0
     fetched = {str(p.relative_to(tmp_path / "fetched")): p.read_bytes()
                for p in (tmp_path / "fetched").rglob("*") if p.is_file()}
-    assert fetched == anim
+    assert ".lock" in anim  # a file:// folder is claimed as a path is; fetch leaves hidden names out
+    assert fetched == {name: data for name, data in anim.items() if name != ".lock"}
     from animation.video import probe_video
 
     assert probe_video(tmp_path / "fetched" / "video.mp4").frames == 4

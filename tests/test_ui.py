@@ -625,7 +625,7 @@ ACCEPTED_HOSTS = ["127.0.0.1:8470", "127.0.0.1", "localhost:8470", "localhost", 
 
 
 @pytest.mark.parametrize("path", ["/", "/api/jobs", f"/api/jobs/{RUNNING}",
-                                  f"/files/{RUNNING}/status.json", "/static/ui.js"])
+                                  f"/files/{RUNNING}/frames/000000.png", "/static/ui.js"])
 def test_other_host_headers_are_refused(client, path):
     """DNS rebinding: a page of another origin reaches 127.0.0.1 under its own name, so
     only this machine's names (with the port listened on, or none) are answered."""
@@ -674,7 +674,7 @@ def test_host_header_over_real_http(output_root):
 
 
 def test_head_is_answered_without_a_body(client):
-    answer = client.head(f"/files/{RUNNING}/status.json")
+    answer = client.head(f"/files/{RUNNING}/frames/000000.png")
     assert answer.status_code == 200 and answer.content == b""
 
 
@@ -721,7 +721,7 @@ def raw_http_get(port: int, target: str, host: str = "127.0.0.1") -> tuple[int, 
 
 def test_traversal_over_real_http(output_root):
     with ServerThread(create_app(output_root)) as server:
-        assert raw_http_get(server.port, f"/files/{RUNNING}/status.json")[0] == 200
+        assert raw_http_get(server.port, f"/files/{RUNNING}/frames/000000.png")[0] == 200
         for target in ["/files/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd",
                        "/files/..%2f..%2fsecret/passwords.txt", "/files//etc/passwd",
                        "/files/escape.txt", "/files/smoke/outside/passwords.txt"]:
@@ -787,3 +787,17 @@ def test_command_serves_until_interrupted(output_root):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize("name", ["page.html", "x.js", "a.svg", "notes.txt", "scene.yaml", "status.json"])
+def test_files_serves_pictures_and_videos_only(client, output_root, name):
+    """An .html, .svg or .js file under the root would run as the page's own content
+    (its CSP allows script-src 'self'): /files/ serves pictures and videos only."""
+    (output_root / RUNNING / name).write_text("<script>alert(1)</script>")
+    assert client.get(f"/files/{RUNNING}/{name}").status_code == 404
+
+
+def test_served_pictures_are_sandboxed_and_typed_by_their_suffix(client, output_root):
+    answer = client.get(f"/files/{RUNNING}/frames/000000.png")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert "sandbox" in answer.headers.get_list("content-security-policy")

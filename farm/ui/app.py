@@ -5,7 +5,7 @@ Routes (GET only; HEAD is answered too):
   /job/<id>              the page with run <id> selected (<id> is the run folder, relative)
   /api/jobs              {"root": ..., "jobs": [summary, ...]} newest first
   /api/jobs/<id>         one run in detail (progress, image/video URLs, errors, settings)
-  /files/<id>/<file>     a file of the output root (never outside it, never a hidden file)
+  /files/<id>/<file>     a picture or video of the output root (never outside it, never a hidden file)
   /static/ui.js|ui.css   the page's script and style
 
 A run folder follows docs/outputs.md. The page polls the JSON endpoints every couple of
@@ -45,6 +45,11 @@ RUN_MARKERS = ("status.json", "plan.json", "manifest.jsonl", "scene.yaml")
 MAX_RUN_DEPTH = 3            # renders/<scene>/<stamp>/ is depth 2; allow one more level
 FINAL_VIDEOS = ("video.mp4", "video.webm", "video.gif")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".m4v")
+SERVED_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                ".gif": "image/gif", ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
+                ".webm": "video/webm"}
+"""What /files/ serves, with the type it is served as: pictures and videos only (an .html,
+.svg or .js file under the root would run as this page's own content)."""
 ACTIVE_STATES = ("queued", "running")
 MAX_GALLERY = 60             # finished stills shown when there is no contact sheet yet
 MAX_ERRORS = 50
@@ -759,10 +764,13 @@ def create_app(root: Path, poll_seconds: float = 2.0,
         return JSONResponse(detail, headers=NO_STORE)
 
     def files(request: Request) -> Response:
-        path = outputs.file(request.path_params["path"])
+        relative = request.path_params["path"]
+        media_type = SERVED_TYPES.get(PurePosixPath(relative).suffix.lower())
+        path = outputs.file(relative) if media_type else None
         if path is None:
             return Response("not found\n", status_code=404, media_type="text/plain")
-        return FileResponse(path, headers={"cache-control": "no-cache"})
+        return FileResponse(path, media_type=media_type,
+                            headers={"cache-control": "no-cache", "content-security-policy": "sandbox"})
 
     def static_file(request: Request) -> Response:
         name = request.path_params["name"]
