@@ -161,9 +161,35 @@ class LocalRay(NamedTuple):
     dashboard_url: str | None  # http://127.0.0.1:PORT, or None without a dashboard
 
 
+LOOPBACK_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for single-machine clusters: "0" makes the node's address 127.0.0.1, so
+its servers (GCS, raylet, dashboard agent, the unauthenticated Prometheus metrics port)
+listen on the loopback only; by default on Linux they listen on every interface."""
+
+
+@contextlib.contextmanager
+def loopback_only_node():
+    """While Ray starts here: its node on 127.0.0.1 (`LOOPBACK_NODE`), for the processes it
+    spawns (the environment) and for this one (Ray read the variable when imported)."""
+    from ray._private import ray_constants
+
+    previous_env, previous_flag = os.environ.get(LOOPBACK_NODE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_NODE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous_flag
+        if previous_env is None:
+            os.environ.pop(LOOPBACK_NODE, None)
+        else:
+            os.environ[LOOPBACK_NODE] = previous_env
+
+
 def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> LocalRay:
-    """An embedded Ray: dashboard on 127.0.0.1, Ray's token auth left as Ray sets it (on).
-    Its temp_dir is None with $DISCO_FARM_RAY_TMP (kept) or when Ray was running already."""
+    """An embedded Ray on this machine only: every server of it, the dashboard included,
+    listens on 127.0.0.1 (`loopback_only_node`), with Ray's token auth left on as Ray sets
+    it. Its temp_dir is None with $DISCO_FARM_RAY_TMP (kept) or when Ray was running already."""
     import ray
 
     if ray.is_initialized():
@@ -176,20 +202,23 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
         except OSError as error:
             raise SubmitError(f"DISCO_FARM_RAY_TMP={chosen}: cannot make Ray's folder there: "
                               f"{error.strerror or error}") from None
-    temp_dir = chosen or tempfile.mkdtemp(prefix="disco-farm-ray-")
+    # Ray makes its session folders world-writable: inside a folder only this user may enter
+    owned = None if chosen else tempfile.mkdtemp(prefix="disco-farm-ray-")
+    temp_dir = chosen or os.path.join(owned, "ray")
     interrupted = []
     previous_int = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:  # Ctrl-C waits for Ray to be up (one raised inside ray.init could crash its shutdown)
-        context = ray.init(
-            num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-            _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
-        )
+        with loopback_only_node():
+            context = ray.init(
+                num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
+                runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+            )
     except BaseException as error:
         if ray.is_initialized():  # Ray's processes may be up already: stopped before their folder goes
             ray.shutdown()
-        if not chosen:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if owned:
+            shutil.rmtree(owned, ignore_errors=True)
         if isinstance(error, SystemExit) and error.code == signal.SIGTERM:  # Ray's own SIGTERM handler, mid-start
             _note_terminated()
             raise Terminated from None
@@ -199,11 +228,11 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
     if interrupted:
         if ray.is_initialized():
             ray.shutdown()
-        if not chosen:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if owned:
+            shutil.rmtree(owned, ignore_errors=True)
         raise KeyboardInterrupt
     address = getattr(context, "dashboard_url", None)
-    return LocalRay(None if chosen else temp_dir, f"http://{address}" if dashboard and address else None)
+    return LocalRay(owned, f"http://{address}" if dashboard and address else None)
 
 
 class Terminated(KeyboardInterrupt):

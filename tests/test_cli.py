@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,8 +225,55 @@ def test_a_signal_while_ray_starts_stops_in_one_line_and_leaves_no_ray_folder(tm
         signal.signal(signal.SIGTERM, previous)
     assert isinstance(caught.value, submit.Terminated) == (signum == signal.SIGTERM)
     assert submit.terminated == (signum == signal.SIGTERM)
-    assert made and not os.path.exists(made[0])
+    assert made and not os.path.exists(made[0]) and not os.path.exists(os.path.dirname(made[0]))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on ``port`` (from /proc/net)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:
+                    continue
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                ip = ipaddress.ip_address(words)
+                found.add(str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip))
+    return found
+
+
+def test_the_embedded_ray_listens_on_the_loopback_only_in_a_private_folder(monkeypatch):
+    """By default Ray on Linux binds its servers, and an unauthenticated Prometheus metrics
+    port, to every interface: the embedded Ray is a node on 127.0.0.1, and its session
+    folders (which Ray makes world-writable) lie in a folder only this user may enter."""
+    import stat
+
+    import ray
+
+    import farm.submit as submit
+
+    monkeypatch.delenv("DISCO_FARM_RAY_TMP", raising=False)
+    monkeypatch.delenv(submit.LOOPBACK_NODE, raising=False)
+    local = submit.start_local_ray(num_cpus=1, dashboard=False)
+    try:
+        assert local.temp_dir and stat.S_IMODE(os.stat(local.temp_dir).st_mode) == 0o700
+        assert os.path.isdir(os.path.join(local.temp_dir, "ray"))
+        node = ray.nodes()[0]
+        assert node["NodeManagerAddress"] == "127.0.0.1"
+        for port in (node["MetricsExportPort"], node["NodeManagerPort"]):
+            listening = _listening_addresses(port)
+            assert listening and listening <= {"127.0.0.1"}, (port, listening)
+        assert submit.LOOPBACK_NODE not in os.environ  # this process's environment as it was
+    finally:
+        ray.shutdown()
+        shutil.rmtree(local.temp_dir, ignore_errors=True)
 
 
 def test_the_local_dashboards_address_reaches_status_json(monkeypatch, tmp_path):
