@@ -1,6 +1,10 @@
 """Video files with the ffmpeg bundled by imageio-ffmpeg: probe, extract frames, stitch.
 
 Every ffmpeg failure becomes one ``VideoError`` line naming the file and ffmpeg's reason.
+Input files are read only from local files (``-protocol_whitelist file``) and only through
+the container and image demuxers in ``INPUT_DEMUXERS``: no playlists (HLS, concat, DASH),
+which would make ffmpeg open other files or wait for a live stream. Every ffmpeg call can
+time out, and its ffmpeg is killed when the call is interrupted or this process dies.
 ``stitch`` writes atomically (a temporary name in the same folder, then ``os.replace``),
 includes frame 0 (DD's video dropped it) and can blend consecutive frames like DD's
 "linear" video blend: ``out[i] = frame[i] * (1 - blend) + frame[i - 1] * blend``.
@@ -11,7 +15,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,27 @@ _FRAME_NAME = re.compile(r"^\d{6}\.png$")
 CONTAINERS = {"h264": ("mp4", (".mp4", ".mov", ".m4v")),
               "webm": ("webm", (".webm",)),
               "gif": ("gif", (".gif",))}
+
+
+INPUT_DEMUXERS = ("mov", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "ogg", "asf", "gif",
+                  "apng", "webp_anim", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe",
+                  "ppm_pipe", "pgm_pipe", "pbm_pipe", "pam_pipe")
+"""The ffmpeg demuxers input files are read with (``-format_whitelist``): video containers
+(mov covers mp4/m4v/3gp, matroska webm, mpeg program streams, asf wmv), GIF/APNG/WebP
+animations, and single images through the pipe demuxers (which read just the one file; the
+image2 demuxer is left out, it expands sequence patterns in the file name). Playlists and
+scripts that name other inputs (hls, concat, dash, sdp, rtsp, ...) are not among them."""
+
+PLAYLIST_SUFFIXES = {".m3u8": "an HLS playlist", ".m3u": "an M3U playlist",
+                     ".ffconcat": "an ffmpeg concat script", ".mpd": "a DASH manifest",
+                     ".sdp": "an SDP session description", ".pls": "a PLS playlist",
+                     ".xspf": "an XSPF playlist"}
+_PLAYLIST_HEADS = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat", "an ffmpeg concat script"),
+                   (b"[playlist]", "a PLS playlist"))
+
+PROBE_TIMEOUT_S = 120.0
+"""Default limit of one probing/checking ffmpeg call (counting a long video's packets takes
+seconds: this only stops a call that would never finish)."""
 
 
 class VideoError(ValueError):
@@ -99,21 +126,66 @@ def _error_line(stderr: str) -> str:
                 generic[0] if generic else "unknown ffmpeg error")
 
 
-def _run_ffmpeg(args: list[str], what: str,
-                stdout=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+def _run_ffmpeg(args: list[str], what: str, stdout=subprocess.DEVNULL,
+                timeout: float | None = None) -> subprocess.CompletedProcess:
+    """ffmpeg with ``args``; VideoError ``"{what}: reason"`` when it fails or runs longer
+    than ``timeout`` seconds. Its process is killed if this call is interrupted."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
-    result = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        error = VideoError(f"{what}: {_error_line(result.stderr)}")
-        error.stderr = result.stderr
+    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                               text=True, errors="replace")
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise VideoError(f"{what}: ffmpeg did not finish within {timeout:g} s (stopped)") from None
+    except BaseException:  # KeyboardInterrupt, SystemExit, ...: no ffmpeg left behind
+        process.kill()
+        process.wait()
+        raise
+    if process.returncode != 0:
+        if "Format not on whitelist" in err:
+            reason = ("not a video file in a format read here (MP4/MOV, Matroska/WebM, AVI, "
+                      "MPEG-TS/PS, FLV, Ogg, WMV, GIF, APNG, WebP, PNG, JPEG, BMP, TIFF, PPM)")
+        else:
+            reason = _error_line(err)
+        error = VideoError(f"{what}: {reason}")
+        error.stderr = err
         raise error
-    return result
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
 
 
-def _existing_video(path: str | os.PathLike) -> Path:
+def input_args(path: Path) -> list[str]:
+    """ffmpeg's options that read ``path`` as one local file through INPUT_DEMUXERS only
+    (a ``file:`` URL, so a name with a colon is not taken for another protocol)."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(INPUT_DEMUXERS),
+            "-i", "file:" + str(Path(path).absolute())]
+
+
+def playlist_kind(path: str | os.PathLike) -> str | None:
+    """What kind of playlist or input script a file is ("an HLS playlist", ...), by its
+    name or its first bytes; None for anything else."""
+    path = Path(path)
+    kind = PLAYLIST_SUFFIXES.get(path.suffix.lower())
+    if kind is not None:
+        return kind
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError:
+        return None
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return next((kind for start, kind in _PLAYLIST_HEADS if head.startswith(start)), None)
+
+
+def _existing_video(path: str | os.PathLike, what: str) -> Path:
+    """``path`` after checking that it is a regular file and not a playlist."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
+    kind = playlist_kind(path)
+    if kind is not None:
+        raise VideoError(f"{what} {path}: it is {kind}, not a video file")
     return path
 
 
@@ -143,10 +215,10 @@ def _pixel_limit(max_pixels: int | None) -> list[str]:
 
 
 def _run_limited(args: list[str], path: Path, what: str, max_pixels: int | None,
-                 stdout=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+                 stdout=subprocess.DEVNULL, timeout: float | None = None) -> subprocess.CompletedProcess:
     """``_run_ffmpeg`` on ``path`` with the pixel limit; a frame over it is VideoTooLarge."""
     try:
-        return _run_ffmpeg([*_pixel_limit(max_pixels), "-i", str(path), *args], what, stdout)
+        return _run_ffmpeg([*_pixel_limit(max_pixels), *input_args(path), *args], what, stdout, timeout)
     except VideoError as exc:
         too_big = max_pixels is not None and re.search(
             r"Picture size (\d+)x(\d+) (?:exceeds specified max pixel count|is invalid)", exc.stderr)
@@ -155,14 +227,16 @@ def _run_limited(args: list[str], path: Path, what: str, max_pixels: int | None,
         raise
 
 
-def probe_video(path: str | os.PathLike, max_pixels: int | None = None) -> VideoInfo:
+def probe_video(path: str | os.PathLike, max_pixels: int | None = None,
+                timeout: float | None = PROBE_TIMEOUT_S) -> VideoInfo:
     """Read a video's frame count (packets counted, no decoding), rate, size and codec.
     ``max_pixels``: frames larger than that are refused (VideoTooLarge), whether ffmpeg's
-    probing would decode them (it does for PNG and other image codecs) or not."""
-    path = _existing_video(path)
+    probing would decode them (it does for PNG and other image codecs) or not. ``timeout``:
+    seconds ffmpeg may take (None: no limit)."""
+    path = _existing_video(path, "cannot read video")
     result = _run_limited(["-map", "0:v:0", "-c", "copy", "-f", "null", "-progress", "pipe:1",
                            "-nostats", "-"], path, f"cannot read video {path}", max_pixels,
-                          stdout=subprocess.PIPE)
+                          stdout=subprocess.PIPE, timeout=timeout)
     codec, pix_fmt, width, height, fps, duration = parse_stream_header(result.stderr, path)
     if max_pixels is not None and width * height > max_pixels:
         raise VideoTooLarge(path, width, height, max_pixels)
@@ -173,12 +247,13 @@ def probe_video(path: str | os.PathLike, max_pixels: int | None = None) -> Video
     return VideoInfo(frames, fps, width, height, codec, pix_fmt, duration)
 
 
-def decode_first_frame(path: str | os.PathLike, max_pixels: int | None = None) -> None:
+def decode_first_frame(path: str | os.PathLike, max_pixels: int | None = None,
+                       timeout: float | None = PROBE_TIMEOUT_S) -> None:
     """Decode the video's first frame (and nothing is written): VideoError with the
     decoder's reason if it cannot (packets that probe fine can still hold garbage)."""
-    path = _existing_video(path)
+    path = _existing_video(path, "cannot decode video")
     _run_limited(["-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"], path,
-                 f"cannot decode video {path}", max_pixels)
+                 f"cannot decode video {path}", max_pixels, timeout=timeout)
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -195,14 +270,15 @@ def _check_size(size) -> tuple[int, int] | None:
 
 def extract_frames(video_path: str | os.PathLike, out_dir: str | os.PathLike,
                    every_nth: int = 1, size: tuple[int, int] | None = None,
-                   max_frames: int | None = None) -> list[Path]:
+                   max_frames: int | None = None, timeout: float | None = None) -> list[Path]:
     """Write every ``every_nth`` frame (0, n, 2n, ...) as RGB PNG ``000000.png``, ... .
 
     ``size`` = (width, height) resizes (area filter); ``max_frames`` stops ffmpeg after
     that many PNGs (the rest of the video is not decoded). Older numbered frames in
     ``out_dir`` are replaced only after ffmpeg succeeded. Returns the PNG paths in order.
+    ``timeout``: seconds ffmpeg may take (None: no limit; it is killed if interrupted).
     """
-    video_path = _existing_video(video_path)
+    video_path = _existing_video(video_path, "cannot extract frames from")
     if not isinstance(every_nth, (int, np.integer)) or every_nth < 1:
         raise VideoError(f"every_nth must be an integer >= 1, got {every_nth!r}")
     if max_frames is not None and (not isinstance(max_frames, (int, np.integer)) or max_frames < 1):
@@ -215,7 +291,7 @@ def extract_frames(video_path: str | os.PathLike, out_dir: str | os.PathLike,
         filters.append(f"select=not(mod(n\\,{every_nth}))")
     if size is not None:
         filters.append(f"scale={size[0]}:{size[1]}:flags=area")
-    args = ["-i", str(video_path), "-map", "0:v:0"]
+    args = [*input_args(video_path), "-map", "0:v:0"]
     if filters:
         args += ["-vf", ",".join(filters)]
     if max_frames is not None:
@@ -224,7 +300,7 @@ def extract_frames(video_path: str | os.PathLike, out_dir: str | os.PathLike,
     try:
         _run_ffmpeg(args + ["-fps_mode", "vfr", "-pix_fmt", "rgb24", "-start_number", "0",
                             str(staging / FRAME_PATTERN)],
-                    f"cannot extract frames from {video_path}")
+                    f"cannot extract frames from {video_path}", timeout=timeout)
         new_frames = sorted(p.name for p in staging.iterdir() if _FRAME_NAME.match(p.name))
         if not new_frames:
             raise VideoError(f"cannot extract frames from {video_path}: no frames decoded")

@@ -289,13 +289,32 @@ def lookup_model_file(name: str) -> ModelFile:
     )
 
 
+def _expanded(variable: str, value: str) -> pathlib.Path:
+    """``value`` (of environment variable ``variable``) with ``~`` or ``~user`` expanded;
+    ModelError naming the variable when there is no such user or home folder."""
+    try:
+        return pathlib.Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory"
+        user = value[1:].split("/", 1)[0]
+        whose = f"user '{user}' has no home folder here" if user else "the home folder is not known (no $HOME)"
+        raise ModelError(f"{variable}={value}: cannot expand '~{user}': {whose}") from None
+
+
 def models_dir() -> pathlib.Path:
-    """Where downloaded checkpoints live: ``$DISCO_FARM_MODELS`` or the user cache dir."""
+    """Where downloaded checkpoints live: ``$DISCO_FARM_MODELS`` or the user cache dir.
+    ModelError when a ``~`` in them cannot be expanded."""
     explicit = os.environ.get("DISCO_FARM_MODELS")
     if explicit:
-        return pathlib.Path(explicit).expanduser()
+        return _expanded("DISCO_FARM_MODELS", explicit)
     cache_home = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(cache_home).expanduser() if cache_home else pathlib.Path.home() / ".cache"
+    if cache_home:
+        base = _expanded("XDG_CACHE_HOME", cache_home)
+    else:
+        try:
+            base = pathlib.Path.home() / ".cache"
+        except RuntimeError:
+            raise ModelError("the home folder is not known (no $HOME): set DISCO_FARM_MODELS "
+                             "to the model folder") from None
     return base / "disco-farm" / "models"
 
 

@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ __all__ = [
     "sidecar_path",
     "part_path",
     "DEFAULT_TIMEOUT_S",
+    "max_download_bytes",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -43,6 +45,13 @@ DEFAULT_TIMEOUT_S = 60.0
 
 _CHUNK = 1 << 20
 _USER_AGENT = "disco-farm-model-download/1 (+urllib)"
+
+SIZE_MARGIN = 1.1
+SIZE_SLACK_BYTES = 8 << 20
+UNKNOWN_SIZE_LIMIT_BYTES = 16 << 30
+"""A transfer stops once the file would be larger than ``size_hint * SIZE_MARGIN +
+SIZE_SLACK_BYTES`` (the catalogue's sizes are approximate), or than
+UNKNOWN_SIZE_LIMIT_BYTES for a file without a size_hint (the largest checkpoints are 2.2 GB)."""
 
 
 class DownloadError(ModelError):
@@ -59,6 +68,49 @@ class _RestartFromZero(Exception):
 
 class _WrongHash(Exception):
     """A URL delivered a complete file whose sha256 is not the catalogued one."""
+
+
+class _TooLarge(Exception):
+    """A URL sent (or announced) more bytes than the file can have."""
+
+
+def max_download_bytes(model: ModelFile) -> int:
+    """The most bytes a download of ``model`` may bring (see SIZE_MARGIN)."""
+    if model.size_hint is None:
+        return UNKNOWN_SIZE_LIMIT_BYTES
+    return int(model.size_hint * SIZE_MARGIN) + SIZE_SLACK_BYTES
+
+
+def _too_large(model: ModelFile, got: str) -> _TooLarge:
+    expected = (f"the catalogue expects about {model.size_hint} bytes" if model.size_hint is not None
+                else "no model file is that large")
+    return _TooLarge(f"{got} more than {max_download_bytes(model)} bytes ({expected}); stopped")
+
+
+_ALLOWED_SCHEMES = ("http", "https")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) only, and from https to https only (no downgrade)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if new_scheme not in _ALLOWED_SCHEMES or (old_scheme == "https" and new_scheme != "https"):
+            raise urllib.error.URLError(f"refused a redirect to {newurl} (only http(s) redirects are "
+                                        "followed, and https ones only to https)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib's opener for http and https only (no ftp, file or data handlers)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                    urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def part_path(model: ModelFile, dest_dir: pathlib.Path) -> pathlib.Path:
@@ -200,13 +252,19 @@ def _fetch_once(model: ModelFile, url: str, part: pathlib.Path, timeout: float, 
     Raises ``_Interrupted`` when the body ended early (retry with Range) and
     ``_RestartFromZero`` when the reply cannot continue the existing bytes.
     """
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in _ALLOWED_SCHEMES:
+        raise urllib.error.URLError(f"not an http(s) URL: {url}")
+    limit = max_download_bytes(model)
     offset = part.stat().st_size if part.is_file() else 0
+    if offset > limit:
+        raise _RestartFromZero("the kept part is larger than the file can be")
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             # Nothing left to send: the .part is complete (or longer than the file).
@@ -225,6 +283,8 @@ def _fetch_once(model: ModelFile, url: str, part: pathlib.Path, timeout: float, 
         else:
             start = 0  # server ignored Range (200): rewrite the file from the beginning
         total = start + body_length if body_length is not None else None
+        if total is not None and total > limit:
+            raise _too_large(model, f"the server announced {total} bytes,")
 
         digest = _hash_prefix(part, start) if start else hashlib.sha256()
         received = start
@@ -233,6 +293,8 @@ def _fetch_once(model: ModelFile, url: str, part: pathlib.Path, timeout: float, 
             handle.truncate()
             try:
                 while block := response.read(_CHUNK):
+                    if received + len(block) > limit:
+                        raise _too_large(model, "the server sent")
                     handle.write(block)
                     digest.update(block)
                     received += len(block)
@@ -310,6 +372,10 @@ def download(
         for url in model.urls:
             try:
                 digest = _fetch_url(model, url, part, timeout, progress, retries)
+            except _TooLarge as error:
+                part.unlink(missing_ok=True)
+                failures.append(f"{url}: {error}")
+                continue
             except (_Interrupted, _RestartFromZero, _WrongHash) as error:
                 failures.append(f"{url}: {error}")
                 continue

@@ -139,8 +139,10 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
 
 def check_video(path: str | Path):
     """The input video's VideoInfo (frames counted by ffmpeg) after checking that its frames
-    are within MAX_IMAGE_PIXELS and that its first frame decodes; InputError if not. Cached
-    per file version, so validating then planning probes once."""
+    are within MAX_IMAGE_PIXELS and that its first frame decodes; InputError if not (also for
+    a playlist such as HLS or concat, which would read other files, and for a check that
+    takes longer than animation.video.PROBE_TIMEOUT_S). Cached per file version, so
+    validating then planning probes once."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -165,6 +167,8 @@ def _probe(path: str, size: int, mtime_ns: int):
         for prefix in (f"cannot read video {path}: ", f"cannot decode video {path}: ",
                        f"video file not found: {path}"):
             reason = reason.removeprefix(prefix)
+        if reason.startswith("it is "):  # a playlist or input script: "it is an HLS playlist, ..."
+            raise InputError(reason) from None
         raise InputError(f"not a readable video: {reason or 'not found'}") from None
     return info
 

@@ -12,6 +12,7 @@ Every handler takes the parsed arguments and returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -85,9 +86,21 @@ def _error(message: str) -> None:
 
 def _model_folder(args: argparse.Namespace, must_exist: bool) -> pathlib.Path | None:
     """The model folder (--dir, else the default); None after saying what is wrong with
-    --dir (a file, or, where it is only read, missing: every model looked 'missing')."""
+    --dir (a file, or, where it is only read, missing: every model looked 'missing') or
+    with the default ($DISCO_FARM_MODELS with a '~user' that does not expand; where it is
+    only read, something that is not a folder, such as /dev/null)."""
     if args.dir is None:
-        return models_dir()
+        try:
+            folder = models_dir()
+        except ModelError as exc:
+            _error(str(exc))
+            return None
+        if must_exist and folder.exists() and not folder.is_dir():
+            explicit = os.environ.get("DISCO_FARM_MODELS")
+            _error(f"DISCO_FARM_MODELS={explicit}: is not a folder" if explicit
+                   else f"model folder {folder}: is not a folder")
+            return None
+        return folder
     if args.dir.exists() and not args.dir.is_dir():
         _error(f"--dir {args.dir}: is not a folder")
         return None

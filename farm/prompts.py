@@ -15,11 +15,21 @@ class PromptError(ValueError):
     pass
 
 
+MAX_PROMPT_LENGTH = 4000
+"""Characters of one prompt (CLIP reads the first 77 tokens, about 300 characters; an image
+prompt's path may be longer). plan.json repeats each frame's prompts."""
+MAX_PROMPT_SET_LENGTH = 10_000
+"""Characters of the prompts of one frame, together."""
+
+
 _WEIGHT = re.compile(r"^(?P<text>.*):\s*(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.S)
 
 
 def parse_prompt(entry: str) -> WeightedPrompt:
     """'a lighthouse:3' -> ('a lighthouse', 3.0); the weight is the last ':number'."""
+    if len(entry) > MAX_PROMPT_LENGTH:
+        raise PromptError(f"prompt '{entry[:40]}...' is {len(entry)} characters long, beyond the limit of "
+                          f"{MAX_PROMPT_LENGTH} (CLIP reads only the first 77 tokens, about 300 characters)")
     match = _WEIGHT.match(entry)
     if match:
         text, weight = match.group("text").strip(), float(match.group("weight"))
@@ -92,6 +102,9 @@ def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
             prompts = tuple(parse_prompt(e) for e in entries)
         except PromptError as exc:
             raise PromptError(f"frame {frame}: {exc}") from None
+        if sum(map(len, entries)) > MAX_PROMPT_SET_LENGTH:
+            raise PromptError(f"frame {frame}: its {len(entries)} prompts hold {sum(map(len, entries))} characters, "
+                              f"beyond the limit of {MAX_PROMPT_SET_LENGTH} for one frame")
         keys.append((frame, prompts))  # a zero sum is the scene's to judge: text and image weights together
     keys.sort(key=lambda k: k[0])
     return PromptSchedule(tuple(keys), crossfade)

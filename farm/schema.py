@@ -6,7 +6,8 @@ from farm import __version__
 from farm import settings as S
 
 _KEYFRAME_PATTERN = r"^\s*\d+\s*:\s*\(.*\)(\s*,\s*\d+\s*:\s*\(.*\))*\s*,?\s*$"
-_PROMPT_LIST = {"type": "array", "items": {"type": "string"}}
+_PROMPT = {"type": "string", "maxLength": MAX_PROMPT_LENGTH}
+_PROMPT_LIST = {"type": "array", "items": _PROMPT}
 _NUMBER_TEXT = {"type": "string", "pattern": r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"}  # "3", as DD saves some
 _INTEGER_TEXT = {"type": "string", "pattern": r"^\s*[-+]?\d+(\.0*)?\s*$"}
 
@@ -49,9 +50,9 @@ def _property(setting: S.Setting) -> dict:
                             {"type": "string", "pattern": r"^\s*([Rr][Aa][Nn][Dd][Oo][Mm](_[Ss][Ee][Ee][Dd])?|\d+)\s*$"}]}
     elif kind == "prompts":
         schema = {"anyOf": [
-            {"type": "object", "patternProperties": {r"^\d+$": {"anyOf": [_PROMPT_LIST, {"type": "string"}]}},
+            {"type": "object", "patternProperties": {r"^\d+$": {"anyOf": [_PROMPT_LIST, _PROMPT]}},
              "additionalProperties": False},
-            _PROMPT_LIST, {"type": "string"}]}
+            _PROMPT_LIST, _PROMPT]}
     elif kind == "cuts":
         schema = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "array", "items": {"type": "number"},
                                                                         "minItems": 1000, "maxItems": 1000}]}

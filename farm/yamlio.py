@@ -38,6 +38,9 @@ class Document:
     """Path of keys (e.g. ("text_prompts", 100)) -> 1-based line of that key."""
 
 
+MAX_SIMPLE_KEY = 1024
+"""PyYAML's limit on an implicit key (``key: value``): a longer key is not seen as a key."""
+
 MAX_INTEGER_TEXT = 4000
 """Integers written with more characters are refused as the file is read (far beyond any
 setting's range; Python refuses to convert 4300+ decimal digits). Shorter ones reach the
@@ -101,6 +104,32 @@ class _DepthLimitedLoader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._composed = 0
+        self.long_keys: list[tuple[int, int]] = []
+        """(line, index), 0-based, of each possible key given up on for its length."""
+
+    def stale_possible_simple_keys(self):
+        """Note the keys PyYAML gives up on for being longer than MAX_SIMPLE_KEY (its error
+        then only says "could not find expected ':'" or the like)."""
+        for key in self.possible_simple_keys.values():
+            if key.line == self.line and self.index - key.index > MAX_SIMPLE_KEY:
+                self.long_keys.append((key.line, key.index))
+        return super().stale_possible_simple_keys()
+
+    def construct_object(self, node, deep=False):
+        """As SafeLoader's, with a value that cannot be built (a date such as 2024-13-45)
+        refused with its node's position instead of a bare ValueError."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            if isinstance(exc, YamlError):
+                raise
+            reason = " ".join(str(exc).split(";")[0].split())
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                problem = (f"'{node.value}' is read as a date but is not one ({reason}); "
+                           "quote it to keep it as text")
+            else:
+                problem = f"a value cannot be read: {reason}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def _count_node(self) -> None:
         """Refuse a document with too many values as it is read, not after reading it all."""
@@ -191,6 +220,23 @@ def dump_yaml(data, width: int = 80) -> str:
     return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False, allow_unicode=True, width=width)
 
 
+_KEY_COLON = re.compile(r":(?=[ \t\r\n]|$)")
+
+
+def _long_key_line(text: str, loader: _DepthLimitedLoader, exc: yaml.MarkedYAMLError) -> int | None:
+    """The 0-based line of a key the scanner gave up on for its length, when that is what
+    the error is about: on the error's line, and a ':' ends it further on that line."""
+    error_lines = {mark.line for mark in (exc.problem_mark, exc.context_mark) if mark is not None}
+    for line, index in loader.long_keys:
+        if line not in error_lines:
+            continue
+        end = text.find("\n", index)
+        colon = _KEY_COLON.search(text, index, len(text) if end < 0 else end)
+        if colon is not None and colon.start() - index > MAX_SIMPLE_KEY:
+            return line
+    return None
+
+
 def load_yaml(text: str) -> Document:
     """Parse one YAML document safely; raise YamlError with a line number on problems."""
     if len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
@@ -216,6 +262,11 @@ def load_yaml(text: str) -> Document:
             problem = f"{exc.context}, {exc.problem}"  # e.g. "expected a single document in the stream, but found another document"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem.strip()} (scene files are data: YAML tags that build objects are not allowed)"
+        long_key = _long_key_line(text, loader, exc) if loader is not None else None
+        if long_key is not None:
+            problem = (f"a key longer than {MAX_SIMPLE_KEY} characters (YAML's limit for plain keys, "
+                       "written as 'key: value'): shorten it")
+            line = long_key + 1
         raise YamlError(" ".join(problem.split()), line) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1

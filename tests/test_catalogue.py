@@ -121,6 +121,29 @@ def test_models_dir_precedence(monkeypatch, tmp_path):
     assert models_dir() == tmp_path / "explicit"
 
 
+def test_a_tilde_that_cannot_be_expanded_is_a_model_error_naming_the_variable(monkeypatch, tmp_path):
+    """pathlib raised RuntimeError ("Could not determine home directory"): a traceback."""
+    monkeypatch.setenv("DISCO_FARM_MODELS", "~nonexistentuser/x")
+    with pytest.raises(ModelError) as error:
+        models_dir()
+    assert str(error.value) == ("DISCO_FARM_MODELS=~nonexistentuser/x: cannot expand '~nonexistentuser': "
+                                "user 'nonexistentuser' has no home folder here")
+    monkeypatch.delenv("DISCO_FARM_MODELS")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~nonexistentuser/cache")
+    with pytest.raises(ModelError, match="^XDG_CACHE_HOME=~nonexistentuser/cache: cannot expand"):
+        models_dir()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME")
+    import pwd
+
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))  # no passwd entry
+    with pytest.raises(ModelError, match=r"the home folder is not known \(no \$HOME\): set DISCO_FARM_MODELS"):
+        models_dir()
+    monkeypatch.setenv("DISCO_FARM_MODELS", "~/models")  # with HOME known again, ~ expands
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert models_dir() == tmp_path / "models"
+
+
 def test_cached_path_error_names_the_fetch_command(monkeypatch, tmp_path):
     monkeypatch.setenv("DISCO_FARM_MODELS", str(tmp_path))
     name = "512x512_diffusion_uncond_finetune_008100"

@@ -30,6 +30,7 @@ from farm import models_cmd  # noqa: E402
 DATA = random.Random(1234).randbytes(1_000_000)
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
 CUT_AT = 300_000  # where the "flaky" route drops the connection on its first request
+HUGE = 20 << 20  # what the "huge" and "endless" routes send for a 1 MB model
 
 
 class _Server:
@@ -53,6 +54,30 @@ class _Server:
                 route = self.path.split("/")[1]
                 if route == "missing":
                     self.send_error(404, "Not Found")
+                    return
+                if route.startswith("redirect-"):  # redirect-ftp, redirect-file, redirect-good
+                    target = route.removeprefix("redirect-")
+                    location = {"ftp": "ftp://127.0.0.1/model.bin", "file": "file:///etc/passwd"}.get(
+                        target, f"{server.base}/{target}/model.bin")
+                    self.send_response(302)
+                    self.send_header("Location", location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if route in ("huge", "endless"):  # 20 MiB of junk; "endless" does not say its length
+                    self.send_response(200)
+                    if route == "huge":
+                        self.send_header("Content-Length", str(HUGE))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    block = bytes(1 << 16)
+                    try:
+                        for _ in range(HUGE // len(block)):
+                            self.wfile.write(block)
+                            server.bytes_sent += len(block)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client stopped reading: what the size cap is for
                     return
                 body = DATA if route != "bad" else bytes(reversed(DATA))
                 honour_range = route in ("good", "flaky", "bad")
@@ -372,3 +397,104 @@ def test_models_list_shows_3ds_depth_model_folder(local_catalogue, tmp_path, cap
     assert _run(["models", "list", "--dir", str(tmp_path)]) == 0
     row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("dpt-large"))
     assert row[-1] == "downloaded"
+
+
+# -- size cap and redirects ------------------------------------------------------------------
+
+def test_size_cap_follows_the_catalogued_size():
+    from engine.download import SIZE_SLACK_BYTES, UNKNOWN_SIZE_LIMIT_BYTES, max_download_bytes
+
+    assert max_download_bytes(_model("http://x")) == int(len(DATA) * 1.1) + SIZE_SLACK_BYTES
+    assert max_download_bytes(ModelFile("n", "n.pt", DATA_SHA, ("http://x",))) == UNKNOWN_SIZE_LIMIT_BYTES
+    for entry in (catalogue.SECONDARY_MODEL, catalogue.VGG16, catalogue.RAFT,
+                  *(e.file for e in catalogue.DIFFUSION_MODELS.values())):
+        if entry.size_hint is not None:  # a real file a bit larger than its rounded hint still fits
+            assert max_download_bytes(entry) > entry.size_hint * 1.05
+
+
+@pytest.mark.parametrize("route", ["huge", "endless"])
+def test_a_server_sending_far_more_than_the_model_is_stopped(server, tmp_path, route):
+    """The model is 1 MB: a 20 MiB body (announced, or sent without a length) is stopped at
+    the cap, its bytes are not kept, and the next URL still delivers the file."""
+    from engine.download import max_download_bytes
+
+    model = _model(server.url(route))
+    with pytest.raises(DownloadError) as error:
+        download(model, tmp_path, progress=False)
+    message = str(error.value)
+    assert "\n" not in message and server.url(route) in message
+    assert f"more than {max_download_bytes(model)} bytes (the catalogue expects about {len(DATA)} bytes)" in message
+    assert ("announced" in message) == (route == "huge")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+    assert server.bytes_sent < HUGE  # it stopped reading (the server could not send it all)
+
+    both = _model(server.url(route), server.url("good"))
+    assert download(both, tmp_path, progress=False).read_bytes() == DATA
+
+
+def test_redirects_are_followed_to_http_only(server, tmp_path):
+    model = _model(server.url("redirect-good"))
+    assert download(model, tmp_path / "ok", progress=False).read_bytes() == DATA
+    for target in ("ftp", "file"):
+        url = server.url(f"redirect-{target}")
+        with pytest.raises(DownloadError) as error:
+            download(_model(url), tmp_path / target, progress=False)
+        message = str(error.value)
+        assert "\n" not in message and not (tmp_path / target / "tiny-test-unet.pt").exists()
+        if target == "ftp":  # urllib itself would follow it
+            assert f"{url}: refused a redirect to ftp://127.0.0.1/model.bin" in message
+        else:  # urllib refuses file: itself
+            assert f"{url}: HTTP 302 Found - Redirection to url 'file:///etc/passwd' is not allowed" in message
+
+
+def test_an_https_url_is_not_redirected_to_plain_http():
+    import urllib.error
+    import urllib.request
+
+    from engine.download import _HttpOnlyRedirects
+
+    handler = _HttpOnlyRedirects()
+    request = urllib.request.Request("https://example.org/model.pt")
+    with pytest.raises(urllib.error.URLError, match="refused a redirect to http://mirror.example.org/m.pt"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://mirror.example.org/m.pt")
+    followed = handler.redirect_request(request, None, 302, "Found", {}, "https://mirror.example.org/m.pt")
+    assert followed.full_url == "https://mirror.example.org/m.pt"
+
+
+def test_a_non_http_catalogue_url_is_not_opened(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(DATA)
+    with pytest.raises(DownloadError, match="not an http\\(s\\) URL: file://"):
+        download(_model(secret.as_uri()), tmp_path / "models", progress=False)
+
+
+# -- the model folder named by DISCO_FARM_MODELS ----------------------------------------------
+
+def test_models_list_says_when_disco_farm_models_is_not_a_folder(local_catalogue, monkeypatch, capsys):
+    """/dev/null listed every model as 'missing', with no error."""
+    monkeypatch.setenv("DISCO_FARM_MODELS", os.devnull)
+    for command in ("list", "verify"):
+        assert _run(["models", command]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"farm: error: DISCO_FARM_MODELS={os.devnull}: is not a folder\n"
+
+
+def test_models_commands_name_a_disco_farm_models_that_does_not_expand(local_catalogue, monkeypatch, capsys):
+    """'~nonexistentuser/x' ended in pathlib's RuntimeError traceback."""
+    from farm.cli import main
+
+    monkeypatch.setenv("DISCO_FARM_MODELS", "~nonexistentuser/x")
+    expected = ("farm: error: DISCO_FARM_MODELS=~nonexistentuser/x: cannot expand '~nonexistentuser': "
+                "user 'nonexistentuser' has no home folder here\n")
+    for argv in (["models", "list"], ["models", "download", "local-unet", "--quiet"], ["models", "verify"]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == expected, argv
+
+
+def test_models_list_of_a_disco_farm_models_folder_not_made_yet_lists_all_missing(local_catalogue, tmp_path,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.setenv("DISCO_FARM_MODELS", str(tmp_path / "not-yet"))
+    assert _run(["models", "list"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("local-")]
+    assert rows and all(row[-1] == "missing" for row in rows)

@@ -149,6 +149,70 @@ def test_video_that_probes_but_does_not_decode_is_refused_with_the_decoders_reas
     assert "Conversion failed" not in message and "\n" not in message
 
 
+def _ts_segment(path):
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "mpeg2video", "-f", "mpegts",
+                    str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_an_hls_playlist_is_refused_as_a_playlist_promptly(tmp_path, live):
+    """Its segment, a video outside the folder, was read by ffmpeg (finite playlist) or
+    waited for forever (live playlist: no #EXT-X-ENDLIST)."""
+    import time
+
+    outside = _ts_segment(tmp_path / "outside" / "secret.ts")
+    assert check_video(outside).frames == 6
+    playlist = tmp_path / "scene" / "input.m3u8"
+    playlist.parent.mkdir()
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.5,\n{outside}\n"
+                        + ("" if live else "#EXT-X-ENDLIST\n"))
+    started = time.monotonic()
+    with pytest.raises(InputError) as error:
+        check_video(playlist)
+    assert time.monotonic() - started < 5
+    assert str(error.value) == "it is an HLS playlist, not a video file"
+
+
+@pytest.mark.parametrize("codec, suffix", [("h264", ".mp4"), ("webm", ".webm"), ("gif", ".gif")])
+def test_the_videos_farm_writes_are_still_accepted_as_inputs(tmp_path, codec, suffix):
+    from animation.video import stitch
+
+    frames = []
+    for i in range(3):
+        frames.append(tmp_path / f"f{i}.png")
+        cv2.imwrite(str(frames[-1]), np.full((48, 64, 3), 40 * i, np.uint8))
+    video = stitch(frames, tmp_path / f"clip{suffix}", codec=codec)
+    info = check_video(video)
+    assert (info.frames, info.width, info.height) == (3, 64, 48)
+    assert check_video(png_mov(tmp_path / "png.mov")).frames == 3
+
+
+def test_farm_validate_names_the_setting_and_the_playlist_in_one_line(tmp_path, capsys, monkeypatch):
+    from farm.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    outside = _ts_segment(tmp_path / "outside" / "secret.ts")
+    scene_dir = tmp_path / "scene"
+    scene_dir.mkdir()
+    (scene_dir / "live.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.5,\n{outside}\n")
+    scene = scene_dir / "video.yaml"
+    scene.write_text("name: v\ndiffusion_model: tiny\nclip_models: [\"tiny-vit::random\"]\n"
+                     "width_height: [64, 64]\nsteps: 10\ntext_prompts: {0: [\"an apple\"]}\n"
+                     "animation_mode: Video Input\nvideo_init_path: live.m3u8\n")
+    assert main(["validate", str(scene)]) == 2
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "video_init_path" in lines[0] and "'live.m3u8': it is an HLS playlist, not a video file" in lines[0]
+
+
 # -- image prompts --------------------------------------------------------------------------
 
 def test_image_prompt_size_keeps_dds_rule_for_normal_aspects():

@@ -67,3 +67,19 @@ def test_a_repelling_prompt_repels_through_the_whole_crossfade():
     # fading out of a set whose weights sum to a negative number keeps its signs too
     schedule = parse_prompt_schedule({0: ["c:1", "d:-3"], 4: ["e:2"]}, crossfade=1)
     assert {p.text: p.weight for p in schedule.at(4)} == pytest.approx({"c": 0.25, "d": -0.75, "e": 0.5})
+
+
+def test_prompts_longer_than_any_clip_reads_are_refused_with_a_short_message():
+    """plan.json repeats each frame's prompts: a 500 KB prompt in a 400-frame scene made a
+    200 MB plan.json. CLIP reads 77 tokens; the limits leave room for long image paths."""
+    from farm.prompts import MAX_PROMPT_LENGTH, MAX_PROMPT_SET_LENGTH
+
+    assert parse_prompt("a " * 1000 + ":2").weight == 2  # long, within the limit
+    with pytest.raises(PromptError, match=rf"frame 3: prompt 'a a .*' is 500000 characters long, beyond the "
+                                          rf"limit of {MAX_PROMPT_LENGTH}") as caught:
+        parse_prompt_schedule({3: ["a " * 250_000]})
+    assert len(str(caught.value)) < 200
+    many = ["x" * 3000] * 4
+    with pytest.raises(PromptError, match=rf"frame 0: its 4 prompts hold 12000 characters, beyond the limit of "
+                                          rf"{MAX_PROMPT_SET_LENGTH}"):
+        parse_prompt_schedule(many)

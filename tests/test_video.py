@@ -207,3 +207,187 @@ def test_error_line_skips_generic_closing_lines_and_stream_descriptions():
     assert _error_line("Conversion failed!\n") == "Conversion failed!"
     assert _error_line("Error opening input files: Invalid data found when processing input\n") == \
         "Invalid data found when processing input"
+
+
+# -- playlists, demuxer whitelist, timeouts, no ffmpeg left behind ---------------------------
+
+def ts_segment(path):
+    """A real 64x48 MPEG-TS video (what an HLS playlist's segments are)."""
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "mpeg2video", "-f", "mpegts",
+                    str(path)], check=True)
+    return path
+
+
+def hls_playlist(path, segment, live=False):
+    """An HLS playlist whose one segment is ``segment`` by its absolute path; a live one
+    (no #EXT-X-ENDLIST) makes ffmpeg's HLS demuxer wait for more segments forever."""
+    path.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
+                    f"#EXTINF:0.5,\n{segment}\n" + ("" if live else "#EXT-X-ENDLIST\n"))
+    return path
+
+
+def ffmpeg_children(pid):
+    """Ids of the live (not zombie) ffmpeg processes whose parent is ``pid``."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z" and b"ffmpeg" in cmdline.split(b"\0")[0]:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_hls_playlist_of_a_file_outside_is_refused_by_probe_decode_and_extract(tmp_path):
+    """The playlist's segment is a readable video outside the folder: ffmpeg's HLS demuxer
+    read it (and probe said 6 frames). Now every entry point refuses the playlist itself."""
+    from animation.video import decode_first_frame
+
+    outside = ts_segment(tmp_path / "outside" / "secret.ts")
+    assert probe_video(outside).frames == 6  # the segment itself is a fine video
+    scene_dir = tmp_path / "scene"
+    scene_dir.mkdir()
+    for name in ("clip.m3u8", "clip.mp4"):  # by its suffix, and by its content under a video's name
+        playlist = hls_playlist(scene_dir / name, outside)
+        for call in (lambda: probe_video(playlist), lambda: decode_first_frame(playlist),
+                     lambda: extract_frames(playlist, scene_dir / "frames")):
+            with pytest.raises(VideoError) as error:
+                call()
+            assert str(error.value).endswith(f"{playlist}: it is an HLS playlist, not a video file")
+    assert not (scene_dir / "frames").exists()  # refused before anything was written
+
+
+def test_ffmpeg_itself_reads_inputs_only_through_the_whitelisted_demuxers(tmp_path):
+    """Beneath the playlist check (called directly here): ffmpeg given input_args refuses
+    the hls and concat demuxers, which without it read the file outside."""
+    from animation.video import INPUT_DEMUXERS, _run_ffmpeg, input_args
+
+    outside = ts_segment(tmp_path / "outside" / "secret.ts")
+    hls = hls_playlist(tmp_path / "hls.m3u8", outside)
+    concat = tmp_path / "concat.txt"
+    concat.write_text("ffconcat version 1.0\nfile 'outside/secret.ts'\n")  # its safe mode: relative
+    for script in (hls, concat):
+        _run_ffmpeg(["-i", str(script), "-f", "null", "-"], "without the whitelist", timeout=30)
+        with pytest.raises(VideoError, match="not a video file in a format read here") as error:
+            _run_ffmpeg([*input_args(script), "-f", "null", "-"], f"cannot read {script.name}", timeout=30)
+        assert str(error.value).startswith(f"cannot read {script.name}: ")
+    assert not {"hls", "concat", "dash", "image2", "rtsp", "sdp"} & set(INPUT_DEMUXERS)
+    # every whitelisted name is a demuxer this ffmpeg has (a typo would refuse that format)
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    listing = subprocess.run([ffmpeg_exe(), "-hide_banner", "-demuxers"], capture_output=True, text=True).stdout
+    known = {name for line in listing.splitlines()[4:] if len(line.split()) > 1
+             for name in line.split()[1].split(",")}
+    assert set(INPUT_DEMUXERS) <= known
+
+
+def test_a_live_playlist_is_refused_at_once_not_waited_on(tmp_path):
+    import os
+    import time
+
+    outside = ts_segment(tmp_path / "outside" / "live.ts")
+    (tmp_path / "scene").mkdir()
+    live = hls_playlist(tmp_path / "scene" / "live.m3u8", outside, live=True)
+    started = time.monotonic()
+    for call in (lambda: probe_video(live), lambda: extract_frames(live, tmp_path / "frames")):
+        with pytest.raises(VideoError, match="live.m3u8: it is an HLS playlist, not a video file"):
+            call()
+    assert time.monotonic() - started < 5
+    assert ffmpeg_children(os.getpid()) == []
+
+
+def test_a_name_with_a_colon_is_read_as_a_local_file(frame_files, tmp_path, monkeypatch):
+    """ffmpeg takes 'x:...' for protocol x; input_args names the file as file:/absolute."""
+    monkeypatch.chdir(tmp_path)
+    video = stitch(frame_files[:3], tmp_path / "subfile:clip.mp4")
+    assert probe_video("subfile:clip.mp4").frames == 3
+
+
+def test_a_probe_over_its_timeout_stops_with_one_line_naming_the_file(frame_files, tmp_path):
+    import os
+
+    video = stitch(frame_files, tmp_path / "clip.mp4")
+    with pytest.raises(VideoError) as error:
+        probe_video(video, timeout=0.001)
+    assert str(error.value) == f"cannot read video {video}: ffmpeg did not finish within 0.001 s (stopped)"
+    assert ffmpeg_children(os.getpid()) == []  # killed and reaped
+    assert probe_video(video, timeout=60).frames == COUNT
+
+
+SLOW_FFMPEG = """
+import sys
+from animation.video import _run_ffmpeg, input_args
+print("started", flush=True)
+try:
+    _run_ffmpeg(["-re", *input_args(sys.argv[1]), "-f", "null", "-"], "slow")  # reads at 1x speed
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.stdin.read()  # still alive until the test has looked for its ffmpeg
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT"])
+def test_no_ffmpeg_outlives_an_interrupted_caller(tmp_path, signal_name):
+    """Ctrl-C (KeyboardInterrupt in the call) kills its ffmpeg while the caller lives on.
+    (No parent-death signal for SIGKILL: a preexec_fn is unsafe in a process with threads,
+    and PR_SET_PDEATHSIG fires when the starting thread ends, not the process.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from animation.video import ffmpeg_exe
+
+    long_video = tmp_path / "long.mkv"  # 60 s at 1 fps: ffmpeg -re takes a minute on it
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=gray:size=16x16:rate=1:duration=60", "-c:v", "ffv1", str(long_video)], check=True)
+    caller = subprocess.Popen([sys.executable, "-c", SLOW_FFMPEG, str(long_video)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ffmpeg = None
+    try:
+        assert caller.stdout.readline() == "started\n"
+        deadline = time.monotonic() + 20
+        while not (children := ffmpeg_children(caller.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(children) == 1
+        ffmpeg = children[0]
+        caller.send_signal(getattr(signal, signal_name))
+        if signal_name == "SIGINT":
+            assert caller.stdout.readline() == "interrupted\n"
+        else:
+            caller.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while alive(ffmpeg) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(ffmpeg)
+        if signal_name == "SIGINT":
+            assert caller.poll() is None  # ffmpeg was stopped by the call, not by the caller's end
+    finally:
+        caller.kill()
+        caller.wait()
+        if ffmpeg is not None and alive(ffmpeg):  # the test failed: do not leave it running
+            os.kill(ffmpeg, signal.SIGKILL)

@@ -133,3 +133,53 @@ def test_what_the_farm_writes_reads_back_as_the_same_values():
     data = {"name": "2e3", "text_prompts": {0: ["1e5", "0o17:2", "017"]}, "seed": 12, "zoom": "0: (1.02)",
             "clip_guidance_scale": 5000.0, "flag": True, "none": None, "angle": "10:5"}
     assert load_yaml(dump_yaml(data)).data == data
+
+
+# -- PyYAML's key-length limit and values it cannot build, with their lines ---------------------
+
+@pytest.mark.parametrize("text, line", [
+    ("a: 1\n" + "k" * 3_000_000 + ": 1\n", 2),               # the auditor's 3,000,000-character key
+    ("a: 1\n" + "k" * 1025 + ": 1\n", 2),                    # just over the limit
+    ("a: 1\n\"" + "k" * 1100 + "\": 1\n", 2),               # quoted: the same limit
+    ("a:\n  - " + "k" * 1100 + ": 1\n", 2),                  # in a block sequence
+    ("{a: 1, " + "k" * 1100 + ": 1}\n", 1),                  # in a flow mapping
+    ("x: [" + "k" * 1100 + ": 1]\n", 1),                     # in a flow sequence
+])
+def test_a_key_over_yamls_length_limit_is_named_as_such(text, line):
+    """PyYAML said "could not find expected ':'" (or "expected ',' or '}'"), with a ':' in plain sight."""
+    with pytest.raises(YamlError) as error:
+        load_yaml(text)
+    assert str(error.value).startswith("a key longer than 1024 characters (YAML's limit for plain keys")
+    assert error.value.line == line
+
+
+def test_keys_within_the_limit_and_long_values_still_read_and_a_missing_colon_is_not_a_long_key():
+    assert load_yaml("k" * 1000 + ": 1\n").data == {"k" * 1000: 1}
+    assert load_yaml("p: " + "word " * 1000 + "\nq: 1\n").data == {"p": ("word " * 1000).strip(), "q": 1}
+    for text in ("a: 1\n" + "k" * 1100 + "\nb: 2\n", "a: 1\nkkk\nb: 2\n"):  # no ':' after it: the usual message
+        with pytest.raises(YamlError, match="^could not find expected ':'$"):
+            load_yaml(text)
+
+
+def test_an_impossible_date_names_its_line():
+    """`2024-13-45` is a YAML timestamp PyYAML cannot build: the ValueError lost its line."""
+    with pytest.raises(YamlError) as error:
+        load_yaml("a: 1\nname: 2024-13-45\n")
+    assert str(error.value) == ("'2024-13-45' is read as a date but is not one (month must be in 1..12); "
+                                "quote it to keep it as text")
+    assert error.value.line == 2
+    with pytest.raises(YamlError) as error:
+        load_yaml("a: 1\nb:\n  c: [1, 2]\n  2024-02-30: x\n")  # as a key, deeper down
+    assert "'2024-02-30' is read as a date but is not one (day is out of range for month)" in str(error.value)
+    assert error.value.line == 4
+    assert str(load_yaml("name: '2024-13-45'\n").data["name"]) == "2024-13-45"
+
+
+def test_scene_errors_for_these_carry_file_and_line():
+    scene = TINY_SCENE.replace("name: ", "name: 2024-13-45\nold_name: ", 1)
+    line = scene.splitlines().index("name: 2024-13-45") + 1
+    assert problems(scene) == [f"s.yaml:{line}: '2024-13-45' is read as a date but is not one "
+                               "(month must be in 1..12); quote it to keep it as text"]
+    assert problems("a: 1\n" + "k" * 2000 + ": 1\n") == [
+        "s.yaml:2: a key longer than 1024 characters (YAML's limit for plain keys, written as 'key: value'): "
+        "shorten it"]
