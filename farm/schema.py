@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from farm import __version__
 from farm import settings as S
+from farm.prompts import MAX_PROMPT_LENGTH
 
 _KEYFRAME_PATTERN = r"^\s*\d+\s*:\s*\(.*\)(\s*,\s*\d+\s*:\s*\(.*\))*\s*,?\s*$"
 _PROMPT = {"type": "string", "maxLength": MAX_PROMPT_LENGTH}
