@@ -102,6 +102,11 @@ _CLOSING_LINE = re.compile(f"^({_CLOSING})")
 _GENERIC_LINE = re.compile(f"^({_CLOSING}|{_WRAPPING})")
 _NOT_ERRORS = ("frame=", "size=", "video:", "Input #", "Output #", "Stream mapping:", "Press [q]")
 """Progress and the description of the inputs and outputs (their lines within are indented)."""
+_ENCODER_STATISTICS = re.compile(
+    r"^\[lib(x264|x265|vpx[^ ]*|aom[^ ]*|svtav1) @ [^\]]*\]\s*(frame [IPB]:|mb [IPB]|final ratefactor|coded y|"
+    r"i16 |i8 |i8c |i4 |8x8 transform|Weighted P|ref [PB] |kb/s:|consecutive B|direct mvs|using cpu|profile |"
+    r"264 - core|Stats|VBV|ssim|PSNR)")
+"""An encoder's closing summary (printed after a failed trailer too): statistics, no error."""
 
 
 def _error_line(stderr: str) -> str:
@@ -113,7 +118,7 @@ def _error_line(stderr: str) -> str:
         return "no video stream (an audio-only file?)"
     generic = []
     for raw in reversed(stderr.rstrip().splitlines()):
-        if raw[:1].isspace():
+        if raw[:1].isspace() or _ENCODER_STATISTICS.match(raw.strip()):
             continue
         line = re.sub(r"^(\[[^\]]*\]\s*)+", "", raw.strip())
         if not line or line.startswith(_NOT_ERRORS):

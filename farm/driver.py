@@ -12,6 +12,7 @@ Finished frames survive anything: on resume they are verified by hash and kept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import time
@@ -59,6 +60,7 @@ class RenderJob:
     started_at: str = field(default_factory=utc_now)
     started_clock: float = field(default_factory=time.monotonic)
     reused: int = 0
+    finished_at_start: frozenset[int] = frozenset()  # frames verified on disk when the job was added
     frame_seconds: list[float] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)  # failed attempts, for status.json
     last_status_write: float = 0.0
@@ -130,9 +132,24 @@ class RenderSession:
     # ------------------------------------------------------------------ jobs
     def add(self, job: RenderJob, only: set[int] | range | None = None) -> RenderJob:
         """Schedule a job (all its frames, or `only` these; earlier chain frames must be on disk)."""
-        hashes = job.plan.frame_hashes
         for key in [key for key in self._pixels if key[0] == job.job_id]:  # a job added again starts afresh
             del self._pixels[key]
+        try:
+            self._prepare(job, only)
+        except (ValueError, OSError) as error:  # OutputDamaged, OutsideOutput, OutputWriteError
+            self._write_failed_start(job, error)
+            raise
+        self.jobs[job.job_id] = job
+        for frame in job.plan.frames:
+            self._model_specs.setdefault(frame.render.models.key, frame.render.models)
+        self.scheduler.add_job(job.job_id, job.plan, job.priority, set(job.finished_at_start), only)
+        self._write_status(job, force=True)
+        return job
+
+    def _prepare(self, job: RenderJob, only: set[int] | range | None) -> None:
+        """The output folder checked, plan.json written, the manifest reduced to the frames
+        kept (`job.finished_at_start`); out-of-date videos removed."""
+        hashes = job.plan.frame_hashes
         job.out.prepare()  # OutputDamaged: a file where frames/ belongs, ... (before anything renders)
         what = "plan.json"
         try:
@@ -155,12 +172,22 @@ class RenderSession:
             raise OutputWriteError(error, f"{job.job_id}: {job.out.write_problem(what, error)}; finished frames "
                                           f"are kept: submit again with --out {job.out.root} to resume") from None
         job.reused = len(finished)
-        self.jobs[job.job_id] = job
-        for frame in job.plan.frames:
-            self._model_specs.setdefault(frame.render.models.key, frame.render.models)
-        self.scheduler.add_job(job.job_id, job.plan, job.priority, set(finished), only)
-        self._write_status(job, force=True)
-        return job
+        job.finished_at_start = frozenset(finished)
+
+    def _write_failed_start(self, job: RenderJob, error: Exception) -> None:
+        """status.json of an earlier run ("succeeded") must not outlive a resume that could
+        not start: say "failed" and why, best effort, where a render's plan.json is (never
+        into a folder of the user's own files)."""
+        if not job.out.holds_render():
+            return
+        now = utc_now()
+        with contextlib.suppress(Exception):  # a status.json linked out of the folder, ...
+            job.out.write_status({
+                "name": job.plan.name, "state": "failed", "kind": "frame" if job.plan.is_animation else "image",
+                "total": len(job.plan.output_indices), "done": 0, "reused": 0, "failed": 0,
+                "started_at": job.started_at, "updated_at": now, "finished_at": now, "eta_seconds": None,
+                "current": [], "errors": [], "error": str(error), "video": None,
+                "job_id": self.cluster_job_id or job.job_id, "dashboard_url": self.dashboard_url})
 
     def cancel(self, job_id: str) -> None:
         self.scheduler.cancel(job_id)
@@ -513,7 +540,11 @@ class RenderSession:
         except OSError as error:  # a full disk, say: the job fails, its frames are kept (submit again)
             self.scheduler.fail(job.job_id, job.out.write_problem(what, error))
         except VideoError as error:
-            self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
+            if "No space left on device" in str(error):  # ffmpeg ran out of room writing it
+                self.scheduler.fail(job.job_id, job.out.write_problem(what, OSError(errno.ENOSPC, os.strerror(
+                    errno.ENOSPC))))
+            else:
+                self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
         self._write_status(job, force=True, extra=extra)
         job.finished = True
         return state.state

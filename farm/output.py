@@ -36,6 +36,7 @@ FRAME_FOLDERS = {"image": "images", "frame": "frames", "segment": "segments"}
 LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", "chain", MANIFEST_DIR)
 LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
 LOCK_FILE = ".lock"
+_FRAME_FILE = re.compile(r"\d{6}\.(png|json|npy|tif|tiff|exr)")
 """Held (flock) by the `farm submit` rendering into the folder; holds its pid."""
 # writing errors that trying again (rendering the frame again) cannot cure
 PERSISTENT_WRITE_ERRORS = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM, _errno.ENOTDIR, _errno.EEXIST,
@@ -224,6 +225,15 @@ class OutputFolder:
             raise OutputDamaged(f"{self.root}: holds files that are not a Disco Farm render ({shown}); a render "
                                 "would overwrite them: give a new or empty folder")
 
+    def holds_render(self) -> bool:
+        """Whether a render's plan.json is here (a plain file, on this disk)."""
+        if self.disk_root is not None:
+            return _is_plain_file(self.disk_root / "plan.json")
+        try:
+            return "plan.json" in self.store.list("")
+        except (OSError, ValueError):
+            return False
+
     def claim(self) -> None:
         """Hold this folder for this process (an exclusive lock on its .lock file, kept
         until `release` or the process ends): a second `farm submit` into it is refused
@@ -305,6 +315,15 @@ class OutputFolder:
             if path.is_dir():
                 raise OutputDamaged(f"{path} is a folder, not a file: move it away (or choose another --out), "
                                     "then submit again")
+        for name in LAYOUT_FOLDERS:  # a folder where a frame's file goes: found after rendering it, every time
+            try:
+                entries = [e for e in os.scandir(root / name) if _FRAME_FILE.fullmatch(e.name)]
+            except OSError:  # not there (or not a folder: reported above)
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    raise OutputDamaged(f"{entry.path} is a folder, not a file: move it away (or choose another "
+                                        "--out), then submit again")
 
     def write_problem(self, relative: str, error: OSError) -> str:
         """Why writing `relative` failed, in words that name the output folder: a file in

@@ -220,6 +220,18 @@ def test_a_file_where_a_folder_belongs_is_found_before_rendering(tmp_path, name,
                                  "then submit again")
 
 
+@pytest.mark.parametrize("name", ["frames/000006.png", "images/000000.png", "manifest.d/000002.json"])
+def test_a_folder_where_a_frames_file_goes_is_found_before_rendering(tmp_path, name):
+    """Found only when the frame was written, after rendering it, on every resume alike."""
+    (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "frames" / "000001.png").parent.mkdir(exist_ok=True)
+    (tmp_path / "frames" / "000001.png").write_bytes(b"a file, as it should be")
+    with pytest.raises(OutputDamaged) as caught:
+        OutputFolder(tmp_path).prepare()
+    assert str(caught.value) == (f"{tmp_path / name} is a folder, not a file: move it away (or choose another "
+                                 "--out), then submit again")
+
+
 def test_a_broken_link_where_frames_belongs_is_found_too(tmp_path):
     (tmp_path / "frames").symlink_to(tmp_path / "gone")
     with pytest.raises(OutputDamaged, match="frames is a broken link, not a folder"):
@@ -459,3 +471,54 @@ def test_a_lock_that_is_a_folder_is_refused(tmp_path):
     (out / ".lock").mkdir()
     with pytest.raises((OutputDamaged, OutputWriteError), match=r"\.lock"):
         folder.claim()
+
+
+def test_a_resume_that_cannot_start_says_so_in_status_json(tmp_path, bare_session):
+    """A finished render whose manifest was replaced by a link out of the folder: the resume
+    fails before anything renders, and status.json no longer says "succeeded"."""
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("keep me")
+    out = tmp_path / "out"
+    job = add_job(bare_session, out)
+    while bare_session.render_next("t"):
+        pass
+    assert bare_session._finish(job) == "succeeded"
+    assert json.loads((out / "status.json").read_text())["state"] == "succeeded"
+    (out / "manifest.jsonl").rename(out / "kept.jsonl")
+    (out / "manifest.jsonl").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the output folder"):
+        add_job(bare_session, out)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "outside the output folder" in status["error"]
+    assert outside.read_text() == "keep me"
+
+
+def test_a_refused_folder_of_the_users_files_gets_no_status_json(tmp_path, bare_session):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDamaged, match="not a Disco Farm render"):
+        add_job(bare_session, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_full_disk_while_the_video_is_written_says_so_naming_the_video(tmp_path, bare_session, monkeypatch):
+    """ffmpeg's own reason (No space left on device) becomes the farm's full-disk wording for
+    video.mp4, not ffmpeg's line about its hidden temporary file."""
+    import farm.driver as driver
+    from animation.video import VideoError
+    from farm.driver import RenderJob
+
+    def full_disk_video(out, plan, entries, inputs=None):
+        raise VideoError(f"cannot write video {out.root}/.video.f683772f.tmp.mp4: Error writing trailer: No space "
+                         "left on device")
+
+    monkeypatch.setattr(driver, "make_video", full_disk_video)
+    plan = resolve(parse_scene(TINY_SCENE + "animation_mode: 2D\nmax_frames: 2\n"))
+    job = bare_session.add(RenderJob("t", plan, OutputFolder(tmp_path / "out")))
+    while bare_session.render_next("t"):
+        pass
+    assert bare_session._finish(job) == "failed"
+    error = json.loads((tmp_path / "out" / "status.json").read_text())["error"]
+    assert error.startswith("no room to write video.mp4 in the output folder") and "free some space" in error
+    assert ".tmp" not in error

@@ -188,6 +188,23 @@ def test_undecodable_packets_fail_with_the_decoders_reason_not_conversion_failed
         assert "\n" not in str(error.value) and "Conversion failed" not in str(error.value)
 
 
+def test_error_line_of_a_full_disk_is_not_the_encoders_closing_statistics():
+    """libx264 prints its summary after a failed trailer: the reason came before it (the
+    audit saw 'kb/s:188.05' given as the reason a video could not be written)."""
+    from animation.video import _error_line
+
+    stderr = ("[out#0/mp4 @ 0x5581] Error writing trailer: No space left on device\n"
+              "[libx264 @ 0x5582] frame I:1     Avg QP:20.00  size:  1234\n"
+              "[libx264 @ 0x5582] frame P:7     Avg QP:22.71  size:   321\n"
+              "[libx264 @ 0x5582] mb I  I16..4: 10.0% 80.0% 10.0%\n"
+              "[libx264 @ 0x5582] final ratefactor: 20.31\n"
+              "[libx264 @ 0x5582] coded y,uvDC,uvAC intra: 50.1% 60.2% 30.3%\n"
+              "[libx264 @ 0x5582] i16 v,h,dc,p: 20% 30% 10% 40%\n"
+              "[libx264 @ 0x5582] kb/s:188.05\n"
+              "Conversion failed!\n")
+    assert _error_line(stderr) == "Error writing trailer: No space left on device"
+
+
 def test_error_line_skips_generic_closing_lines_and_stream_descriptions():
     from animation.video import _error_line
 
