@@ -61,6 +61,7 @@ class RenderJob:
     started_clock: float = field(default_factory=time.monotonic)
     reused: int = 0
     finished_at_start: frozenset[int] = frozenset()  # frames verified on disk when the job was added
+    damaged_at_start: tuple[int, ...] = ()  # frames recorded as finished whose file was missing or damaged
     frame_seconds: list[float] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)  # failed attempts, for status.json
     last_status_write: float = 0.0
@@ -173,6 +174,8 @@ class RenderSession:
                                           f"are kept: submit again with --out {job.out.root} to resume") from None
         job.reused = len(finished)
         job.finished_at_start = frozenset(finished)
+        job.damaged_at_start = tuple(sorted(
+            {e.index for e in entries if hashes.get(e.index) == e.settings_hash} - set(finished)))
 
     def _write_failed_start(self, job: RenderJob, error: Exception) -> None:
         """status.json of an earlier run ("succeeded") must not outlive a resume that could

@@ -11,6 +11,7 @@ manifest.jsonl whole and only then remove the manifest.d/ objects it took in.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno as _errno
 import hashlib
@@ -36,6 +37,9 @@ FRAME_FOLDERS = {"image": "images", "frame": "frames", "segment": "segments"}
 LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", "chain", MANIFEST_DIR)
 LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
 LOCK_FILE = ".lock"
+_HALF_WRITTEN = re.compile(r"\..+\.(tmp|tmp\.[A-Za-z0-9]+|partial\.[A-Za-z0-9]+)")
+"""Names of the temporary files writes go through: storage.write_atomic's ``.NAME.XXXX.tmp``,
+local_target's ``.STEM.HEX.tmp.SUFFIX``, animation.video.stitch's ``.STEM.XXXX.partial.SUFFIX``."""
 _FRAME_FILE = re.compile(r"\d{6}\.(png|json|npy|tif|tiff|exr)")
 """Held (flock) by the `farm submit` rendering into the folder; holds its pid."""
 # writing errors that trying again (rendering the frame again) cannot cure
@@ -281,6 +285,21 @@ class OutputFolder:
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             _CLAIMS[root] = handle
+        self._remove_half_written(root)
+
+    @staticmethod
+    def _remove_half_written(root: Path) -> None:
+        """Temporary files a killed render left (`_HALF_WRITTEN`: hidden, never recorded);
+        only while this process holds the folder, so no writer of them is alive."""
+        for folder in (root, *(root / name for name in LAYOUT_FOLDERS)):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if _HALF_WRITTEN.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def release(self) -> None:
         """Let other processes render into this folder again (see `claim`)."""

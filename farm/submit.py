@@ -156,6 +156,16 @@ def _image_prompt(path: Path, frame_size: tuple[int, int]):
     return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
+def resume_line(kept: int, damaged: tuple[int, ...]) -> str:
+    """What a resume found: frames verified and kept, and those recorded as finished whose
+    file was missing or damaged (rendered again)."""
+    line = f"resuming: {kept} finished frames verified and kept"
+    if damaged:
+        shown = ", ".join(map(str, damaged[:10])) + (f" and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+        line += f"; {len(damaged)} recorded as finished but missing or damaged, rendered again ({shown})"
+    return line
+
+
 class LocalRay(NamedTuple):
     temp_dir: str | None  # the folder made for Ray's session files (remove it after ray.shutdown)
     dashboard_url: str | None  # http://127.0.0.1:PORT, or None without a dashboard
@@ -398,9 +408,8 @@ def submit_local(args) -> int:
         session.cluster_job_id = os.environ.get("DISCO_FARM_JOB_ID") if in_cluster else None
         for job, frames in jobs:
             session.add(job, only=frames)
-            if job.reused:
-                print(f"farm: {job.job_id}: resuming: {job.reused} finished frames verified and kept",
-                      file=sys.stderr)
+            if job.reused or job.damaged_at_start:
+                print(f"farm: {job.job_id}: {resume_line(job.reused, job.damaged_at_start)}", file=sys.stderr)
         results = session.run()
     except KeyboardInterrupt:  # before the render ran (run() says cancelled itself): say so too
         if session is not None:

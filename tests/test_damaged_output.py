@@ -522,3 +522,44 @@ def test_a_full_disk_while_the_video_is_written_says_so_naming_the_video(tmp_pat
     error = json.loads((tmp_path / "out" / "status.json").read_text())["error"]
     assert error.startswith("no room to write video.mp4 in the output folder") and "free some space" in error
     assert ".tmp" not in error
+
+
+def test_claiming_a_folder_removes_the_temporary_files_a_killed_render_left(tmp_path):
+    out = tmp_path / "out"
+    folder = finished_folder(out)
+    left = [out / "frames" / ".000003.png.abcd1234.tmp", out / ".status.json.x1y2.tmp",
+            out / ".video.f683772f.tmp.mp4", out / ".video.k2j3abcd.partial.mp4"]
+    (out / "frames").mkdir(exist_ok=True)
+    for path in left:
+        path.write_bytes(b"half")
+    kept = [out / "frames" / "notes.tmp", out / ".hidden", out / "frames" / "000000.png"]
+    for path in kept:
+        path.write_bytes(b"keep")
+    folder.claim()
+    try:
+        assert not [path for path in left if path.exists()]
+        assert all(path.read_bytes() == b"keep" for path in kept)
+    finally:
+        folder.release()
+
+
+def test_resume_names_the_recorded_frames_that_were_missing_or_damaged():
+    from farm.submit import resume_line
+
+    assert resume_line(5, ()) == "resuming: 5 finished frames verified and kept"
+    assert resume_line(5, (1, 2, 6)) == ("resuming: 5 finished frames verified and kept; 3 recorded as finished but "
+                                         "missing or damaged, rendered again (1, 2, 6)")
+    assert resume_line(0, tuple(range(12))).endswith("(0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more)")
+
+
+def test_the_frames_found_damaged_when_a_job_is_added_are_kept_apart(tmp_path, bare_session):
+    out = tmp_path / "out"
+    job = add_job(bare_session, out)
+    while bare_session.render_next("t"):
+        pass
+    bare_session._finish(job)
+    (out / "images" / "000001.png").write_bytes(b"truncated")
+    from farm.driver import RenderJob
+
+    again = bare_session.add(RenderJob("again", job.plan, OutputFolder(out)))
+    assert again.reused == 2 and again.damaged_at_start == (1,)

@@ -56,7 +56,8 @@ def test_resume_after_sigkill_and_corruption_equals_an_undisturbed_run(tmp_path)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     kept = len(finished_before) - 1  # every finished frame but the damaged one
-    assert f"resuming: {kept} finished frames verified and kept" in output
+    assert (f"resuming: {kept} finished frames verified and kept; 1 recorded as finished but missing or damaged, "
+            "rendered again (1)") in output
     assert hashes(tmp_path / "resumed") == hashes(tmp_path / "reference")
     assert len(hashes(tmp_path / "reference")) == 6
     lines = (tmp_path / "resumed" / "manifest.jsonl").read_text().splitlines()
