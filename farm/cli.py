@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from farm import __version__
+from farm.terminal import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -79,7 +80,7 @@ def _print_problems(problems) -> None:
     """One line per problem, the first MAX_PROBLEMS_SHOWN of a file (a generated file with
     50,000 unknown keys printed 50,000 lines), then how many more."""
     for problem in problems[:MAX_PROBLEMS_SHOWN]:
-        print(problem, file=sys.stderr)
+        print(printable(str(problem)), file=sys.stderr)
     if len(problems) > MAX_PROBLEMS_SHOWN:
         print(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems", file=sys.stderr)
 
@@ -105,7 +106,7 @@ def cmd_validate(args) -> int:
             status = EXIT_USAGE
             continue
         what = f"{count} images" if mode == "None" else f"{mode} animation, {count} frames"
-        print(f"{path}: ok ({what})")
+        print(f"{printable(str(path))}: ok ({what})")
     return status
 
 
@@ -151,7 +152,7 @@ def _plan_table(plan, frames) -> str:
     rows = [header]
     for f in frames:
         g, s, m = f.render.guidance, f.render.sampler, f.motion
-        init = f.init.kind + (f" {Path(f.init.path).name}" if f.init.path else "")
+        init = f.init.kind + (f" {printable(Path(f.init.path).name)}" if f.init.path else "")
         if not f.diffuse:
             init += " (turbo)"
         row = [str(f.index), str(f.render.seed), str(s.steps), str(s.skip_steps), f"{g.clip_guidance_scale:g}",
@@ -159,7 +160,7 @@ def _plan_table(plan, frames) -> str:
         if animated:
             row += [f"{v:.4g}" for v in (m.angle, m.zoom, m.translation_x, m.translation_y, m.translation_z,
                                          m.rotation_3d_x, m.rotation_3d_y, m.rotation_3d_z)]
-        row.append(" | ".join(f"{p.text[:40]}:{p.weight:g}" for p in f.render.text_prompts))
+        row.append(" | ".join(f"{printable(p.text[:40])}:{p.weight:g}" for p in f.render.text_prompts))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
@@ -531,7 +532,7 @@ def _main(argv: list[str] | None) -> int:
         return 141
     except (UsageError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"farm: error: {message}", file=sys.stderr)
+        print(f"farm: error: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from farm.scene import Scene, load_scene
+from farm.terminal import printable
 from farm.yamlio import dump_yaml
 
 APP_TAG = "disco-farm"
@@ -251,8 +252,8 @@ def cmd_status(args) -> int:
         meta = info.metadata or {}
         message = " ".join((info.message or "").split())
         message = message if len(message) <= 500 else f"{message[:500]}... (farm logs {args.job} has it all)"
-        print(f"{args.job}: {info.status.value}" + (f" ({message})" if message else ""))
-        print(f"scene: {meta.get('scene', '?')}  outputs: {meta.get('out', '?')}")
+        print(printable(f"{args.job}: {info.status.value}" + (f" ({message})" if message else "")))
+        print(printable(f"scene: {meta.get('scene', '?')}  outputs: {meta.get('out', '?')}"))
         return 0
     return cmd_list(args)
 
@@ -267,7 +268,7 @@ def cmd_list(args) -> int:
         started = _dt.datetime.fromtimestamp((info.start_time or 0) / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         rows.append((started, info.submission_id or info.job_id, info.status.value, meta.get("scene", ""), meta.get("out", "")))
     for started, job_id, status, scene, out in sorted(rows):
-        print(f"{job_id}  {status:9}  {started}  {scene}  {out}")
+        print(printable(f"{job_id}  {status:9}  {started}  {scene}  {out}"))
     if not rows:
         print("no Disco Farm jobs on this cluster")
     return 0
@@ -332,11 +333,6 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped (a file name printed to a terminal)."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
 def _local_filesystem(fs) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
@@ -378,7 +374,7 @@ def fetch_outputs(source: str, target: Path, skipped: list[str] | None = None) -
     def skip(name: str, why: str) -> None:
         if skipped is not None:
             skipped.append(name)
-        print(f"farm fetch: skipped {_printable(name)}: {why}", file=sys.stderr, flush=True)
+        print(f"farm fetch: skipped {printable(name)}: {why}", file=sys.stderr, flush=True)
 
     count = 0
     for path, info in sorted(fs.find(root, detail=True).items()):

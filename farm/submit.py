@@ -18,6 +18,7 @@ from farm.output import OutputFolder
 from farm.plan import resolve
 from farm.scene import Scene, load_scene
 from farm.storage import is_uri, join_location
+from farm.terminal import printable
 from farm.yamlio import YamlError, dump_yaml, load_yaml
 
 
@@ -434,7 +435,7 @@ def submit_local(args) -> int:
         status = folder.read_json("status.json") or {}
         if results[job.job_id] != "succeeded":
             failed += 1
-            print(f"farm: {job.job_id} {results[job.job_id]}: {status.get('error') or 'see status.json'}",
+            print(f"farm: {job.job_id} {results[job.job_id]}: {printable(str(status.get('error') or 'see status.json'))}",
                   file=sys.stderr)
             print(f"farm: finished frames are kept in {folder.root}; submit again with --out {folder.root} "
                   "to resume", file=sys.stderr)
