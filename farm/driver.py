@@ -273,9 +273,11 @@ class RenderSession:
             return
         except RayActorError as error:
             life = slot.incarnation if slot is not None else label
-            self.scheduler.failed(task, label, f"actor died ({one_line(error)})", life)
+            message = (f"{label}'s process stopped while rendering {task.frame.task_name} (killed, crashed or out of "
+                       f"memory: {type(error).__name__}); the frame is tried again")
+            self.scheduler.failed(task, label, message, life)
             self._call_ended(slot, crashed=True)
-            self._record_error(job, task, label, f"actor died ({one_line(error)})")
+            self._record_error(job, task, label, message)
             return
         except RayTaskError as error:
             self.scheduler.failed(task, label, one_line(error), slot.incarnation if slot is not None else label)
@@ -439,7 +441,8 @@ class RenderSession:
         return {
             "name": job.plan.name, "state": state.state if state.finished or state.error else "running",
             "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.output_indices),
-            "done": len(job.plan.output_indices & state.done), "reused": job.reused, "failed": len(job.errors),
+            "done": len(job.plan.output_indices & state.done), "reused": job.reused,
+            "failed": len({error["index"] for error in job.errors} - state.done), "failed_attempts": len(job.errors),
             "started_at": job.started_at, "updated_at": utc_now(),
             "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
             "current": current, "errors": job.errors[-20:], "error": state.error,

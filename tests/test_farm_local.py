@@ -181,8 +181,11 @@ def test_killing_an_actor_mid_run_still_gives_identical_pixels(tmp_path, referen
     assert killed, "the test never found a frame in flight to kill"
     assert results == {"t": "succeeded"}
     assert frame_hashes(tmp_path) == reference_anim
-    errors = OutputFolder(tmp_path).read_json("status.json")["errors"]
-    assert errors and "actor died" in errors[0]["message"]
+    status = OutputFolder(tmp_path).read_json("status.json")
+    errors = status["errors"]
+    assert errors and "process stopped while rendering frame" in errors[0]["message"]
+    assert errors[0]["message"].endswith("the frame is tried again")
+    assert status["failed"] == 0 and status["failed_attempts"] == len(errors)  # retried, and finished
 
 
 def test_priority_then_submission_order_with_shared_actors(tmp_path):
@@ -301,7 +304,8 @@ def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference
     assert marker.exists()
     assert frame_hashes(tmp_path / "out") == reference_stills
     errors = OutputFolder(tmp_path / "out").read_json("status.json")["errors"]
-    assert len(errors) == 1 and errors[0]["index"] == int(marker.read_text()) and "actor died" in errors[0]["message"]
+    assert len(errors) == 1 and errors[0]["index"] == int(marker.read_text())
+    assert "process stopped while rendering" in errors[0]["message"]
 
 
 def test_segment_mode_renders_segments_in_parallel_and_blends_the_seams(tmp_path):

@@ -346,7 +346,7 @@ def test_a_pooled_actor_crash_is_retried_and_a_frame_no_actor_may_take_fails_its
     assert killed, "the test never found a frame in flight to kill"
     assert hashes(tmp_path / "crashed") == hashes(tmp_path / "calm") and len(hashes(tmp_path / "calm")) == 2
     errors = OutputFolder(tmp_path / "crashed").read_json("status.json")["errors"]
-    assert len(errors) == 1 and "actor died" in errors[0]["message"]
+    assert len(errors) == 1 and "process stopped while rendering" in errors[0]["message"]
     assert pool_snapshot(cluster)["actors"]["actor-0"]["lives"] == lives + 1  # restarted (models reloaded) once
 
     bad = HIGH.replace("n_batches: 3", "n_batches: 1") + "image_prompts: {0: ['x.png:1']}\n"
