@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -197,6 +198,40 @@ def loopback_only_node():
             os.environ[LOOPBACK_NODE] = previous_env
 
 
+RAY_FOLDER_PREFIX = "disco-farm-ray-"
+STALE_RAY_FOLDER_SECONDS = 600
+"""A Ray folder of ours this old that no process names is a killed run's (SIGKILL leaves it)."""
+
+
+def remove_stale_ray_folders(parent: str | None = None, now: float | None = None) -> list[str]:
+    """Remove the Ray folders killed embedded runs left in ``parent`` (the temporary folder):
+    this user's, named RAY_FOLDER_PREFIX..., untouched for STALE_RAY_FOLDER_SECONDS, that no
+    running process names on its command line (a live Ray's processes all do). Linux
+    (/proc); best effort. Returns the folders removed."""
+    parent = parent or tempfile.gettempdir()
+    now = time.time() if now is None else now
+    try:
+        candidates = [entry.path for entry in os.scandir(parent)
+                      if entry.name.startswith(RAY_FOLDER_PREFIX) and entry.is_dir(follow_symlinks=False)
+                      and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                      and now - entry.stat(follow_symlinks=False).st_mtime > STALE_RAY_FOLDER_SECONDS]
+    except OSError:
+        return []
+    if not candidates or not os.path.isdir("/proc"):
+        return []
+    named = set()
+    for process in os.listdir("/proc"):
+        if process.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{process}/cmdline", "rb") as handle:
+                    command = handle.read().decode("utf-8", "replace")
+                named.update(folder for folder in candidates if folder in command)
+    removed = [folder for folder in candidates if folder not in named]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> LocalRay:
     """An embedded Ray on this machine only: every server of it, the dashboard included,
     listens on 127.0.0.1 (`loopback_only_node`), with Ray's token auth left on as Ray sets
@@ -214,7 +249,9 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
             raise SubmitError(f"DISCO_FARM_RAY_TMP={chosen}: cannot make Ray's folder there: "
                               f"{error.strerror or error}") from None
     # Ray makes its session folders world-writable: inside a folder only this user may enter
-    owned = None if chosen else tempfile.mkdtemp(prefix="disco-farm-ray-")
+    if not chosen:
+        remove_stale_ray_folders()
+    owned = None if chosen else tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX)
     temp_dir = chosen or os.path.join(owned, "ray")
     interrupted = []
     previous_int = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))

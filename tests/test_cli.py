@@ -299,3 +299,31 @@ def test_the_local_dashboards_address_reaches_status_json(monkeypatch, tmp_path)
                                                                    done=set(), remaining={0}, running=set())})
     session.progress, session.slots = {}, {}
     assert session.status(job)["dashboard_url"] == "http://127.0.0.1:8265"
+
+
+def test_ray_folders_of_killed_runs_are_removed_and_live_or_new_ones_kept(tmp_path):
+    """SIGKILL leaves an embedded run's Ray folder: the next start removes those no process
+    names, untouched for STALE_RAY_FOLDER_SECONDS."""
+    import farm.submit as submit
+
+    def folder(name: str, age: float) -> Path:
+        path = tmp_path / name
+        (path / "ray" / "session_x" / "logs").mkdir(parents=True)
+        (path / "ray" / "session_x" / "logs" / "raylet.out").write_text("log")
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+        return path
+
+    old = submit.STALE_RAY_FOLDER_SECONDS + 60
+    killed = folder("disco-farm-ray-killed1", old)
+    live = folder("disco-farm-ray-live1234", old)
+    new = folder("disco-farm-ray-new12345", 5)
+    other = folder("someone-elses-folder", old)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--temp-dir={live}/ray"])
+    try:
+        removed = submit.remove_stale_ray_folders(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert removed == [str(killed)] and not killed.exists()
+    assert live.exists() and new.exists() and other.exists()
