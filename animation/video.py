@@ -4,7 +4,7 @@ Every ffmpeg failure becomes one ``VideoError`` line naming the file and ffmpeg'
 Input files are read only from local files (``-protocol_whitelist file``) and only through
 the container and image demuxers in ``INPUT_DEMUXERS``: no playlists (HLS, concat, DASH),
 which would make ffmpeg open other files or wait for a live stream. Every ffmpeg call can
-time out, and its ffmpeg is killed when the call is interrupted or this process dies.
+time out, and its ffmpeg is killed when the call is interrupted.
 ``stitch`` writes atomically (a temporary name in the same folder, then ``os.replace``),
 includes frame 0 (DD's video dropped it) and can blend consecutive frames like DD's
 "linear" video blend: ``out[i] = frame[i] * (1 - blend) + frame[i - 1] * blend``.
@@ -37,13 +37,15 @@ CONTAINERS = {"h264": ("mp4", (".mp4", ".mov", ".m4v")),
 
 
 INPUT_DEMUXERS = ("mov", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "ogg", "asf", "gif",
-                  "apng", "webp_anim", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe",
-                  "ppm_pipe", "pgm_pipe", "pbm_pipe", "pam_pipe")
+                  "apng", "webp_anim", "yuv4mpegpipe", "ivf", "dv", "mxf", "nut", "h264", "hevc", "mjpeg",
+                  "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "ppm_pipe", "pgm_pipe",
+                  "pbm_pipe", "pam_pipe")
 """The ffmpeg demuxers input files are read with (``-format_whitelist``): video containers
-(mov covers mp4/m4v/3gp, matroska webm, mpeg program streams, asf wmv), GIF/APNG/WebP
-animations, and single images through the pipe demuxers (which read just the one file; the
-image2 demuxer is left out, it expands sequence patterns in the file name). Playlists and
-scripts that name other inputs (hls, concat, dash, sdp, rtsp, ...) are not among them."""
+(mov covers mp4/m4v/3gp, matroska webm, mpeg program streams, asf wmv, y4m, ivf, dv, mxf,
+nut), raw H.264/HEVC/MJPEG streams, GIF/APNG/WebP animations and single images through the
+pipe demuxers. Playlists and scripts that name other inputs (hls, concat, dash, sdp, rtsp,
+...) are not among them. ffmpeg reads a .jpg with image2, which expands sequence patterns
+(``%03d``) in the name: it is allowed only for names without a ``%`` (`input_args`)."""
 
 PLAYLIST_SUFFIXES = {".m3u8": "an HLS playlist", ".m3u": "an M3U playlist",
                      ".ffconcat": "an ffmpeg concat script", ".mpd": "a DASH manifest",
@@ -151,7 +153,8 @@ def _run_ffmpeg(args: list[str], what: str, stdout=subprocess.DEVNULL,
     if process.returncode != 0:
         if "Format not on whitelist" in err:
             reason = ("not a video file in a format read here (MP4/MOV, Matroska/WebM, AVI, "
-                      "MPEG-TS/PS, FLV, Ogg, WMV, GIF, APNG, WebP, PNG, JPEG, BMP, TIFF, PPM)")
+                      "MPEG-TS/PS, FLV, Ogg, WMV, Y4M, IVF, DV, MXF, NUT, raw H.264/HEVC/MJPEG, GIF, APNG, WebP, "
+                      "PNG, JPEG, BMP, TIFF, PPM)")
         else:
             reason = _error_line(err)
         error = VideoError(f"{what}: {reason}")
@@ -161,9 +164,11 @@ def _run_ffmpeg(args: list[str], what: str, stdout=subprocess.DEVNULL,
 
 
 def input_args(path: Path) -> list[str]:
-    """ffmpeg's options that read ``path`` as one local file through INPUT_DEMUXERS only
-    (a ``file:`` URL, so a name with a colon is not taken for another protocol)."""
-    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(INPUT_DEMUXERS),
+    """ffmpeg's options that read ``path`` as one local file through INPUT_DEMUXERS only, and
+    image2 where the name holds no sequence pattern (a ``file:`` URL, so a name with a colon
+    is not taken for another protocol)."""
+    demuxers = INPUT_DEMUXERS if "%" in Path(path).name else (*INPUT_DEMUXERS, "image2")  # one file, no pattern
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(demuxers),
             "-i", "file:" + str(Path(path).absolute())]
 
 

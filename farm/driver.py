@@ -174,8 +174,8 @@ class RenderSession:
                                           f"are kept: submit again with --out {job.out.root} to resume") from None
         job.reused = len(finished)
         job.finished_at_start = frozenset(finished)
-        job.damaged_at_start = tuple(sorted(
-            {e.index for e in entries if hashes.get(e.index) == e.settings_hash} - set(finished)))
+        damaged = {e.index for e in entries if hashes.get(e.index) == e.settings_hash} - set(finished)
+        job.damaged_at_start = tuple(sorted(damaged if only is None else damaged & set(only)))  # rendered again
 
     def _write_failed_start(self, job: RenderJob, error: Exception) -> None:
         """status.json of an earlier run ("succeeded") must not outlive a resume that could

@@ -134,9 +134,16 @@ def disk_path(location: str | os.PathLike) -> Path | None:
     URI (written through fsspec, but guarded as a folder is); None for other URIs."""
     if not is_uri(location):
         return Path(location).expanduser()
-    if uri_protocols(str(location)) in LOCAL_PROTOCOLS:
+    if is_local_uri(str(location)):
         return Path(open_filesystem(str(location))[1])
     return None
+
+
+def is_local_uri(url: str) -> bool:
+    """A URI whose files end up on this machine's disk: file:// (or local://), also behind
+    a cache (simplecache::file://...)."""
+    protocols = uri_protocols(url)
+    return bool(protocols) and [protocols[-1]] in LOCAL_PROTOCOLS
 
 
 def confined_key(root: str, relative: str | os.PathLike, url: str | None = None) -> str:
@@ -236,7 +243,7 @@ class FsspecStore:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.fs, self.root = open_filesystem(url)
-        self.disk_root: Path | None = Path(self.root).resolve() if uri_protocols(url) in LOCAL_PROTOCOLS else None
+        self.disk_root: Path | None = Path(self.root).resolve() if is_local_uri(url) else None
         """The folder, for a file:// URI: its links are followed only inside it, as a path's are."""
 
     def key(self, relative: str | os.PathLike) -> str:

@@ -252,7 +252,7 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
     if not chosen:
         remove_stale_ray_folders()
     owned = None if chosen else tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX)
-    temp_dir = chosen or os.path.join(owned, "ray")
+    temp_dir = chosen or os.path.join(owned, "r")  # short: Ray's socket paths must stay under 107 bytes
     interrupted = []
     previous_int = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:  # Ctrl-C waits for Ray to be up (one raised inside ray.init could crash its shutdown)

@@ -229,23 +229,51 @@ def test_a_signal_while_ray_starts_stops_in_one_line_and_leaves_no_ray_folder(tm
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses of the TCP sockets listening on ``port`` (from /proc/net)."""
+def _descendants(pid: int) -> set[int]:
+    """``pid``'s child processes, their children, ... (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> dict[int, str]:
+    """port -> local address of each TCP socket listening in one of ``pids`` (/proc/net)."""
     import ipaddress
 
-    found = set()
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as handle:
             for line in handle.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, port_hex = local.split(":")
-                if state != "0A" or int(port_hex, 16) != port:
+                fields = line.split()
+                address, port_hex = fields[1].split(":")
+                if fields[3] != "0A" or fields[9] not in inodes:
                     continue
                 raw = bytes.fromhex(address)
                 # /proc prints each 32-bit word in host (little-endian) order
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                ip = ipaddress.ip_address(words)
-                found.add(str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip))
+                ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+                found[int(port_hex, 16)] = str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
     return found
 
 
@@ -264,12 +292,13 @@ def test_the_embedded_ray_listens_on_the_loopback_only_in_a_private_folder(monke
     local = submit.start_local_ray(num_cpus=1, dashboard=False)
     try:
         assert local.temp_dir and stat.S_IMODE(os.stat(local.temp_dir).st_mode) == 0o700
-        assert os.path.isdir(os.path.join(local.temp_dir, "ray"))
+        assert os.path.isdir(os.path.join(local.temp_dir, "r"))
         node = ray.nodes()[0]
         assert node["NodeManagerAddress"] == "127.0.0.1"
-        for port in (node["MetricsExportPort"], node["NodeManagerPort"]):
-            listening = _listening_addresses(port)
-            assert listening and listening <= {"127.0.0.1"}, (port, listening)
+        listening = _listening_addresses(_descendants(os.getpid()) | {os.getpid()})
+        # the GCS, raylet, dashboard agent, metrics, runtime-env agent, workers ...: all on the loopback
+        assert {node["MetricsExportPort"], node["NodeManagerPort"]} <= set(listening) and len(listening) >= 5
+        assert set(listening.values()) == {"127.0.0.1"}, listening
         assert submit.LOOPBACK_NODE not in os.environ  # this process's environment as it was
     finally:
         ray.shutdown()

@@ -528,11 +528,14 @@ def test_claiming_a_folder_removes_the_temporary_files_a_killed_render_left(tmp_
     out = tmp_path / "out"
     folder = finished_folder(out)
     left = [out / "frames" / ".000003.png.abcd1234.tmp", out / ".status.json.x1y2.tmp",
-            out / ".video.f683772f.tmp.mp4", out / ".video.k2j3abcd.partial.mp4"]
+            out / ".video.f683772f.tmp.mp4", out / "..video.f683772f.tmp.k2j3abcd.partial.mp4",
+            out / "manifest.d" / ".000002.json.k2j3_x9z.tmp"]
+    (out / "manifest.d").mkdir(exist_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     for path in left:
         path.write_bytes(b"half")
-    kept = [out / "frames" / "notes.tmp", out / ".hidden", out / "frames" / "000000.png"]
+    kept = [out / "frames" / "notes.tmp", out / ".hidden", out / "frames" / "000000.png", out / ".my notes.tmp",
+            out / ".preview.1234abcd.tmp.mp4"]  # farm preview writes without claiming the folder
     for path in kept:
         path.write_bytes(b"keep")
     folder.claim()
@@ -563,3 +566,6 @@ def test_the_frames_found_damaged_when_a_job_is_added_are_kept_apart(tmp_path, b
 
     again = bare_session.add(RenderJob("again", job.plan, OutputFolder(out)))
     assert again.reused == 2 and again.damaged_at_start == (1,)
+    # --frames 2:3: frame 1 stays as recorded, not rendered again, so not announced
+    ranged = bare_session.add(RenderJob("ranged", job.plan, OutputFolder(out)), only=range(2, 3))
+    assert ranged.damaged_at_start == ()

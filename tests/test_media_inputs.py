@@ -194,6 +194,48 @@ def test_the_videos_farm_writes_are_still_accepted_as_inputs(tmp_path, codec, su
     assert check_video(png_mov(tmp_path / "png.mov")).frames == 3
 
 
+USER_FORMATS = [  # (file name, ffmpeg output options): what users bring, made with the bundled ffmpeg
+    ("phone.mov", ["-c:v", "libx264", "-pix_fmt", "yuv420p"]), ("clip.mkv", ["-c:v", "ffv1"]),
+    ("clip.avi", ["-c:v", "mjpeg"]), ("still.jpg", ["-frames:v", "1"]), ("still.png", ["-frames:v", "1"]),
+    ("clip.y4m", ["-pix_fmt", "yuv420p"]), ("clip.ivf", ["-c:v", "libvpx-vp9"]), ("clip.ts", ["-c:v", "libx264"]),
+    ("clip.nut", []), ("clip.h264", ["-c:v", "libx264"]), ("clip.dv", ["-s", "720x480", "-pix_fmt", "yuv411p",
+                                                                        "-r", "30000/1001"]),
+]
+
+
+@pytest.mark.parametrize("name, options", USER_FORMATS, ids=[name for name, _ in USER_FORMATS])
+def test_the_video_formats_users_bring_are_accepted(tmp_path, name, options):
+    """The demuxer whitelist keeps playlists out, not these (a JPEG is read with image2)."""
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    path = tmp_path / name
+    size = [] if "-s" in options else ["-s", "64x48"]
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=10:duration=0.5", *size, *options, str(path)], check=True)
+    assert check_video(path).frames >= 1
+
+
+def test_a_name_with_a_sequence_pattern_is_not_read_as_a_sequence(tmp_path):
+    """image2 would expand '%03d' in the name into img001.jpg, img002.jpg, ... (other files):
+    a JPEG so named is refused in one line instead."""
+    import shutil
+    import subprocess
+
+    from animation.video import ffmpeg_exe
+
+    for index in range(1, 4):
+        cv2.imwrite(str(tmp_path / f"img{index:03d}.jpg"), np.full((48, 64, 3), 40 * index, np.uint8))
+    shutil.copy(tmp_path / "img001.jpg", tmp_path / "img%03d.jpg")
+    plain = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(tmp_path / "img%03d.jpg"), "-f", "null", "-"],
+                           capture_output=True, text=True)
+    assert "frame=    3" in plain.stderr.replace("frame=3", "frame=    3")  # what ffmpeg alone reads: 3 files
+    with pytest.raises(InputError, match="not a video file in a format read here"):
+        check_video(tmp_path / "img%03d.jpg")
+    assert check_video(tmp_path / "img001.jpg").frames == 1
+
+
 def test_farm_validate_names_the_setting_and_the_playlist_in_one_line(tmp_path, capsys, monkeypatch):
     from farm.cli import main
 

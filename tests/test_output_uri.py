@@ -233,6 +233,7 @@ def test_a_file_uri_is_guarded_as_a_folder_is(tmp_path, capsys):
     finally:
         claimed.release()
     assert OutputFolder("memory://bucket/x").disk_root is None
+    assert OutputFolder(f"simplecache::file://{tmp_path}/cached").disk_root == (tmp_path / "cached").resolve()
 
 
 def test_a_local_folder_still_appends_to_manifest_jsonl(tmp_path):
