@@ -14,6 +14,15 @@ def png_mov(path: Path, frames: int = 3) -> Path:
     return path
 
 
+def ts_segment(path: Path) -> Path:
+    """A real 64x48 MPEG-TS video (what an HLS playlist's segments are)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "mpeg2video", "-f", "mpegts",
+                    str(path)], check=True)
+    return path
+
+
 def zero_mdat(path: Path) -> Path:
     """Zero the payload of the file's mdat box: the index still finds every packet, but they
     hold no PNG (a video that probes but does not decode)."""

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from animation.video import probe_video
 from farm.inputs import MAX_IMAGE_PIXELS, InputError, check_image, check_video, load_image, url_problem
-from tests.media import png_mov, zero_mdat
+from tests.media import png_mov, ts_segment, zero_mdat
 
 
 # -- 16-bit, 32-bit and float grey --------------------------------------------------------
@@ -149,25 +149,13 @@ def test_video_that_probes_but_does_not_decode_is_refused_with_the_decoders_reas
     assert "Conversion failed" not in message and "\n" not in message
 
 
-def _ts_segment(path):
-    import subprocess
-
-    from animation.video import ffmpeg_exe
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "mpeg2video", "-f", "mpegts",
-                    str(path)], check=True)
-    return path
-
-
 @pytest.mark.parametrize("live", [False, True])
 def test_an_hls_playlist_is_refused_as_a_playlist_promptly(tmp_path, live):
     """Its segment, a video outside the folder, was read by ffmpeg (finite playlist) or
     waited for forever (live playlist: no #EXT-X-ENDLIST)."""
     import time
 
-    outside = _ts_segment(tmp_path / "outside" / "secret.ts")
+    outside = ts_segment(tmp_path / "outside" / "secret.ts")
     assert check_video(outside).frames == 6
     playlist = tmp_path / "scene" / "input.m3u8"
     playlist.parent.mkdir()
@@ -240,7 +228,7 @@ def test_farm_validate_names_the_setting_and_the_playlist_in_one_line(tmp_path, 
     from farm.cli import main
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    outside = _ts_segment(tmp_path / "outside" / "secret.ts")
+    outside = ts_segment(tmp_path / "outside" / "secret.ts")
     scene_dir = tmp_path / "scene"
     scene_dir.mkdir()
     (scene_dir / "live.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.5,\n{outside}\n")

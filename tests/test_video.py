@@ -6,7 +6,7 @@ import pytest
 
 from animation.video import (VideoError, VideoInfo, blend_consecutive, extract_frames,
                              probe_video, stitch)
-from tests.media import png_mov, zero_mdat
+from tests.media import png_mov, ts_segment, zero_mdat
 
 WIDTH, HEIGHT, COUNT = 64, 48, 7
 
@@ -227,19 +227,6 @@ def test_error_line_skips_generic_closing_lines_and_stream_descriptions():
 
 
 # -- playlists, demuxer whitelist, timeouts, no ffmpeg left behind ---------------------------
-
-def ts_segment(path):
-    """A real 64x48 MPEG-TS video (what an HLS playlist's segments are)."""
-    import subprocess
-
-    from animation.video import ffmpeg_exe
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "mpeg2video", "-f", "mpegts",
-                    str(path)], check=True)
-    return path
-
 
 def hls_playlist(path, segment, live=False):
     """An HLS playlist whose one segment is ``segment`` by its absolute path; a live one
