@@ -12,12 +12,11 @@ includes frame 0 (DD's video dropped it) and can blend consecutive frames like D
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,6 +361,7 @@ def stitch(frames: list[str | os.PathLike], out_path: str | os.PathLike, fps: fl
     ``crf`` is the constant-quality value for h264 (0-51) and VP9 (0-63); GIF ignores it.
     ``blend`` in [0, 1) mixes each frame with the one before (frame 0 stays as is):
     linearly, or as ``blend_pair(previous, current, position)`` says (e.g. along a flow).
+    A full disk is an ``OSError`` (ENOSPC), as any write's; other failures are VideoError.
     """
     if codec not in CONTAINERS:
         raise VideoError(f"unknown video codec {codec!r}; expected one of {sorted(CONTAINERS)}")
@@ -420,8 +420,10 @@ def stitch(frames: list[str | os.PathLike], out_path: str | os.PathLike, fps: fl
                 returncode = process.wait()
             if returncode != 0:
                 stderr.seek(0)
-                reason = _error_line(stderr.read().decode("utf-8", "replace"))
-                raise VideoError(f"cannot write video {out_path}: {reason}")
+                text = stderr.read().decode("utf-8", "replace")
+                if "No space left on device" in text:  # the disk's failure, as a write's: OSError(ENOSPC)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_path))
+                raise VideoError(f"cannot write video {out_path}: {_error_line(text)}")
         os.replace(tmp_path, out_path)
     finally:
         tmp_path.unlink(missing_ok=True)

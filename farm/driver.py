@@ -12,7 +12,6 @@ Finished frames survive anything: on resume they are verified by hash and kept.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import time
@@ -186,11 +185,9 @@ class RenderSession:
         now = utc_now()
         with contextlib.suppress(Exception):  # a status.json linked out of the folder, ...
             job.out.write_status({
-                "name": job.plan.name, "state": "failed", "kind": "frame" if job.plan.is_animation else "image",
-                "total": len(job.plan.output_indices), "done": 0, "reused": 0, "failed": 0,
-                "started_at": job.started_at, "updated_at": now, "finished_at": now, "eta_seconds": None,
-                "current": [], "errors": [], "error": str(error), "video": None,
-                "job_id": self.cluster_job_id or job.job_id, "dashboard_url": self.dashboard_url})
+                **self._job_fields(job), "state": "failed", "done": 0, "reused": 0, "failed": 0,
+                "failed_attempts": 0, "updated_at": now, "finished_at": now, "eta_seconds": None, "current": [],
+                "errors": [], "error": str(error)})
 
     def cancel(self, job_id: str) -> None:
         self.scheduler.cancel(job_id)
@@ -439,15 +436,18 @@ class RenderSession:
         current = [{"index": index, "step": r.get("step", 0), "steps": r.get("steps", 0)}
                    for (job_id, index), r in sorted(self.progress.items()) if job_id == job.job_id]
         return {
-            "name": job.plan.name, "state": state.state if state.finished or state.error else "running",
-            "kind": "frame" if job.plan.is_animation else "image", "total": len(job.plan.output_indices),
+            **self._job_fields(job), "state": state.state if state.finished or state.error else "running",
             "done": len(job.plan.output_indices & state.done), "reused": job.reused,
             "failed": len({error["index"] for error in job.errors} - state.done), "failed_attempts": len(job.errors),
-            "started_at": job.started_at, "updated_at": utc_now(),
-            "finished_at": utc_now() if state.finished else None, "eta_seconds": self.eta_seconds(job),
-            "current": current, "errors": job.errors[-20:], "error": state.error,
-            "video": None, "job_id": self.cluster_job_id or job.job_id, "dashboard_url": self.dashboard_url,
+            "updated_at": utc_now(), "finished_at": utc_now() if state.finished else None,
+            "eta_seconds": self.eta_seconds(job), "current": current, "errors": job.errors[-20:], "error": state.error,
         }
+
+    def _job_fields(self, job: RenderJob) -> dict:
+        """status.json's fields that do not change while the job runs."""
+        return {"name": job.plan.name, "kind": "frame" if job.plan.is_animation else "image",
+                "total": len(job.plan.output_indices), "started_at": job.started_at, "video": None,
+                "job_id": self.cluster_job_id or job.job_id, "dashboard_url": self.dashboard_url}
 
     def _write_status(self, job: RenderJob, force: bool = False, extra: dict | None = None) -> None:
         now = time.monotonic()
@@ -546,11 +546,7 @@ class RenderSession:
         except OSError as error:  # a full disk, say: the job fails, its frames are kept (submit again)
             self.scheduler.fail(job.job_id, job.out.write_problem(what, error))
         except VideoError as error:
-            if "No space left on device" in str(error):  # ffmpeg ran out of room writing it
-                self.scheduler.fail(job.job_id, job.out.write_problem(what, OSError(errno.ENOSPC, os.strerror(
-                    errno.ENOSPC))))
-            else:
-                self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
+            self.scheduler.fail(job.job_id, f"could not make {what}: {' '.join(str(error).split())}")
         self._write_status(job, force=True, extra=extra)
         job.finished = True
         return state.state

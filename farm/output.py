@@ -38,15 +38,15 @@ LAYOUT_FOLDERS = (*FRAME_FOLDERS.values(), "previews", "depth", "chain", MANIFES
 LAYOUT_FILES = (MANIFEST, "plan.json", "status.json", "scene.yaml")
 LOCK_FILE = ".lock"
 """Held (flock) by the `farm submit` rendering into the folder; holds its pid."""
-_WRITTEN_NAMES = r"\d{6}\.(?:png|json)|status\.json|plan\.json|scene\.yaml|manifest\.jsonl|contact_sheet|video"
+_LAYOUT_FILE = r"\d{6}\.(?:png|json)"
+"""Names of the files in the layout folders (a frame, a depth map, a manifest.d/ object)."""
+_WRITTEN_NAMES = rf"{_LAYOUT_FILE}|status\.json|plan\.json|scene\.yaml|manifest\.jsonl|contact_sheet|video"
 _HALF_WRITTEN = re.compile(
     rf"\.(?:{_WRITTEN_NAMES})\.[a-z0-9_]+\.tmp(?:\.[a-z0-9]+)?"
     r"|\.\.(?:contact_sheet|video)\.[a-z0-9_]+\.tmp\.[a-z0-9_]+\.partial\.[a-z0-9]+")
 """Temporary files of what a render writes: storage.write_atomic's ``.NAME.XXXX.tmp``,
 local_target's ``.STEM.HEX.tmp.SUFFIX``, and animation.video.stitch's partial video inside
 that. Not farm preview's (it writes without claiming the folder), nor other hidden files."""
-_FRAME_FILE = re.compile(r"\d{6}\.(png|json|npy|tif|tiff|exr)")
-"""Names of the files in the layout folders (a frame, a manifest.d/ object, ...)."""
 # writing errors that trying again (rendering the frame again) cannot cure
 PERSISTENT_WRITE_ERRORS = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM, _errno.ENOTDIR, _errno.EEXIST,
                                      _errno.EISDIR, _errno.ENAMETOOLONG})
@@ -341,7 +341,7 @@ class OutputFolder:
                                     "then submit again")
         for name in LAYOUT_FOLDERS:  # a folder where a frame's file goes: found after rendering it, every time
             try:
-                entries = [e for e in os.scandir(root / name) if _FRAME_FILE.fullmatch(e.name)]
+                entries = [e for e in os.scandir(root / name) if re.fullmatch(_LAYOUT_FILE, e.name)]
             except OSError:  # not there (or not a folder: reported above)
                 continue
             for entry in entries:

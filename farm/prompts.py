@@ -102,8 +102,8 @@ def parse_prompt_schedule(value: object, crossfade: int = 0) -> PromptSchedule:
             prompts = tuple(parse_prompt(e) for e in entries)
         except PromptError as exc:
             raise PromptError(f"frame {frame}: {exc}") from None
-        if sum(map(len, entries)) > MAX_PROMPT_SET_LENGTH:
-            raise PromptError(f"frame {frame}: its {len(entries)} prompts hold {sum(map(len, entries))} characters, "
+        if (length := sum(map(len, entries))) > MAX_PROMPT_SET_LENGTH:
+            raise PromptError(f"frame {frame}: its {len(entries)} prompts hold {length} characters, "
                               f"beyond the limit of {MAX_PROMPT_SET_LENGTH} for one frame")
         keys.append((frame, prompts))  # a zero sum is the scene's to judge: text and image weights together
     keys.sort(key=lambda k: k[0])

@@ -125,8 +125,8 @@ def open_filesystem(url: str):
     return fs, root
 
 
-LOCAL_PROTOCOLS = (["file"], ["local"])
-"""fsspec URIs that name a folder on this machine's disk."""
+LOCAL_PROTOCOLS = ("file", "local")
+"""fsspec protocols whose paths are on this machine's disk."""
 
 
 def disk_path(location: str | os.PathLike) -> Path | None:
@@ -143,7 +143,7 @@ def is_local_uri(url: str) -> bool:
     """A URI whose files end up on this machine's disk: file:// (or local://), also behind
     a cache (simplecache::file://...)."""
     protocols = uri_protocols(url)
-    return bool(protocols) and [protocols[-1]] in LOCAL_PROTOCOLS
+    return bool(protocols) and protocols[-1] in LOCAL_PROTOCOLS
 
 
 def confined_key(root: str, relative: str | os.PathLike, url: str | None = None) -> str:

@@ -505,13 +505,13 @@ def test_a_refused_folder_of_the_users_files_gets_no_status_json(tmp_path, bare_
 def test_a_full_disk_while_the_video_is_written_says_so_naming_the_video(tmp_path, bare_session, monkeypatch):
     """ffmpeg's own reason (No space left on device) becomes the farm's full-disk wording for
     video.mp4, not ffmpeg's line about its hidden temporary file."""
+    import os
+
     import farm.driver as driver
-    from animation.video import VideoError
     from farm.driver import RenderJob
 
-    def full_disk_video(out, plan, entries, inputs=None):
-        raise VideoError(f"cannot write video {out.root}/.video.f683772f.tmp.mp4: Error writing trailer: No space "
-                         "left on device")
+    def full_disk_video(out, plan, entries, inputs=None):  # as animation.video.stitch says a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{out.root}/.video.f683772f.tmp.mp4")
 
     monkeypatch.setattr(driver, "make_video", full_disk_video)
     plan = resolve(parse_scene(TINY_SCENE + "animation_mode: 2D\nmax_frames: 2\n"))

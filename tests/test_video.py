@@ -205,6 +205,26 @@ def test_error_line_of_a_full_disk_is_not_the_encoders_closing_statistics():
     assert _error_line(stderr) == "Error writing trailer: No space left on device"
 
 
+def test_stitch_says_a_full_disk_as_an_oserror(tmp_path, monkeypatch):
+    """ffmpeg's 'No space left on device' becomes OSError(ENOSPC), which callers treat as any
+    full-disk write (the farm: 'no room to write video.mp4 ...: free some space')."""
+    import errno
+
+    import animation.video as video
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho '[out#0/mp4 @ 0x1] Error writing trailer: No space left on "
+                    "device' >&2\necho '[libx264 @ 0x2] kb/s:188.05' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: str(fake))
+    frame = tmp_path / "f.png"
+    cv2.imwrite(str(frame), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(OSError) as caught:
+        video.stitch([frame, frame], tmp_path / "out.mp4")
+    assert caught.value.errno == errno.ENOSPC and not isinstance(caught.value, VideoError)
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_error_line_skips_generic_closing_lines_and_stream_descriptions():
     from animation.video import _error_line
 
