@@ -370,7 +370,7 @@ def cmd_preview(args) -> int:
 def cmd_submit(args) -> int:
     scenes = _check_submit_args(args)
     from farm.remote import resolve_address, submit_remote
-    from farm.submit import submit_local
+    from farm.submit import RayStartFailed, submit_local
 
     address = None if args.in_cluster else resolve_address(args.address)
     if address:
@@ -381,7 +381,11 @@ def cmd_submit(args) -> int:
     if args.device and not args.in_cluster:
         check_device_present(args.device)
     check_models_present(scenes)
-    return submit_local(args)
+    try:
+        return submit_local(args)
+    except RayStartFailed as error:  # this machine's trouble, not the user's input: exit 1
+        print(f"farm: error: {error}; nothing was rendered", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def check_device_present(device: str) -> None:

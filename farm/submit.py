@@ -232,10 +232,20 @@ def remove_stale_ray_folders(parent: str | None = None, now: float | None = None
     return removed
 
 
+RAY_START_ATTEMPTS = 2
+"""Ray gives its raylet 30 s (fixed) to register: on a machine too busy for that, the
+embedded Ray is started once more before the submit gives up."""
+
+
+class RayStartFailed(RuntimeError):
+    """The embedded Ray did not start (a one-line reason)."""
+
+
 def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, dashboard: bool = True) -> LocalRay:
     """An embedded Ray on this machine only: every server of it, the dashboard included,
     listens on 127.0.0.1 (`loopback_only_node`), with Ray's token auth left on as Ray sets
-    it. Its temp_dir is None with $DISCO_FARM_RAY_TMP (kept) or when Ray was running already."""
+    it. Its temp_dir is None with $DISCO_FARM_RAY_TMP (kept) or when Ray was running already.
+    Raises RayStartFailed when Ray fails to start RAY_START_ATTEMPTS times."""
     import ray
 
     if ray.is_initialized():
@@ -248,23 +258,45 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
         except OSError as error:
             raise SubmitError(f"DISCO_FARM_RAY_TMP={chosen}: cannot make Ray's folder there: "
                               f"{error.strerror or error}") from None
-    # Ray makes its session folders world-writable: inside a folder only this user may enter
-    if not chosen:
+    else:
         remove_stale_ray_folders()
-    owned = None if chosen else tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX)
-    temp_dir = chosen or os.path.join(owned, "r")  # short: Ray's socket paths must stay under 107 bytes
+    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard)
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        # Ray makes its session folders world-writable: inside a folder only this user may enter
+        owned = None if chosen else tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX)
+        temp_dir = chosen or os.path.join(owned, "r")  # short: Ray's socket paths must stay under 107 bytes
+        try:
+            context = _init_local_ray(temp_dir, owned, options)
+            break
+        except Exception as error:  # Ray's own failures: a server that did not start or register in time
+            reason = printable(" ".join(str(error).split())[:300]) or type(error).__name__
+            if attempt == RAY_START_ATTEMPTS:
+                raise RayStartFailed(f"the embedded Ray did not start ({RAY_START_ATTEMPTS} tries): {reason}") from None
+            print(f"farm: Ray did not start ({reason}); trying once more", file=sys.stderr)
+    address = getattr(context, "dashboard_url", None)
+    return LocalRay(owned, f"http://{address}" if dashboard and address else None)
+
+
+def _init_local_ray(temp_dir: str, owned: str | None, options: dict):
+    """ray.init for `start_local_ray`, once. Ctrl-C waits for Ray to be up (one raised
+    inside ray.init could crash its shutdown); on any failure nothing of this try is left:
+    Ray stopped, its servers too (a node that failed to start leaves them running), and
+    ``owned`` (this try's folder) removed."""
+    import ray
+
     interrupted = []
     previous_int = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-    try:  # Ctrl-C waits for Ray to be up (one raised inside ray.init could crash its shutdown)
+    try:
         with loopback_only_node():
             context = ray.init(
-                num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                _temp_dir=temp_dir, log_to_driver=True, configure_logging=False,
+                **options, dashboard_host="127.0.0.1", _temp_dir=temp_dir, log_to_driver=True,
+                configure_logging=False,
                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
             )
     except BaseException as error:
         if ray.is_initialized():  # Ray's processes may be up already: stopped before their folder goes
             ray.shutdown()
+        stop_descendants_naming(temp_dir)
         if owned:
             shutil.rmtree(owned, ignore_errors=True)
         if isinstance(error, SystemExit) and error.code == signal.SIGTERM:  # Ray's own SIGTERM handler, mid-start
@@ -279,8 +311,39 @@ def start_local_ray(num_gpus: int | None = None, num_cpus: int | None = None, da
         if owned:
             shutil.rmtree(owned, ignore_errors=True)
         raise KeyboardInterrupt
-    address = getattr(context, "dashboard_url", None)
-    return LocalRay(owned, f"http://{address}" if dashboard and address else None)
+    return context
+
+
+def stop_descendants_naming(text: str) -> list[int]:
+    """SIGKILL this process's descendants whose command line contains ``text`` (Linux,
+    /proc; best effort). Returns their process ids."""
+    if not os.path.isdir("/proc"):
+        return []
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                parents[int(entry)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                commands[int(entry)] = handle.read().decode("utf-8", "replace")
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid in parents and pid not in seen:
+            seen.add(pid)
+            pid = parents[pid]
+            if pid == os.getpid():
+                return True
+        return False
+
+    stopped = [pid for pid, command in commands.items() if text in command and descends(pid)]
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return stopped
 
 
 class Terminated(KeyboardInterrupt):
