@@ -17,8 +17,8 @@ One more tiny full-UNet case takes Video Input's cut augmentations (DD's MakeCut
 by animation mode: Video Input adds a perspective warp and a nearest-neighbour rotation;
 2D/3D add only a mirror and a hue shift, which cost next to nothing), in both modes.
 
-Per configuration: seconds per step of both modes (median of interleaved runs, first
-step of each run left out), their ratio, the work per step (``engine.benchmark``'s
+Per configuration: seconds per step of both modes (median of 3-4 interleaved runs, the
+first step of each run left out), their ratio, the work per step (``engine.benchmark``'s
 counts: UNet forwards, CLIP calls per model, host syncs, aten ops that run a kernel) and, on the full-UNet path,
 the cost of the parts in isolation to explain the ratio.
 """
@@ -67,21 +67,26 @@ class EngineCase:
 
 
 def full_cases() -> list[EngineCase]:
+    """The figures of `make bench`: about 8 of its 14 minutes on a 2-core VM (tiny cases
+    40-60 s each, mid secondary about 110 s, mid full UNet about 240 s). Each run times
+    all its steps but the first: 4 for the tiny cases, 1-2 for the mid ones, whose steps
+    take 5-12 s each."""
     return [
-        EngineCase("tiny, secondary model", "tiny", True, 128, 64, steps=6, repeats=5),
-        EngineCase("tiny, full UNet", "tiny", False, 128, 64, steps=6, repeats=5),
-        EngineCase("tiny, full UNet, Video Input cuts", "tiny", False, 128, 64, steps=6, repeats=5,
+        EngineCase("tiny, secondary model", "tiny", True, 128, 64, steps=5, repeats=4),
+        EngineCase("tiny, full UNet", "tiny", False, 128, 64, steps=5, repeats=4),
+        EngineCase("tiny, full UNet, Video Input cuts", "tiny", False, 128, 64, steps=5, repeats=3,
                    animation_mode="Video Input"),
-        EngineCase("mid, secondary model", "mid", True, 320, 192, steps=3, repeats=3, count_size=(64, 64)),
-        EngineCase("mid, full UNet", "mid", False, 320, 192, steps=4, repeats=3, count_size=(64, 64)),
+        EngineCase("mid, secondary model", "mid", True, 320, 192, steps=2, repeats=3, count_size=(64, 64)),
+        EngineCase("mid, full UNet", "mid", False, 320, 192, steps=3, repeats=3, count_size=(64, 64)),
     ]
 
 
 def quick_cases() -> list[EngineCase]:
-    """A tiny configuration for tests (seconds, not meaningful figures)."""
+    """A tiny configuration for tests (seconds, not meaningful figures): two steps a run,
+    one of them timed; two cut batches, so DD's per-cut-batch loop shows in the counts."""
     return [
-        EngineCase("tiny, secondary model", "tiny", True, 64, 64, steps=3, repeats=1, cutn_batches=2),
-        EngineCase("tiny, full UNet", "tiny", False, 64, 64, steps=3, repeats=1, cutn_batches=2),
+        EngineCase("tiny, secondary model", "tiny", True, 64, 64, steps=2, repeats=1, cutn_batches=2),
+        EngineCase("tiny, full UNet", "tiny", False, 64, 64, steps=2, repeats=1, cutn_batches=2),
     ]
 
 

@@ -165,10 +165,15 @@ class GpuRun:
     budget_seconds: float = 540.0
     device: str = "cuda"
     compile_unet: bool = False
+    animation_runs: int = 2
+    """Runs per animation mode in ``animation_costs`` (median)."""
+    raft_repeats: int = 3
+    """Timed RAFT calls after its warm-up (median)."""
 
 
-DRY_RUN = GpuRun(preset="tiny", width=64, height=64, cutn_batches=1, steps=3, repeats=1, memory_sizes=(),
-                 budget_seconds=300.0, device="cpu")
+DRY_RUN = GpuRun(preset="tiny", width=64, height=64, cutn_batches=1, steps=2, repeats=1, memory_sizes=(),
+                 budget_seconds=300.0, device="cpu", animation_runs=1, raft_repeats=1)
+"""The CPU dry run: every stage once, as little as it takes (each run times one step)."""
 
 
 class Deadline:
@@ -274,12 +279,14 @@ ANIMATION_MODES = ("None", "2D", "Video Input")
 RAFT_FRAME_SIZE = (1280, 768)
 
 
-def animation_costs(renderer, spec, deadline: Deadline, log=print) -> dict[str, Any]:
+def animation_costs(renderer, spec, deadline: Deadline, log=print, *, runs: int = 2,
+                    raft_repeats: int = 3) -> dict[str, Any]:
     """What an animation frame adds to a still's step: the engine's seconds per step with
     each animation mode's cut augmentations (DD's MakeCutoutsDango: 2D/3D mirror and hue,
-    Video Input a perspective warp) on the same models and spec, medians of two runs; and
-    RAFT (random weights, fp32, DD's 20 iterations) on one pair of frames at 1280x768, as
-    a Video Input frame with flow warp computes it once."""
+    Video Input a perspective warp) on the same models and spec, medians of ``runs`` runs;
+    and RAFT (random weights, fp32, DD's 20 iterations) on one pair of frames at 1280x768
+    (median of ``raft_repeats`` calls after a warm-up), as a Video Input frame with flow
+    warp computes it once."""
     import statistics
 
     import numpy as np
@@ -296,8 +303,8 @@ def animation_costs(renderer, spec, deadline: Deadline, log=print) -> dict[str, 
         moded = dataclasses.replace(spec, guidance=dataclasses.replace(
             spec.guidance, augmentations=augmentations_for_mode(mode)))
         eb.engine_step_seconds(renderer, eb.with_steps(moded, 2))  # warm-up
-        runs = [statistics.median(eb.engine_step_seconds(renderer, moded)[1:]) for _ in range(2)]
-        result["engine_seconds_per_step"][mode] = statistics.median(runs)
+        timed = [statistics.median(eb.engine_step_seconds(renderer, moded)[1:]) for _ in range(runs)]
+        result["engine_seconds_per_step"][mode] = statistics.median(timed)
         log(f"   {mode} cut augmentations: {result['engine_seconds_per_step'][mode]:.3f} s/step")
     still = result["engine_seconds_per_step"].get("None")
     if isinstance(still, float):
@@ -314,7 +321,7 @@ def animation_costs(renderer, spec, deadline: Deadline, log=print) -> dict[str, 
         frames = np.random.default_rng(0).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
         raft(frames[0], frames[1])  # warm-up
         times = []
-        for _ in range(3):
+        for _ in range(raft_repeats):
             started = time.perf_counter()
             flow = raft(frames[0], frames[1])  # returns on the host: synchronised
             times.append(time.perf_counter() - started)
@@ -440,7 +447,8 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
         renderer, spec = measured.pop("_renderer"), measured.pop("_spec")
         if secondary and deadline.left() > 60:
             try:
-                section["animation"] = animation_costs(renderer, spec, deadline, log)
+                section["animation"] = animation_costs(renderer, spec, deadline, log, runs=run.animation_runs,
+                                                       raft_repeats=run.raft_repeats)
             except Exception as error:
                 section["animation"] = {"error": f"{type(error).__name__}: {error}"}
         if secondary or deadline.left() > 120:
@@ -495,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 3 or args.repeats < 1:
         print("bench.gpu: --steps must be at least 3 and --repeats at least 1", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
     if args.cpu_dry_run:
         run = dataclasses.replace(DRY_RUN, budget_seconds=args.budget_seconds)
-        torch.set_num_threads(1)  # steadier on a shared CPU
+        torch.set_num_threads(1)  # steadier on a shared CPU (two threads on a busy 2-core VM: 5x slower)
     elif not torch.cuda.is_available():
         print("bench.gpu: no CUDA device (torch.cuda.is_available() is false): nothing to measure here; "
               "run it on a machine with an NVIDIA GPU")
@@ -509,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about every random-weight model
     started = time.perf_counter()
-    section = run_gpu(run, args.peak_tflops)
+    try:
+        section = run_gpu(run, args.peak_tflops)
+    finally:
+        torch.set_num_threads(threads)
     section["wall_seconds"] = round(time.perf_counter() - started, 1)
     machine = machine_name(args.machine)
     path = results_path(machine, today(), args.out_dir)

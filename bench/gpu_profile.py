@@ -310,8 +310,9 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
     if not secondary:
         models = eb.without_secondary(models)
     renderer = Renderer(ModelSet(models, device, random_weights=preset != "tiny"))
-    size = (1280, 768) if preset == "dd" else (64, 64)
-    spec = eb.make_spec(models, *size, steps=steps, cutn_batches=4)
+    # the tiny models (the CPU check): one cut batch, 16 cuts per model a step instead of 64
+    size, cutn_batches = ((1280, 768), 4) if preset == "dd" else ((64, 64), 1)
+    spec = eb.make_spec(models, *size, steps=steps, cutn_batches=cutn_batches)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     label = "secondary model" if secondary else "full UNet"
     renderer.render(eb.with_steps(spec, 2))  # warm-up
@@ -337,7 +338,8 @@ def profile_config(secondary: bool, steps: int, log, preset: str = "dd", device:
         on_breakdown(step_breakdown(renderer, spec, kernels, steps, label, peak_tflops, log))
     if on_headroom is not None:
         log(f"batching headroom at {size[0]}x{size[1]}:")
-        on_headroom(batching_headroom(renderer.models.unet, size[1], size[0], log))
+        on_headroom(batching_headroom(renderer.models.unet, size[1], size[0], log,
+                                      repeats=3 if device == "cuda" else 1))
     results = []
     if variants:
         timed = eb.with_steps(spec, max(steps, 4) if device == "cuda" else steps)  # the CPU check: fewer
@@ -383,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU: checks the script only")
+    parser.add_argument("--cpu-check", action="store_true",
+                        help="tiny models on the CPU, one torch thread, one cut batch: checks the script only")
     parser.add_argument("--no-tables", action="store_true", help="skip the profiler tables, time the variants only")
     parser.add_argument("--skip-compile", action="store_true",
                         help="leave out the torch.compile variant (1-2 minutes of compilation per path)")
@@ -405,6 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(text)
 
     preset, device = ("tiny", "cpu") if args.cpu_check else ("dd", "cuda")
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)  # as bench.gpu's dry run: two threads on a busy 2-core VM are 5x slower
+    try:
+        return _profile(args, preset, device, log, lines)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _profile(args, preset: str, device: str, log, lines: list[str]) -> int:
+    import torch
+
     log(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} torch {torch.__version__}")
     done: list[dict] = []
     headroom: list[dict] = []

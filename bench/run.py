@@ -1,8 +1,9 @@
 """`make bench`: the CPU benchmarks (engine, farm overhead, scheduler) in one run.
 
-    python -m bench.run                      # all three, ~11 minutes on 2 cores
+    python -m bench.run                      # all three, ~14 minutes on a 2-core VM
+                                             # (engine ~8, farm ~4, scheduler ~2)
     python -m bench.run --only engine        # one or more of: engine, farm, scheduler
-    python -m bench.run --quick              # a tiny configuration (seconds; for tests)
+    python -m bench.run --quick              # a tiny configuration (~1.5 minutes; for tests)
     python -m bench.run --machine ci-runner --note "nightly"
 
 Prints the figures and writes them into bench/results/<YYYY-MM-DD>-<machine>.json (one

@@ -26,7 +26,7 @@ diffusion_model: tiny
 clip_models: ["tiny-vit::random"]
 width_height: [64, 64]
 seed: 9
-steps: 6
+steps: {steps}
 skip_steps: 0
 cutn_batches: 1
 cut_overview: "[2]*1000"
@@ -37,32 +37,41 @@ text_prompts: {0: ["a red apple:2", "blue:1"]}
 """
 
 
-def workload(scale: int) -> list[tuple[str, str]]:
-    stills = BASE + f"name: stills\nn_batches: {4 * scale}\n"
-    anim = BASE + f'name: anim\nanimation_mode: 2D\nmax_frames: {4 * scale}\nframes_skip_steps: "50%"\nzoom: "0:(1.05)"\n'
-    shots = BASE + f'name: shots\nanimation_mode: 2D\nmax_frames: {4 * scale}\ncuts: [{2 * scale}]\nangle: "0:(3)"\n'
+def workload(scale: int, steps: int = 6) -> list[tuple[str, str]]:
+    base = BASE.replace("{steps}", str(steps))
+    stills = base + f"name: stills\nn_batches: {4 * scale}\n"
+    anim = base + f'name: anim\nanimation_mode: 2D\nmax_frames: {4 * scale}\nframes_skip_steps: "50%"\nzoom: "0:(1.05)"\n'
+    shots = base + f'name: shots\nanimation_mode: 2D\nmax_frames: {4 * scale}\ncuts: [{2 * scale}]\nangle: "0:(3)"\n'
     return [("stills", stills), ("anim", anim), ("shots", shots)]
 
 
-def run_workload(root: Path, scale: int, actors: int, on_update=None) -> tuple[dict, dict[str, dict[int, str]]]:
+def run_workload(root: Path, scale: int, actors: int, on_update=None,
+                 steps: int = 6) -> tuple[dict, dict[str, dict[int, str]]]:
     session = RenderSession(actors=actors, gpus_per_actor=1, cpus_per_actor=1, threads=1, poll_seconds=0.05,
                             max_restarts=-1, on_update=on_update)
-    for name, text in workload(scale):
+    for name, text in workload(scale, steps):
         plan = resolve(parse_scene(text))
         session.add(RenderJob(name, plan, OutputFolder(root / name), JobInputs()))
     try:
         results = session.run()
     finally:
         session.shutdown()
-    hashes = {name: {e.index: e.sha256 for e in OutputFolder(root / name).manifest()} for name, _ in workload(scale)}
+    hashes = {name: {e.index: e.sha256 for e in OutputFolder(root / name).manifest()}
+              for name, _ in workload(scale, steps)}
     return results, hashes
 
 
 class FaultInjector:
     """Called on every driver loop turn; injects a fault every few finished frames."""
 
-    def __init__(self, cluster: Cluster, nodes: list, removals: int = 1, seed: int = 0, every: int = 2):
+    KINDS = ("ray.kill", "SIGKILL", "removed node")  # how each kind's entries in `injected` begin
+
+    def __init__(self, cluster: Cluster, nodes: list, removals: int = 1, seed: int = 0, every: int = 2,
+                 once_each: bool = False):
+        """`once_each`: stop once every kind of fault has been injected (at least) once;
+        otherwise inject until the workload is done."""
         self.cluster = cluster
+        self.once_each = once_each
         self.nodes = list(nodes)
         self.removals = removals
         self.random = random.Random(seed)
@@ -76,12 +85,17 @@ class FaultInjector:
     def __call__(self, session) -> None:
         """Inject the next fault once `every` more frames have finished; a turn with nothing
         to hit (no busy actor, no process id yet) tries again on the next turn."""
-        if len(session.completed) < self.next_at or not session.inflight:
+        if len(session.completed) < self.next_at or not session.inflight or self.done:
             return
         count = len(self.injected)
         self._inject(session)
         if len(self.injected) > count:
             self.next_at = len(session.completed) + self.every
+
+    @property
+    def done(self) -> bool:
+        """With `once_each`: every kind of fault was injected."""
+        return self.once_each and all(any(f.startswith(kind) for f in self.injected) for kind in self.KINDS)
 
     def _inject(self, session) -> None:
         busy = [label for _, label, _ in session.inflight.values() if label in session.slots]
@@ -121,17 +135,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def chaos(scale: int = 1, actors: int = 3, seed: int = 0) -> dict:
-    """Reference run, then the same workload under faults; returns a summary."""
+def chaos(scale: int = 1, actors: int = 3, seed: int = 0, reference_actors: int | None = None,
+          once_each: bool = False, steps: int = 6) -> dict:
+    """Reference run (on `reference_actors`, default `actors`: a frame's pixels do not
+    depend on the actor count, each actor has one torch thread), then the same workload on
+    `actors` under faults (`once_each`: each kind of fault once, see FaultInjector);
+    `steps`: the sampler steps of every scene. Returns a summary."""
     root = Path(tempfile.mkdtemp(prefix="disco-farm-chaos-"))
     os.environ.setdefault("RAY_TMPDIR", str(root / "ray"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(actors + 1)]
     ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     try:
-        reference_results, reference = run_workload(root / "reference", scale, actors)
-        injector = FaultInjector(cluster, nodes, removals=1, seed=seed)
-        results, disturbed = run_workload(root / "chaos", scale, actors, on_update=injector)
+        reference_results, reference = run_workload(root / "reference", scale, reference_actors or actors, steps=steps)
+        injector = FaultInjector(cluster, nodes, removals=1, seed=seed, once_each=once_each)
+        results, disturbed = run_workload(root / "chaos", scale, actors, on_update=injector, steps=steps)
     finally:
         ray.shutdown()
         cluster.shutdown()

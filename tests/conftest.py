@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads that wait spin: the tests' Ray actors, subprocesses and this process share
+# 2 cores, and a 2-thread actor's spinning cost 10-20x the CPU of its render. Waiting
+# threads sleep instead (set before torch loads OpenMP; inherited by Ray's workers and
+# every subprocess). Pixels are the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

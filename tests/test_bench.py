@@ -16,6 +16,19 @@ from bench.common import BenchError, machine_name, results_path, target, update_
 from bench.simulated import SimulatedRenderer, simulated_seconds, steps_run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread in this process, as the benchmarks' CPU parts use: torch's default
+    (a thread per core) with other processes on the cores makes the tiny renders here
+    several times slower (threads waiting on each other), not faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     """`python -m bench.run --quick` (all three CPU parts), once for the module."""

@@ -12,7 +12,9 @@ from farm.scene import parse_scene
 from tests.conftest import TINY_SCENE
 
 BASE = "\n".join(l for l in TINY_SCENE.splitlines() if not l.startswith(("steps", "skip_steps"))) + "\n"
-FAST = BASE + 'steps: 6\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[2]*1000"\ncut_innercut: "[1]*1000"\ninit_scale: 0\nframes_scale: 0\n'
+# 4 steps (2 for animation frames after the first) and one cut of each kind: the tests compare
+# pixels of runs of the same scene, which any step count shows
+FAST = BASE + 'steps: 4\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[1]*1000"\ncut_innercut: "[1]*1000"\ninit_scale: 0\nframes_scale: 0\n'
 STILLS = FAST + "n_batches: 4\n"
 ANIM = FAST + 'animation_mode: 2D\nmax_frames: 4\nframes_skip_steps: "50%"\nzoom: "0:(1.1)"\ntranslation_x: "0:(3)"\n'
 
@@ -45,11 +47,23 @@ def frame_hashes(out_dir):
 
 
 @pytest.fixture(scope="module")
-def reference_stills_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stills-1")
-    _, results = render(STILLS, out, actors=1)
-    assert results == {"t": "succeeded"}
-    return out
+def references(tmp_path_factory):
+    """STILLS and ANIM rendered on one actor, as two jobs of one session (one actor start
+    for both): the pictures the tests below must reproduce."""
+    stills, anim = tmp_path_factory.mktemp("stills-1"), tmp_path_factory.mktemp("anim-1")
+    session = render(STILLS, stills, session=RenderSession(actors=1, threads=1, poll_seconds=0.05), name="stills")
+    render(ANIM, anim, session=session, name="anim")
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"stills": "succeeded", "anim": "succeeded"}
+    return stills, anim
+
+
+@pytest.fixture(scope="module")
+def reference_stills_out(references):
+    return references[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +72,8 @@ def reference_stills(reference_stills_out):
 
 
 @pytest.fixture(scope="module")
-def reference_anim_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("anim-1")
-    _, results = render(ANIM, out, actors=1)
-    assert results == {"t": "succeeded"}
-    return out
+def reference_anim_out(references):
+    return references[1]
 
 
 @pytest.fixture(scope="module")
@@ -70,50 +81,72 @@ def reference_anim(reference_anim_out):
     return frame_hashes(reference_anim_out)
 
 
-def test_stills_spread_over_two_actors_with_identical_images(tmp_path, reference_stills):
-    session, results = render(STILLS, tmp_path, actors=2)
-    assert results == {"t": "succeeded"}
-    assert len({actor for _, _, actor in session.completed}) == 2
-    assert frame_hashes(tmp_path) == reference_stills
+GROUPED = STILLS.replace("n_batches: 4", "n_batches: 5") + "images_per_call: 2\n"
+
+
+@pytest.fixture(scope="module")
+def two_actor_stills(tmp_path_factory):
+    """One session of two actors (two actor starts for the two tests below) with two jobs:
+    "spread", STILLS; after it, "together", GROUPED. Returns (session, results, the two
+    output folders)."""
+    spread, together = tmp_path_factory.mktemp("spread"), tmp_path_factory.mktemp("together")
+    session = render(STILLS, spread, session=RenderSession(actors=2, threads=1, poll_seconds=0.05), name="spread")
+    render(GROUPED, together, session=session, name="together")
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    return session, results, spread, together
+
+
+def test_stills_spread_over_two_actors_with_identical_images(two_actor_stills, reference_stills):
+    session, results, out, _ = two_actor_stills
+    assert results["spread"] == "succeeded"
+    assert len({actor for job, _, actor in session.completed if job == "spread"}) == 2
+    assert frame_hashes(out) == reference_stills
     assert len(reference_stills) == 4 and len(set(reference_stills.values())) == 4
-    assert (tmp_path / "contact_sheet.png").exists()
-    status = OutputFolder(tmp_path).read_json("status.json")
+    assert (out / "contact_sheet.png").exists()
+    status = OutputFolder(out).read_json("status.json")
     assert status["state"] == "succeeded" and status["done"] == 4
 
 
-def test_stills_rendered_together_are_their_solo_pictures_and_resume_by_group(tmp_path, reference_stills_out):
+def test_stills_rendered_together_are_their_solo_pictures_and_resume_by_group(two_actor_stills, reference_stills_out):
     """images_per_call: 2 renders images 0-1, 2-3 and 4 each in one actor call, each image
     its solo picture up to batched kernels' rounding; a damaged image brings its group back
     (the whole group renders, so its pixels match the first run) and only it is rewritten."""
     from farm.output import read_png
 
-    scene = STILLS.replace("n_batches: 4", "n_batches: 5") + "images_per_call: 2\n"
-    session, results = render(scene, tmp_path, actors=2)
-    assert results == {"t": "succeeded"}
-    by_image = {index: actor for _, index, actor in session.completed}
+    session, results, _, out = two_actor_stills
+    assert results["together"] == "succeeded"
+    by_image = {index: actor for job, index, actor in session.completed if job == "together"}
     assert sorted(by_image) == [0, 1, 2, 3, 4] and by_image[0] == by_image[1] and by_image[2] == by_image[3]
-    seconds = {e.index: e.seconds for e in OutputFolder(tmp_path).manifest()}
+    seconds = {e.index: e.seconds for e in OutputFolder(out).manifest()}
     assert seconds[0] == seconds[1] and seconds[2] == seconds[3]  # one render call per group
     solo = {e.index: read_png(reference_stills_out / e.file) for e in OutputFolder(reference_stills_out).manifest()}
-    together = {e.index: read_png(tmp_path / e.file) for e in OutputFolder(tmp_path).manifest()}
+    together = {e.index: read_png(out / e.file) for e in OutputFolder(out).manifest()}
     for index in range(4):  # the same seeds as the reference run's images 0-3
         apart = np.abs(solo[index].astype(np.int16) - together[index].astype(np.int16))
         assert apart.max() <= 2 and apart.mean() < 0.01, index
-    first_run = frame_hashes(tmp_path)
-    damaged = tmp_path / next(e.file for e in OutputFolder(tmp_path).manifest() if e.index == 3)
+    first_run = frame_hashes(out)
+    damaged = out / next(e.file for e in OutputFolder(out).manifest() if e.index == 3)
     damaged.write_bytes(damaged.read_bytes()[:100])
-    session, results = render(scene, tmp_path, actors=1)
+    session, results = render(GROUPED, out, actors=1)
     assert results == {"t": "succeeded"}
     assert [index for _, index, _ in session.completed] == [3]  # rendered with 2, written alone
-    assert frame_hashes(tmp_path) == first_run
+    assert frame_hashes(out) == first_run
 
 
 def test_render_actors_run_at_the_drivers_priority_not_rays_worker_niceness(tmp_path):
+    """Any render actor's process: one whose checkpoint cannot load is started the same way,
+    and answers in a second (it fails before importing CLIP's libraries)."""
     import os
 
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint" * 64)
+    scene = STILLS.replace("diffusion_model: tiny", "") + \
+        "diffusion_model: custom\ncustom_path: garbage.pt\nuse_secondary_model: false\n"
     session = RenderSession(actors=1, threads=1)
     try:
-        session.add(RenderJob("t", resolve(parse_scene(STILLS)), OutputFolder(tmp_path)))
+        session.add(RenderJob("t", resolve(parse_scene(scene, base_dir=tmp_path)), OutputFolder(tmp_path / "out")))
         session.start_actors()
         [info] = ray.get([slot.handle.info.remote() for slot in session.slots.values()])
     finally:
@@ -159,9 +192,15 @@ def test_a_resume_re_renders_every_frame_made_from_a_changed_setting(tmp_path, r
 
     shutil.copytree(reference_anim_out, tmp_path / "run")
     changed = ANIM + "border_mode: replicate\n"
-    session, results = render(changed, tmp_path / "run")
-    assert results == {"t": "succeeded"} and session.jobs["t"].reused == 1
-    render(changed, tmp_path / "fresh")
+    # the resume and the fresh run: two jobs of one session (one actor start)
+    session = render(changed, tmp_path / "run", session=RenderSession(actors=1, threads=1, poll_seconds=0.05),
+                     name="resumed")
+    render(changed, tmp_path / "fresh", session=session, name="fresh")
+    try:
+        results = session.run()
+    finally:
+        session.shutdown()
+    assert results == {"resumed": "succeeded", "fresh": "succeeded"} and session.jobs["resumed"].reused == 1
     assert frame_hashes(tmp_path / "run") == frame_hashes(tmp_path / "fresh")
     assert frame_hashes(tmp_path / "run")[0] == reference_anim[0]
     assert all(frame_hashes(tmp_path / "run")[i] != reference_anim[i] for i in (1, 2, 3))
@@ -293,7 +332,7 @@ def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference
                 time.sleep(120)
             return super().render(frame, animation, inputs, on_intermediate, should_stop)
 
-    plan = resolve(parse_scene(STILLS))
+    plan = resolve(parse_scene(STILLS.replace("n_batches: 4", "n_batches: 2")))  # the reference's first two
     session = RenderSession(actors=1, threads=1, poll_seconds=0.05, stall_seconds=4, renderer_class=HangsOnce)
     session.add(RenderJob("t", plan, OutputFolder(tmp_path / "out"), JobInputs()))
     try:
@@ -302,7 +341,7 @@ def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference
         session.shutdown()
     assert results == {"t": "succeeded"}
     assert marker.exists()
-    assert frame_hashes(tmp_path / "out") == reference_stills
+    assert frame_hashes(tmp_path / "out") == {index: reference_stills[index] for index in (0, 1)}
     errors = OutputFolder(tmp_path / "out").read_json("status.json")["errors"]
     assert len(errors) == 1 and errors[0]["index"] == int(marker.read_text())
     assert "process stopped while rendering" in errors[0]["message"]
@@ -343,9 +382,9 @@ def test_a_full_disk_while_writing_a_frame_retries_it_and_leaves_nothing_half_wr
         return real_replace(source, target)
 
     monkeypatch.setattr(farm.storage.os, "replace", replace_fails_once)
-    _, results = render(STILLS, tmp_path, actors=1)
+    _, results = render(STILLS.replace("n_batches: 4", "n_batches: 2"), tmp_path, actors=1)  # the reference's 0, 1
     assert failures and results == {"t": "succeeded"}
-    assert frame_hashes(tmp_path) == reference_stills
+    assert frame_hashes(tmp_path) == {index: reference_stills[index] for index in (0, 1)}
     assert not [p for p in (tmp_path / "images").iterdir() if p.name.startswith(".")]  # no temp files left
     errors = OutputFolder(tmp_path).read_json("status.json")["errors"]
     assert errors == [{"index": 1, "actor": "output", "message": "could not write image-000001: No space left on device"}]

@@ -28,7 +28,7 @@ from tests.test_farm_local import FAST
 ROOT = Path(__file__).resolve().parents[1]
 LOW = FAST + "n_batches: 10\n"
 HIGH = FAST.replace("seed: 5", "seed: 50") + "n_batches: 3\n"
-SLOW = FAST.replace("steps: 6", "steps: 200") + "n_batches: 3\n"  # seconds per frame: a frame to interrupt
+SLOW = FAST.replace("steps: 4", "steps: 200") + "n_batches: 3\n"  # seconds per frame: a frame to interrupt
 
 
 # ---------------------------------------------------------------------------- the grant order

@@ -287,6 +287,18 @@ def submit(*argv: str) -> int:
     return main(["submit", *argv, "--no-dashboard", "--actors", "1"])
 
 
+def local_render_env(patch: pytest.MonkeyPatch) -> None:
+    """A local embedded Ray, whatever the environment says. OMP_WAIT_POLICY=PASSIVE (the
+    actor processes inherit it): the one actor's torch threads (as many as the machine has
+    CPUs) sleep instead of spinning while they wait for each other, which on a busy CPU
+    burnt ten to twenty times the render's CPU time; the thread count, and so the pixels,
+    stay as they are."""
+    patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    patch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        patch.delenv(name, raising=False)
+
+
 def store_files(url: str) -> dict[str, bytes]:
     fs, root = fsspec.core.url_to_fs(url)
     return {os.path.relpath(path, root): fs.cat_file(path) for path in fs.find(root)}
@@ -310,10 +322,8 @@ def reference(scenes, tmp_path_factory):
     an object store: whole objects, manifest.d/; a local submit refuses memory://, which
     ends with the command): <url>/stills, <url>/anim."""
     url = f"file://{tmp_path_factory.mktemp('uri')}/reference"
-    with pytest.MonkeyPatch.context() as patch:  # a local embedded Ray, whatever the environment says
-        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-            patch.delenv(name, raising=False)
+    with pytest.MonkeyPatch.context() as patch:
+        local_render_env(patch)
         assert submit(str(scenes / "stills.yaml"), str(scenes / "anim.yaml"), "--out", url) == 0
         yield url
 
@@ -353,8 +363,7 @@ def test_stills_and_an_animation_write_the_whole_layout_to_the_uri(reference, sc
 
 def test_an_interrupted_run_resumes_against_the_uri_with_identical_pixels(reference, scenes, tmp_path, monkeypatch,
                                                                           capsys):
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        monkeypatch.delenv(name, raising=False)
+    local_render_env(monkeypatch)
     url = f"file://{tmp_path}/resumed"
     out = tmp_path / "resumed"
     real_bars = farm.submit._Bars.__call__
