@@ -203,6 +203,19 @@ STALE_RAY_FOLDER_SECONDS = 600
 """A Ray folder of ours this old that no process names is a killed run's (SIGKILL leaves it)."""
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """{process id: (parent id, command line)} of the processes /proc shows (Linux; best effort)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    table[int(entry)] = (parent, handle.read().decode("utf-8", "replace"))
+    return table
+
+
 def remove_stale_ray_folders(parent: str | None = None, now: float | None = None) -> list[str]:
     """Remove the Ray folders killed embedded runs left in ``parent`` (the temporary folder):
     this user's, named RAY_FOLDER_PREFIX..., untouched for STALE_RAY_FOLDER_SECONDS, that no
@@ -219,13 +232,7 @@ def remove_stale_ray_folders(parent: str | None = None, now: float | None = None
         return []
     if not candidates or not os.path.isdir("/proc"):
         return []
-    named = set()
-    for process in os.listdir("/proc"):
-        if process.isdigit():
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{process}/cmdline", "rb") as handle:
-                    command = handle.read().decode("utf-8", "replace")
-                named.update(folder for folder in candidates if folder in command)
+    named = {folder for _, command in process_table().values() for folder in candidates if folder in command}
     removed = [folder for folder in candidates if folder not in named]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
@@ -319,16 +326,8 @@ def stop_descendants_naming(text: str) -> list[int]:
     /proc; best effort). Returns their process ids."""
     if not os.path.isdir("/proc"):
         return []
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                parents[int(entry)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                commands[int(entry)] = handle.read().decode("utf-8", "replace")
+    table = process_table()
+    parents = {pid: parent for pid, (parent, _) in table.items()}
 
     def descends(pid: int) -> bool:
         seen = set()
@@ -339,7 +338,7 @@ def stop_descendants_naming(text: str) -> list[int]:
                 return True
         return False
 
-    stopped = [pid for pid, command in commands.items() if text in command and descends(pid)]
+    stopped = [pid for pid, (_, command) in table.items() if text in command and descends(pid)]
     for pid in stopped:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
