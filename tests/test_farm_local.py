@@ -27,6 +27,14 @@ def local_ray(ray_temp_dir):
     ray.shutdown()
 
 
+def run_session(session):
+    """Run a session's jobs, then shut it down (its actors too); returns the results."""
+    try:
+        return session.run()
+    finally:
+        session.shutdown()
+
+
 def render(scene_text, out_dir, actors=1, priority=0, on_update=None, session=None, name=None, inputs=None,
            base_dir=None):
     plan = resolve(parse_scene(scene_text, base_dir=base_dir))
@@ -35,10 +43,7 @@ def render(scene_text, out_dir, actors=1, priority=0, on_update=None, session=No
     session.add(RenderJob(name or plan.name, plan, OutputFolder(out_dir), inputs or JobInputs(), priority))
     if not own:
         return session
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     return session, results
 
 
@@ -53,10 +58,7 @@ def references(tmp_path_factory):
     stills, anim = tmp_path_factory.mktemp("stills-1"), tmp_path_factory.mktemp("anim-1")
     session = render(STILLS, stills, session=RenderSession(actors=1, threads=1, poll_seconds=0.05), name="stills")
     render(ANIM, anim, session=session, name="anim")
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     assert results == {"stills": "succeeded", "anim": "succeeded"}
     return stills, anim
 
@@ -92,10 +94,7 @@ def two_actor_stills(tmp_path_factory):
     spread, together = tmp_path_factory.mktemp("spread"), tmp_path_factory.mktemp("together")
     session = render(STILLS, spread, session=RenderSession(actors=2, threads=1, poll_seconds=0.05), name="spread")
     render(GROUPED, together, session=session, name="together")
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     return session, results, spread, together
 
 
@@ -196,10 +195,7 @@ def test_a_resume_re_renders_every_frame_made_from_a_changed_setting(tmp_path, r
     session = render(changed, tmp_path / "run", session=RenderSession(actors=1, threads=1, poll_seconds=0.05),
                      name="resumed")
     render(changed, tmp_path / "fresh", session=session, name="fresh")
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     assert results == {"resumed": "succeeded", "fresh": "succeeded"} and session.jobs["resumed"].reused == 1
     assert frame_hashes(tmp_path / "run") == frame_hashes(tmp_path / "fresh")
     assert frame_hashes(tmp_path / "run")[0] == reference_anim[0]
@@ -231,10 +227,7 @@ def test_priority_then_submission_order_with_shared_actors(tmp_path):
     session = RenderSession(actors=1, threads=1, poll_seconds=0.05)
     render(STILLS.replace("n_batches: 4", "n_batches: 2"), tmp_path / "low", session=session, name="low", priority=0)
     render(STILLS.replace("n_batches: 4", "n_batches: 2"), tmp_path / "high", session=session, name="high", priority=5)
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     assert results == {"low": "succeeded", "high": "succeeded"}
     assert [job for job, _, _ in session.completed] == ["high", "high", "low", "low"]
 
@@ -272,10 +265,7 @@ def test_frames_that_always_fail_end_with_a_report(tmp_path):
     plan = resolve(parse_scene(scene, base_dir=tmp_path))
     session = RenderSession(actors=2, threads=1, poll_seconds=0.05)
     session.add(RenderJob("bad", plan, OutputFolder(tmp_path / "out"), JobInputs()))  # pixels never supplied
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     assert results == {"bad": "failed"}
     status = OutputFolder(tmp_path / "out").read_json("status.json")
     assert "image-000000" in status["error"] and "actor-0" in status["error"] and "actor-1" in status["error"]
@@ -335,10 +325,7 @@ def test_a_frame_without_step_progress_is_failed_and_retried(tmp_path, reference
     plan = resolve(parse_scene(STILLS.replace("n_batches: 4", "n_batches: 2")))  # the reference's first two
     session = RenderSession(actors=1, threads=1, poll_seconds=0.05, stall_seconds=4, renderer_class=HangsOnce)
     session.add(RenderJob("t", plan, OutputFolder(tmp_path / "out"), JobInputs()))
-    try:
-        results = session.run()
-    finally:
-        session.shutdown()
+    results = run_session(session)
     assert results == {"t": "succeeded"}
     assert marker.exists()
     assert frame_hashes(tmp_path / "out") == {index: reference_stills[index] for index in (0, 1)}
