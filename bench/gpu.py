@@ -481,6 +481,25 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
     return rounded(section)
 
 
+SUMMARY_HEADER = ["secondary", "engine s/step", "DD s/step", "speed-up", "engine TFLOP/s", "peak GiB",
+                  "kernel ops/step (DD)"]
+
+
+def summary_rows(section: dict) -> list[list]:
+    """One row per configuration for the printed summary; a skipped or failed one says why."""
+    rows = []
+    for config in section["configs"]:
+        if "engine" not in config:
+            reason = config.get("skipped") or config.get("error") or "not measured"
+            rows.append([config.get("secondary_model"), reason] + ["-"] * (len(SUMMARY_HEADER) - 2))
+            continue
+        e, d = config["engine"], config["dd_equivalent"]
+        rows.append([config["secondary_model"], e["seconds_per_step"], d["seconds_per_step"], config["speedup"],
+                     e["achieved_tflops"], e.get("peak_memory_gib", "-"),
+                     f"{e['per_step'].get('kernel_ops', '-')} / {d['per_step'].get('kernel_ops', '-')}"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--machine", help="machine name in the results file name (default: short host name)")
@@ -529,18 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     if not path.exists():
         header["environment"] = environment()
     update_results(path, "gpu_dry_run" if args.cpu_dry_run else "gpu", section, header)
-    rows = []
-    for config in section["configs"]:
-        if "engine" not in config:
-            rows.append([config.get("secondary_model"), config.get("skipped") or config.get("error"), "", "", "", ""])
-            continue
-        e, d = config["engine"], config["dd_equivalent"]
-        rows.append([config["secondary_model"], e["seconds_per_step"], d["seconds_per_step"], config["speedup"],
-                     e["achieved_tflops"], e.get("peak_memory_gib", "-"),
-                     f"{e['per_step'].get('kernel_ops', '-')} / {d['per_step'].get('kernel_ops', '-')}"])
-    print_table(f"GPU: {section['device']} (peak {section['peak_dense_fp16_tflops']} TFLOP/s)",
-                ["secondary", "engine s/step", "DD s/step", "speed-up", "engine TFLOP/s", "peak GiB",
-                 "kernel ops/step (DD)"], rows)
+    print_table(f"GPU: {section['device']} (peak {section['peak_dense_fp16_tflops']} TFLOP/s)", SUMMARY_HEADER,
+                summary_rows(section))
     batched_rows = [[config["secondary_model"], row["images"], row.get("seconds_per_step", "-"),
                      row.get("seconds_per_image_step", row.get("skipped") or "out of memory"),
                      row.get("throughput_vs_one_image", "-"), row.get("achieved_tflops", "-")]

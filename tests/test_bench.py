@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import gpu, run as bench_run, scheduler
-from bench.common import BenchError, machine_name, results_path, target, update_results
+from bench.common import BenchError, machine_name, print_table, results_path, target, update_results
 from bench.simulated import SimulatedRenderer, simulated_seconds, steps_run
 
 
@@ -201,6 +201,20 @@ def test_gpu_script_dry_run_counts_flops_on_the_cpu(tmp_path):
     assert all(seconds > 0 for seconds in animation["engine_seconds_per_step"].values())
     assert animation["vs_still"]["None"] == 1
     assert animation["raft"]["seconds_per_pair"] > 0 and animation["raft"]["flow_shape"] == [128, 128, 2]
+
+
+def test_gpu_summary_table_prints_a_configuration_the_budget_skipped(capsys):
+    """A run that ran out of time for the full-UNet path still prints its table (an H100 run crashed here)."""
+    measured = {"secondary_model": True, "speedup": 3.03,
+                "engine": {"seconds_per_step": 0.17, "achieved_tflops": 139.8, "peak_memory_gib": 7.7,
+                           "per_step": {"kernel_ops": 3159}},
+                "dd_equivalent": {"seconds_per_step": 0.52, "per_step": {"kernel_ops": 8445}}}
+    section = {"configs": [measured, {"secondary_model": False, "skipped": "time budget"}]}
+    rows = gpu.summary_rows(section)
+    assert all(len(row) == len(gpu.SUMMARY_HEADER) for row in rows)
+    assert rows[0][-1] == "3159 / 8445" and rows[1][:2] == [False, "time budget"]
+    print_table("GPU", gpu.SUMMARY_HEADER, rows)
+    assert "time budget" in capsys.readouterr().out
 
 
 def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
