@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -140,23 +141,32 @@ def chaos(scale: int = 1, actors: int = 3, seed: int = 0, reference_actors: int 
     """Reference run (on `reference_actors`, default `actors`: a frame's pixels do not
     depend on the actor count, each actor has one torch thread), then the same workload on
     `actors` under faults (`once_each`: each kind of fault once, see FaultInjector);
-    `steps`: the sampler steps of every scene. Returns a summary."""
+    `steps`: the sampler steps of every scene. Returns a summary. Its renders and Ray's
+    session files go to a temporary folder, removed at the end."""
     root = Path(tempfile.mkdtemp(prefix="disco-farm-chaos-"))
-    os.environ.setdefault("RAY_TMPDIR", str(root / "ray"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(actors + 1)]
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    own_ray_tmpdir = "RAY_TMPDIR" not in os.environ  # Ray's sockets need a short path: under root
+    if own_ray_tmpdir:
+        os.environ["RAY_TMPDIR"] = str(root / "ray")
     try:
-        reference_results, reference = run_workload(root / "reference", scale, reference_actors or actors, steps=steps)
-        injector = FaultInjector(cluster, nodes, removals=1, seed=seed, once_each=once_each)
-        results, disturbed = run_workload(root / "chaos", scale, actors, on_update=injector, steps=steps)
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(actors + 1)]
+        ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        try:
+            reference_results, reference = run_workload(root / "reference", scale, reference_actors or actors,
+                                                        steps=steps)
+            injector = FaultInjector(cluster, nodes, removals=1, seed=seed, once_each=once_each)
+            results, disturbed = run_workload(root / "chaos", scale, actors, on_update=injector, steps=steps)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+        manifests = {name: [e.index for e in OutputFolder(root / "chaos" / name).manifest()] for name in disturbed}
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-    manifests = {name: [e.index for e in OutputFolder(root / "chaos" / name).manifest()] for name in disturbed}
+        if own_ray_tmpdir:
+            os.environ.pop("RAY_TMPDIR", None)
+        shutil.rmtree(root, ignore_errors=True)
     return {"reference_results": reference_results, "results": results, "reference": reference,
-            "disturbed": disturbed, "manifests": manifests, "faults": injector.injected, "root": root}
-
+            "disturbed": disturbed, "manifests": manifests, "faults": injector.injected}
 
 if __name__ == "__main__":
     scale = int(os.environ.get("CHAOS_SCALE", "4"))
