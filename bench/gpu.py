@@ -169,7 +169,12 @@ class GpuRun:
     """Runs per animation mode in ``animation_costs`` (median)."""
     raft_repeats: int = 3
     """Timed RAFT calls after its warm-up (median)."""
+    paths: tuple[bool, ...] = (True, False)
+    """The paths measured, by ``use_secondary_model``: with the secondary model, then the full UNet."""
 
+
+PATHS = {"both": (True, False), "secondary": (True,), "full": (False,)}
+"""``--path``: the ``use_secondary_model`` values measured."""
 
 DRY_RUN = GpuRun(preset="tiny", width=64, height=64, cutn_batches=1, steps=2, repeats=1, memory_sizes=(),
                  budget_seconds=300.0, device="cpu", animation_runs=1, raft_repeats=1)
@@ -433,7 +438,7 @@ def run_gpu(run: GpuRun, peak_override: float | None = None, log=print) -> dict[
         "compile_unet": run.compile_unet,
         "configs": [], "targets": [],
     }
-    for secondary in (True, False):
+    for secondary in run.paths:
         if deadline.left() < 90:
             section["configs"].append({"secondary_model": secondary, "skipped": "time budget"})
             continue
@@ -511,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak, when its name is not known")
     parser.add_argument("--compile-unet", action="store_true",
                         help="torch.compile the UNet (the scene setting compile_unet; compilation is in the warm-up)")
+    parser.add_argument("--path", choices=sorted(PATHS), default="both",
+                        help="which sampling path: with the secondary model, the full UNet, or both (default)")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="run the same code with the tiny models on the CPU (no meaningful figures)")
     args = parser.parse_args(argv)
@@ -524,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     threads = torch.get_num_threads()
     if args.cpu_dry_run:
-        run = dataclasses.replace(DRY_RUN, budget_seconds=args.budget_seconds)
+        run = dataclasses.replace(DRY_RUN, budget_seconds=args.budget_seconds, paths=PATHS[args.path])
         torch.set_num_threads(1)  # steadier on a shared CPU (two threads on a busy 2-core VM: 5x slower)
     elif not torch.cuda.is_available():
         print("bench.gpu: no CUDA device (torch.cuda.is_available() is false): nothing to measure here; "
@@ -532,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         run = GpuRun(steps=args.steps, repeats=args.repeats, budget_seconds=args.budget_seconds,
-                     compile_unet=args.compile_unet)
+                     compile_unet=args.compile_unet, paths=PATHS[args.path])
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about every random-weight model

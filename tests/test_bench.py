@@ -217,6 +217,26 @@ def test_gpu_summary_table_prints_a_configuration_the_budget_skipped(capsys):
     assert "time budget" in capsys.readouterr().out
 
 
+def test_gpu_script_measures_only_the_path_asked_for(monkeypatch):
+    """`--path full` (the compiled full UNet alone, within one device call): one configuration."""
+    import dataclasses
+
+    asked = []
+
+    def measure(run, secondary, *rest):
+        asked.append(secondary)
+        raise RuntimeError("not measured here")
+
+    monkeypatch.setattr(gpu, "measure", measure)
+    for path, expected in (("full", [False]), ("secondary", [True]), ("both", [True, False])):
+        asked.clear()
+        section = gpu.run_gpu(dataclasses.replace(gpu.DRY_RUN, paths=gpu.PATHS[path]), peak_override=1.0,
+                              log=lambda *a: None)
+        assert asked == expected
+        assert [c["secondary_model"] for c in section["configs"]] == expected
+        assert all(c["error"] == "RuntimeError: not measured here" for c in section["configs"])
+
+
 def test_gpu_profile_times_its_variants_on_both_paths(tmp_path):
     from bench import gpu_profile
 

@@ -7,7 +7,8 @@
 #             animation cut augmentations without syncs, RAFT on the GPU against the CPU;
 #   gpu       bench.gpu at DD's defaults with today's engine defaults (both paths, 2 and 4
 #             images per call, memory fit, animation modes' cut augmentations, RAFT per pair);
-#   compiled  bench.gpu with compile_unet (a second call);
+#   compiled  bench.gpu with compile_unet (a second call; its budget covers the secondary path);
+#   compiled-full  bench.gpu with compile_unet, the full-UNet path only (about 3.5 minutes: 2 of compiling);
 #   variants  bench.gpu_profile --no-tables: layout / norm / CLIP layer / cuDNN / compile
 #             variants on one loaded model set (a second call: about 6 minutes);
 #   smoke     the CUDA tests of the group norms and block pools only (seconds: run first after
@@ -51,11 +52,14 @@ for stage in $stages; do
         profile)
             timeout 300 python3 -m bench.gpu_profile --steps 3 --skip-compile --out-dir "$out" 2>&1 \
                 | tee "$out/gpu-profile.log" | tail -40 ;;
+        compiled-full)
+            timeout 230 python3 -m bench.gpu --machine "$machine-compiled-full" --out-dir "$out" --budget-seconds 200 \
+                --compile-unet --path full 2>&1 | tee "$out/gpu-compiled-full.log" ;;
         variants)
             timeout 500 python3 -m bench.gpu_profile --no-tables --steps 4 --out-dir "$out" 2>&1 \
                 | tee "$out/gpu-variants.log" ;;
         *)
-            echo "check.sh: unknown stage '$stage' (smoke, tests, gpu, compiled, variants, profile)" >&2
+            echo "check.sh: unknown stage '$stage' (smoke, tests, gpu, compiled, compiled-full, variants, profile)" >&2
             exit 2 ;;
     esac
 done
