@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/farm submit scenes/smoke.yaml --out renders/smoke-demo
 
 # Two pytest-xdist workers, each taking whole test files (a file's Ray cluster fixture starts
-# once): 11.5-12.6 minutes on a slow 2-core VM (AMD EPYC without AVX-512), 15 before tests/conftest.py
+# once): 11.5-13.5 minutes on a slow 2-core VM (AMD EPYC without AVX-512), 15 before tests/conftest.py
 # made OpenMP threads wait sleeping (OMP_WAIT_POLICY=PASSIVE) and the slowest tests did less work.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
