@@ -199,8 +199,6 @@ def _free(device) -> None:
 
 def measure(run: GpuRun, secondary: bool, peak: float | None, deadline: Deadline, log=print) -> dict[str, Any]:
     """Engine and DD-equivalent mode side by side at the run's size, with FLOPs."""
-    import torch
-
     from engine import benchmark as eb
     from engine.models import ModelSet
     from engine.render import Renderer
