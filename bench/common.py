@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -18,6 +19,22 @@ SHARED_MACHINE_NOTE = (
     "running; see load_average): absolute times are noisy, the side-by-side ratios "
     "(runs interleaved) are the figures to read"
 )
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op thread count set to ``count`` inside the block (None: left as it is),
+    and the process's own count back afterwards. The CPU benchmarks use one thread: on a
+    busy 2-core VM a second thread made the tiny renders about 5x slower, not faster."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class BenchError(ValueError):

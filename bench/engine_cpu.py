@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.common import median, print_table, rounded, target
+from bench.common import median, print_table, rounded, target, torch_threads
 from engine import benchmark as eb
 from engine.cutouts import augment, make_cutouts
 from engine.models import ModelSet
@@ -243,15 +243,11 @@ def run_case(case: EngineCase, log=print) -> dict[str, Any]:
 
 def run(cases: list[EngineCase] | None = None, threads: int = 1, log=print) -> dict[str, Any]:
     """Benchmark 1; returns its results section."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        results = []
+    results = []
+    with torch_threads(threads):
         for case in cases or full_cases():
             log(f"-- engine: {case.label} ({case.width}x{case.height}, {case.steps} steps x {case.repeats} runs)")
             results.append(run_case(case, log))
-    finally:
-        torch.set_num_threads(previous)
     summarise(results)
     return {"torch_threads": threads, "device": "cpu", "cases": results}
 

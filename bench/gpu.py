@@ -522,15 +522,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from bench.common import environment, machine_name, print_table, results_path, today, update_results
+    from bench.common import environment, machine_name, print_table, results_path, today, torch_threads, update_results
 
     if args.steps < 3 or args.repeats < 1:
         print("bench.gpu: --steps must be at least 3 and --repeats at least 1", file=sys.stderr)
         return 2
-    threads = torch.get_num_threads()
     if args.cpu_dry_run:
         run = dataclasses.replace(DRY_RUN, budget_seconds=args.budget_seconds, paths=PATHS[args.path])
-        torch.set_num_threads(1)  # steadier on a shared CPU (two threads on a busy 2-core VM: 5x slower)
     elif not torch.cuda.is_available():
         print("bench.gpu: no CUDA device (torch.cuda.is_available() is false): nothing to measure here; "
               "run it on a machine with an NVIDIA GPU")
@@ -542,10 +540,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about every random-weight model
     started = time.perf_counter()
-    try:
+    with torch_threads(1 if args.cpu_dry_run else None):
         section = run_gpu(run, args.peak_tflops)
-    finally:
-        torch.set_num_threads(threads)
     section["wall_seconds"] = round(time.perf_counter() - started, 1)
     machine = machine_name(args.machine)
     path = results_path(machine, today(), args.out_dir)

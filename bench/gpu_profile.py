@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from bench.common import torch_threads
+
     if not torch.cuda.is_available() and not args.cpu_check:
         print("bench.gpu_profile: no CUDA device; nothing to profile here")
         return 0
@@ -408,13 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(text)
 
     preset, device = ("tiny", "cpu") if args.cpu_check else ("dd", "cuda")
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)  # as bench.gpu's dry run: two threads on a busy 2-core VM are 5x slower
-    try:
+    with torch_threads(1 if device == "cpu" else None):
         return _profile(args, preset, device, log, lines)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _profile(args, preset: str, device: str, log, lines: list[str]) -> int:

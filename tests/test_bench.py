@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import gpu, run as bench_run, scheduler
-from bench.common import BenchError, machine_name, print_table, results_path, target, update_results
+from bench.common import BenchError, machine_name, print_table, results_path, target, torch_threads, update_results
 from bench.simulated import SimulatedRenderer, simulated_seconds, steps_run
 
 
@@ -21,12 +21,8 @@ def one_torch_thread():
     """One torch thread in this process, as the benchmarks' CPU parts use: torch's default
     (a thread per core) with other processes on the cores makes the tiny renders here
     several times slower (threads waiting on each other), not faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
