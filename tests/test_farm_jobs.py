@@ -35,12 +35,8 @@ def cluster(tmp_path_factory, ray_temp_dir):
     (home / ".ray").mkdir()
     token = secrets.token_hex(16)
     (home / ".ray" / "auth_token").write_text(token)
-    # OMP_WAIT_POLICY=PASSIVE (the head's workers inherit it): the job's actor renders with as
-    # many torch threads as the machine has CPUs, and on a busy CPU a thread spinning while it
-    # waits for the others burnt ten to twenty times the render's CPU time; the thread count,
-    # and so the pixels, stay as they are
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
-           "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+           "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dash, agent = free_port(), free_port(), free_port()
     temp = ray_temp_dir()

@@ -25,11 +25,9 @@ STILL = BASE + 'steps: 4\nskip_steps: 0\ncutn_batches: 1\ncut_overview: "[1]*100
 
 
 def farm_env() -> dict[str, str]:
-    """A local embedded Ray whatever the environment says. OMP_WAIT_POLICY=PASSIVE: the one
-    actor's torch threads (as many as the machine has CPUs) sleep instead of spinning while
-    they wait for each other, which on a busy CPU burnt ten to twenty times the render's
-    CPU time; the thread count, and so the pixels, stay as they are."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+    """A local embedded Ray whatever the environment says (OMP_WAIT_POLICY comes from
+    tests/conftest.py, through os.environ)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     return env
 

@@ -288,13 +288,9 @@ def submit(*argv: str) -> int:
 
 
 def local_render_env(patch: pytest.MonkeyPatch) -> None:
-    """A local embedded Ray, whatever the environment says. OMP_WAIT_POLICY=PASSIVE (the
-    actor processes inherit it): the one actor's torch threads (as many as the machine has
-    CPUs) sleep instead of spinning while they wait for each other, which on a busy CPU
-    burnt ten to twenty times the render's CPU time; the thread count, and so the pixels,
-    stay as they are."""
+    """A local embedded Ray, whatever the environment says (OMP_WAIT_POLICY comes from
+    tests/conftest.py)."""
     patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    patch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         patch.delenv(name, raising=False)
 
